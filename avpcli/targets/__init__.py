@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 from torch import nn
 
 from avpcli.errors import TargetError
+
+if TYPE_CHECKING:
+    from avpcli.targets.custom import CustomTargetOptions
 
 LossKind = Literal["embedding", "classifier"]
 ChannelOrder = Literal["rgb", "bgr"]
@@ -76,7 +79,22 @@ _TARGET_MODULES = (
     "avpcli.targets.testing",
     "avpcli.targets.facenet",
     "avpcli.targets.dlib",
+    "avpcli.targets.mobilefacenet",
+    "avpcli.targets.iresnet",
+    "avpcli.targets.adaface",
+    "avpcli.targets.sphere",
+    "avpcli.targets.arcface_onnx",
+    "avpcli.targets.cifar_resnet",
+    "avpcli.targets.classifiers",
 )
+
+
+CUSTOM_PREFIXES = ("onnx:", "torchscript:")
+
+
+def is_custom_reference(name: str) -> bool:
+    """True for `onnx:PATH` / `torchscript:PATH`: a user's own model instead of a registered one."""
+    return name.startswith(CUSTOM_PREFIXES)
 
 
 def register_target(spec: TargetSpec) -> Callable[[TargetBuilder], TargetBuilder]:
@@ -107,8 +125,15 @@ def target_names(include_hidden: bool = False) -> list[str]:
     return sorted(name for name, entry in _REGISTRY.items() if include_hidden or not entry.spec.hidden)
 
 
-def get_spec(name: str) -> TargetSpec:
-    """The spec registered under `name`; a TargetError naming the choices if there is none."""
+def get_spec(name: str, options: "CustomTargetOptions | None" = None) -> TargetSpec:
+    """The spec registered under `name`; a TargetError naming the choices if there is none.
+
+    Names `onnx:PATH` and `torchscript:PATH` are the user's own models, described by `options`.
+    """
+    if is_custom_reference(name):
+        from avpcli.targets.custom import custom_spec
+
+        return custom_spec(name, options)
     _load_target_modules()
     if name not in _REGISTRY:
         choices = ", ".join(target_names())
@@ -152,8 +177,14 @@ class TargetModel(nn.Module):
         return output
 
 
-def load_target(name: str, weights: Path | None = None) -> TargetModel:
+def load_target(
+    name: str, weights: Path | None = None, options: "CustomTargetOptions | None" = None
+) -> TargetModel:
     """Build the named target with its weights (downloading or locating them as its module says)."""
-    spec = get_spec(name)
+    spec = get_spec(name, options)
+    if is_custom_reference(name):
+        from avpcli.targets.custom import load_custom_model
+
+        return TargetModel(spec, load_custom_model(name))
     model = _REGISTRY[name].build(weights)
     return TargetModel(spec, model)
