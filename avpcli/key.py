@@ -1,0 +1,605 @@
+"""The key: a ResNet generator G trained to reproduce its input, its training (keygen) and its file format."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from avpcli import __version__
+from avpcli.errors import KeyFileError
+from avpcli.metrics import ssim
+
+KEY_FORMAT = "avp-key"
+KEY_FORMAT_VERSION = "1"
+ARCHITECTURE = "resnet-generator"
+PROCEDURAL_SOURCE = "procedural-v1"
+NORMS = ("batch", "instance", "none")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# The generator halves the size twice, so it works on multiples of 4 (other sizes are padded).
+SIZE_MULTIPLE = 4
+
+ProgressCallback = Callable[[int, int, float], None]
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    """The normalization after each conv: 'batch' (a fixed affine in eval mode), 'instance', or 'none'."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=False)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+
+
+class ResidualBlock(nn.Module):
+    """x + (reflect-pad, 3×3 conv, norm, ReLU, reflect-pad, 3×3 conv, norm)(x) at a fixed width.
+
+    Args:
+        channels: feature maps in and out.
+        norm: 'batch', 'instance' or 'none'.
+    """
+
+    def __init__(self, channels: int, norm: str) -> None:
+        super().__init__()
+        bias = norm != "batch"  # BatchNorm's own shift makes a conv bias redundant.
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), _norm_layer(norm, channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), _norm_layer(norm, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def resnet_generator(ngf: int = 64, blocks: int = 9, norm: str = "batch") -> nn.Sequential:
+    """The CycleGAN/pix2pix ResNet generator, mapping [-1,1] images to [-1,1] images of the same size.
+
+    Args:
+        ngf: feature maps after the first conv; the residual blocks work at 4·ngf.
+        blocks: residual blocks at the bottleneck (1/4 resolution).
+        norm: 'batch', 'instance' or 'none'; with 'batch' the convs carry no bias.
+
+    Input height and width must be multiples of 4 and at least 8 (see KeyGenerator for other sizes).
+    """
+    bias = norm != "batch"
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7, bias=bias), _norm_layer(norm, ngf), nn.ReLU(inplace=True),
+    ]
+    for factor in (1, 2):  # two stride-2 convs: ngf → 2·ngf → 4·ngf
+        layers += [nn.Conv2d(ngf * factor, ngf * factor * 2, 3, stride=2, padding=1, bias=bias),
+                   _norm_layer(norm, ngf * factor * 2), nn.ReLU(inplace=True)]
+    layers += [ResidualBlock(ngf * 4, norm) for _ in range(blocks)]
+    for factor in (4, 2):  # two transposed convs back: 4·ngf → 2·ngf → ngf
+        layers += [nn.ConvTranspose2d(ngf * factor, ngf * factor // 2, 3, stride=2, padding=1, output_padding=1,
+                                      bias=bias),
+                   _norm_layer(norm, ngf * factor // 2), nn.ReLU(inplace=True)]
+    layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class KeyGenerator(nn.Module):
+    """G as the engine sees it: RGB images in [0,1], (N,3,H,W) → (N,3,H,W) in [0,1].
+
+    Sizes that are not multiples of 4 are reflect-padded up to one and cropped back, so any
+    H, W ≥ 8 works. Each image's output depends only on that image once the module is in eval mode
+    (BatchNorm then uses its stored statistics).
+    """
+
+    def __init__(self, ngf: int, blocks: int, norm: str) -> None:
+        super().__init__()
+        self.ngf, self.blocks, self.norm = ngf, blocks, norm
+        self.network = resnet_generator(ngf, blocks, norm)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if min(height, width) < 8:
+            raise ValueError(f"the key needs images of at least 8×8 pixels, got {height}×{width}")
+        pad_bottom = -height % SIZE_MULTIPLE
+        pad_right = -width % SIZE_MULTIPLE
+        x = images * 2 - 1
+        if pad_bottom or pad_right:
+            x = F.pad(x, (0, pad_right, 0, pad_bottom), mode="reflect")
+        y = (self.network(x) + 1) / 2
+        return y[..., :height, :width]
+
+    def freeze(self) -> KeyGenerator:
+        """Eval mode and no gradients for the parameters: how encryption and decryption use G."""
+        self.eval()
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        return self
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable-or-frozen parameters (buffers such as BatchNorm statistics excluded)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# Presets and seeds
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class KeyPreset:
+    """Everything that decides a key besides its seed and training data.
+
+    Attributes:
+        ngf: generator width (residual blocks at 4·ngf).
+        blocks: residual blocks.
+        norm: 'batch', 'instance' or 'none'.
+        steps: optimizer steps (fixed so that a seed gives the same key).
+        batch_size: images per step.
+        crop_size: side of the square training crops (the "image size trained").
+        learning_rate: peak Adam learning rate.
+        warmup_steps: linear warm-up from 0 to the peak.
+        schedule: 'cosine' (decay to 0 after warm-up) or 'constant'.
+        betas: Adam betas.
+        ssim_weight: weight of (1 − SSIM) added to the L1 loss.
+    """
+
+    ngf: int
+    blocks: int
+    norm: str
+    steps: int
+    batch_size: int
+    crop_size: int
+    learning_rate: float
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    betas: tuple[float, float] = (0.9, 0.999)
+    ssim_weight: float = 0.0
+
+    def learning_rate_at(self, step: int) -> float:
+        """Learning rate for the 0-based optimizer step `step`."""
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.learning_rate
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+KEY_PRESETS: dict[str, KeyPreset] = {
+    # Trains on 2 CPU cores in under 10 minutes; see docs/KEY.md for how it was chosen.
+    "default": KeyPreset(ngf=16, blocks=6, norm="batch", steps=1000, batch_size=16, crop_size=64,
+                         learning_rate=2e-3, warmup_steps=50, schedule="cosine"),
+    # The paper's size (11.38 M parameters) and pix2pix's optimizer: a GPU job.
+    "paper": KeyPreset(ngf=64, blocks=9, norm="batch", steps=50_000, batch_size=1, crop_size=256,
+                       learning_rate=2e-4, warmup_steps=0, schedule="cosine", betas=(0.5, 0.999)),
+}
+
+GUESSABLE_SEED_LIMIT = 2 ** 32
+
+
+def new_seed() -> int:
+    """A fresh secret seed: 128 random bits from the OS."""
+    return secrets.randbits(128)
+
+
+def seed_is_guessable(seed: int) -> bool:
+    """True for seeds small enough to enumerate (below 2**32): anyone could retrain that key."""
+    return 0 <= seed < GUESSABLE_SEED_LIMIT
+
+
+def _derived_seed(seed: int, purpose: str) -> int:
+    """A 63-bit torch seed for one random stream (init, data) derived from the user's seed of any size."""
+    digest = hashlib.sha256(f"avp-key:{purpose}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
+
+
+def resolve_preset(preset: str | KeyPreset) -> tuple[str, KeyPreset]:
+    """(name, preset) for a preset name or a KeyPreset (named 'custom')."""
+    if isinstance(preset, KeyPreset):
+        return "custom", preset
+    try:
+        return preset, KEY_PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown key preset {preset!r}; choose one of {', '.join(KEY_PRESETS)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Training data: a folder of images or a procedural source
+# --------------------------------------------------------------------------------------------
+
+def _rand(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(*shape, generator=generator)
+
+
+def _opponent_to_rgb(luminance: torch.Tensor, red_blue: torch.Tensor, green_magenta: torch.Tensor) -> torch.Tensor:
+    """RGB from luminance (R+G+B)/3 and two opponent axes (R−B)/2 and (2G−R−B)/4; channel dim 1."""
+    red = luminance + red_blue - 2 * green_magenta / 3
+    green = luminance + 4 * green_magenta / 3
+    blue = luminance - red_blue - 2 * green_magenta / 3
+    return torch.cat([red, green, blue], dim=1)
+
+
+def _natural_colours(generator: torch.Generator, count: int) -> torch.Tensor:
+    """(count,3) RGB colours with natural-image statistics: mostly muted, near the grey axis,
+    luminance over the whole range, and a share of skin, sky and foliage hues."""
+    luminance = _rand(generator, count, 1) ** 1.2 * 0.9 + 0.05
+    spread = 0.04 + 0.08 * _rand(generator, count, 1) ** 2
+    red_blue = torch.randn(count, 1, generator=generator) * spread
+    green_magenta = torch.randn(count, 1, generator=generator) * spread * 0.6
+    # Typical hue families: skin (red over blue, a little less green), sky (blue), foliage (green).
+    families = torch.tensor([[0.10, -0.02], [-0.08, 0.0], [-0.02, 0.05], [0.0, 0.0]])
+    family = torch.multinomial(torch.tensor([0.35, 0.15, 0.15, 0.35]), count, replacement=True, generator=generator)
+    strength = _rand(generator, count, 1) * 1.2
+    red_blue = red_blue + families[family, :1] * strength * (0.4 + luminance)
+    green_magenta = green_magenta + families[family, 1:] * strength * (0.4 + luminance)
+    return _opponent_to_rgb(luminance, red_blue, green_magenta).clamp(0, 1)
+
+
+def _smooth_field(generator: torch.Generator, batch: int, channels: int, size: int, cells: int) -> torch.Tensor:
+    """Band-limited noise: Gaussian values on a cells×cells grid, bicubic-upsampled to size×size."""
+    coarse = torch.randn(batch, channels, cells + 1, cells + 1, generator=generator)
+    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)
+
+
+def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image with its own σ (Tensor[N], 0 = none), 7-tap separable kernel, reflect borders."""
+    offsets = torch.arange(-3, 4, dtype=images.dtype)
+    weights = torch.exp(-0.5 * (offsets[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)
+    weights = weights / weights.sum(dim=1, keepdim=True)  # (N,7)
+    batch, channels, height, width = images.shape
+    x = F.pad(images, (3, 3, 3, 3), mode="reflect").reshape(1, batch * channels, height + 6, width + 6)
+    kernel = weights.repeat_interleave(channels, dim=0)
+    x = F.conv2d(x, kernel.view(-1, 1, 1, 7), groups=batch * channels)
+    x = F.conv2d(x, kernel.view(-1, 1, 7, 1), groups=batch * channels)
+    return x.view(batch, channels, height, width)
+
+
+def _jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """Compress and decompress one (3,H,W) image in [0,1] as JPEG (the artifacts face photos carry)."""
+    from PIL import Image
+    import numpy as np
+
+    array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    decoded = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(decoded).permute(2, 0, 1)
+
+
+def procedural_images(generator: torch.Generator, batch: int, size: int) -> torch.Tensor:
+    """A batch (batch,3,size,size) in [0,1] of natural-looking synthetic images ('procedural-v1').
+
+    Dead leaves (occluding ellipses with power-law radii) over a smooth background, each surface with
+    a natural colour, shading and texture; then lighting, blur, sensor noise and JPEG compression.
+    """
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    # Background: a natural colour plus smooth low-frequency variation (like skin, sky, walls).
+    base = _natural_colours(generator, batch).view(batch, 3, 1, 1)
+    field = _smooth_field(generator, batch, 3, size, 3) * torch.tensor([0.12, 0.03, 0.02]).view(1, 3, 1, 1)
+    images = base + _opponent_to_rgb(field[:, :1], field[:, 1:2], field[:, 2:])
+    # Texture at two scales (fine grain like hair or fabric, coarser like skin pores or foliage).
+    texture = (_smooth_field(generator, batch, 1, size, max(4, size // 2))
+               + _smooth_field(generator, batch, 1, size, max(4, size // 6)))
+    leaves = int(_rand(generator, 1).item() * 40) + 5
+    for _ in range(leaves):
+        colour = _natural_colours(generator, batch).view(batch, 3, 1, 1)
+        centre_x, centre_y = (_rand(generator, 2, batch, 1, 1, 1) * 2.4 - 1.2).unbind(0)
+        # Power-law radii: many small shapes, a few large ones (scale invariance of natural scenes).
+        radius = 0.03 / (_rand(generator, batch, 1, 1, 1) * 0.97 + 0.03)
+        radius = radius.clamp(max=1.2)
+        aspect = 0.4 + _rand(generator, batch, 1, 1, 1) * 1.2
+        angle = _rand(generator, batch, 1, 1, 1) * math.pi
+        dx, dy = xs - centre_x, ys - centre_y
+        u = dx * torch.cos(angle) + dy * torch.sin(angle)
+        v = (-dx * torch.sin(angle) + dy * torch.cos(angle)) * aspect
+        distance = torch.sqrt(u * u + v * v) - radius
+        edge = (0.5 + _rand(generator, batch, 1, 1, 1) * 3) * (2 / size)  # soft edges of 0.5–3.5 px
+        mask = torch.sigmoid(-distance / edge)
+        shading = (_rand(generator, batch, 2, 1, 1) - 0.5) * 0.3
+        surface = colour * (1 + shading[:, :1] * u / (radius + 0.1) + shading[:, 1:] * v / (radius + 0.1))
+        surface = surface + texture * _rand(generator, batch, 1, 1, 1) ** 2 * 0.15
+        images = images * (1 - mask) + surface * mask
+    # Lighting: a smooth multiplicative gradient over the whole scene.
+    light_angle = _rand(generator, batch, 1, 1, 1) * 2 * math.pi
+    lighting = 1 + (_rand(generator, batch, 1, 1, 1) - 0.5) * 0.6 * (
+        xs * torch.cos(light_angle) + ys * torch.sin(light_angle))
+    images = images * lighting
+    images = _gaussian_blur(images, _rand(generator, batch) ** 2 * 1.2)
+    images = images + torch.randn(images.shape, generator=generator) * _rand(generator, batch).view(batch, 1, 1, 1) * 0.02
+    images = images.clamp(0, 1)
+    qualities = (_rand(generator, batch) * 60 + 40).round().int().tolist()
+    use_jpeg = (_rand(generator, batch) < 0.5).tolist()
+    return torch.stack([_jpeg_roundtrip(image, quality) if jpeg else image
+                        for image, quality, jpeg in zip(images, qualities, use_jpeg)])
+
+
+def find_training_images(data_dir: str | os.PathLike[str]) -> list[Path]:
+    """Image files under data_dir, recursively, sorted by relative path."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"training data folder not found: {root}")
+    files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    return files
+
+
+def training_data_fingerprint(data_dir: str | os.PathLike[str]) -> str:
+    """sha256 over the sorted relative paths and bytes of every training image."""
+    root = Path(data_dir)
+    digest = hashlib.sha256()
+    for path in find_training_images(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class _FolderCrops:
+    """Random crops (with horizontal flips) from a folder of images, decoded on demand."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.files = find_training_images(data_dir)
+
+    def _load(self, path: Path) -> torch.Tensor:
+        from PIL import Image, ImageOps
+        import numpy as np
+
+        with Image.open(path) as image:
+            array = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.float32) / 255
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+    def __call__(self, generator: torch.Generator, batch: int, size: int) -> torch.Tensor:
+        crops = []
+        for _ in range(batch):
+            index = int(torch.randint(len(self.files), (1,), generator=generator))
+            image = self._load(self.files[index])
+            height, width = image.shape[-2:]
+            if min(height, width) < size:
+                scale = size / min(height, width)
+                image = F.interpolate(image[None], size=(max(size, round(height * scale)), max(size, round(width * scale))),
+                                      mode="bilinear", align_corners=False)[0].clamp(0, 1)
+                height, width = image.shape[-2:]
+            top = int(torch.randint(height - size + 1, (1,), generator=generator))
+            left = int(torch.randint(width - size + 1, (1,), generator=generator))
+            crop = image[:, top:top + size, left:left + size]
+            if bool(torch.rand(1, generator=generator) < 0.5):
+                crop = crop.flip(-1)
+            crops.append(crop)
+        return torch.stack(crops)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainedKey:
+    """A freshly trained key: the frozen generator and the metadata its file will carry."""
+
+    generator: KeyGenerator
+    metadata: dict[str, str]
+    seconds: float
+
+
+def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLike[str] | None = None,
+              steps: int | None = None, device: str | torch.device = "cpu",
+              progress: ProgressCallback | None = None) -> TrainedKey:
+    """Train G to reproduce its input (L1, plus (1 − SSIM) where the preset asks for it).
+
+    Args:
+        preset_name: a name in KEY_PRESETS, or a KeyPreset.
+        seed: the secret; the same seed, data, settings, torch version and thread count give a
+            byte-identical key on CPU.
+        data_dir: a folder of images (searched recursively); None for the built-in procedural source.
+        steps: overrides the preset's step count (the learning-rate schedule follows it).
+        device: where to train.
+        progress: called as progress(step, total, loss) after every step (step counts from 1).
+
+    No adversarial (PatchGAN) loss: at CPU budgets it only slows the identity fit (docs/KEY.md).
+    The global torch RNG state is left as it was.
+    """
+    name, preset = resolve_preset(preset_name)
+    if steps is not None:
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        preset = dataclasses.replace(preset, steps=steps, warmup_steps=min(preset.warmup_steps, steps // 10))
+    if seed < 0:
+        raise ValueError("the seed must be a non-negative integer")
+    if data_dir is None:
+        source: Callable[[torch.Generator, int, int], torch.Tensor] = procedural_images
+        data_fingerprint = PROCEDURAL_SOURCE
+    else:
+        source = _FolderCrops(data_dir)
+        data_fingerprint = training_data_fingerprint(data_dir)
+
+    started = time.perf_counter()
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_derived_seed(seed, "init"))
+        model = KeyGenerator(preset.ngf, preset.blocks, preset.norm).to(device)
+    data_generator = torch.Generator().manual_seed(_derived_seed(seed, "data"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=preset.learning_rate_at(0), betas=preset.betas)
+    model.train()
+    for step in range(preset.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = preset.learning_rate_at(step)
+        images = source(data_generator, preset.batch_size, preset.crop_size).to(device)
+        output = model(images)
+        loss = (output - images).abs().mean()
+        if preset.ssim_weight:
+            loss = loss + preset.ssim_weight * (1 - ssim(output, images).mean())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress is not None:
+            progress(step + 1, preset.steps, float(loss.detach()))
+    model.freeze()
+    metadata = {
+        "format": KEY_FORMAT,
+        "format_version": KEY_FORMAT_VERSION,
+        "architecture": ARCHITECTURE,
+        "ngf": str(preset.ngf),
+        "blocks": str(preset.blocks),
+        "norm": preset.norm,
+        "image_size": str(preset.crop_size),
+        "seed": str(seed),
+        "training_data": data_fingerprint,
+        "steps": str(preset.steps),
+        "preset": name,
+        "avp_version": __version__,
+    }
+    return TrainedKey(model.cpu(), metadata, time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------------------------
+# The file format
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedKey:
+    """A key read from disk: the frozen generator in eval mode, its metadata and fingerprint."""
+
+    generator: KeyGenerator
+    metadata: dict[str, str]
+    fingerprint: str
+    path: Path
+
+
+def key_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 (hex) over the sorted tensor names, dtypes, shapes and bytes: names a key without its seed."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _state_tensors(generator: KeyGenerator) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in generator.state_dict().items()}
+
+
+def save_key(trained: TrainedKey, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Write the key as safetensors with its metadata: owner-only (0600), fsynced, atomically renamed.
+
+    Raises KeyFileError if the file exists and overwrite is False, or if it cannot be written.
+    """
+    from safetensors.torch import save
+
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise KeyFileError(f"key file already exists: {target} (refusing to overwrite a secret)")
+    payload = save(_state_tensors(trained.generator), metadata=dict(trained.metadata))
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise KeyFileError(f"cannot write key file {target}: {error.strerror}") from None
+    try:
+        os.fchmod(handle, 0o600)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if overwrite:
+            os.replace(temporary, target)
+        else:
+            try:
+                os.link(temporary, target)  # fails if someone created the file meanwhile
+            except FileExistsError:
+                raise KeyFileError(f"key file already exists: {target} (refusing to overwrite a secret)") from None
+            os.unlink(temporary)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as error:
+        raise KeyFileError(f"cannot write key file {target}: {error.strerror}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return target
+
+
+def _metadata_int(metadata: Mapping[str, str], field: str, path: Path) -> int:
+    try:
+        value = int(metadata[field])
+    except (KeyError, ValueError):
+        raise KeyFileError(f"{path} is not a usable avp key: metadata field {field!r} is missing or not a number") from None
+    if value < 1:
+        raise KeyFileError(f"{path} is not a usable avp key: metadata field {field!r} must be positive")
+    return value
+
+
+def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedKey:
+    """Read a key file written by save_key: checks format, architecture, tensor names and shapes.
+
+    Returns the generator frozen and in eval mode. Raises KeyFileError (one-line message) for a
+    missing, unreadable, truncated, corrupt or foreign file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    source = Path(path)
+    try:
+        payload = source.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(f"key file not found: {source}") from None
+    except OSError as error:
+        raise KeyFileError(f"cannot read key file {source}: {error.strerror}") from None
+    try:
+        header_length = int.from_bytes(payload[:8], "little")
+        if len(payload) < 8 or header_length > len(payload) - 8:
+            raise ValueError("truncated")
+        import json
+
+        header = json.loads(payload[8:8 + header_length])
+        metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("bad metadata")
+        tensors = load(payload)
+    except (ValueError, SafetensorError, UnicodeDecodeError, AttributeError, OverflowError):
+        raise KeyFileError(f"{source} is not a safetensors file (corrupt, truncated or another kind of file)") from None
+    if metadata.get("format") != KEY_FORMAT:
+        raise KeyFileError(f"{source} is a safetensors file but not an avp key (no '{KEY_FORMAT}' metadata)")
+    if metadata.get("format_version") != KEY_FORMAT_VERSION:
+        raise KeyFileError(f"{source} is an avp key of format version {metadata.get('format_version')!r}; "
+                           f"this avp ({__version__}) reads version {KEY_FORMAT_VERSION}")
+    if metadata.get("architecture") != ARCHITECTURE:
+        raise KeyFileError(f"{source} has unknown architecture {metadata.get('architecture')!r}")
+    ngf = _metadata_int(metadata, "ngf", source)
+    blocks = _metadata_int(metadata, "blocks", source)
+    norm = metadata.get("norm")
+    if norm not in NORMS:
+        raise KeyFileError(f"{source} has unknown norm {norm!r}")
+    generator = KeyGenerator(ngf, blocks, norm)
+    expected = generator.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        what = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
+        raise KeyFileError(f"{source} does not match its declared architecture (ngf {ngf}, {blocks} blocks): {what}")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
+            raise KeyFileError(f"{source} is damaged: tensor {name} has shape {tuple(tensor.shape)} {tensor.dtype}, "
+                               f"expected {tuple(expected[name].shape)} {expected[name].dtype}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise KeyFileError(f"{source} is damaged: tensor {name} holds NaN or infinite values")
+    generator.load_state_dict(tensors)
+    generator.to(device).freeze()
+    return LoadedKey(generator, dict(metadata), key_fingerprint(tensors), source)
