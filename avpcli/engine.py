@@ -1,0 +1,355 @@
+"""The AVP attack (paper Eq. 15, Algorithm 1): tensors and frozen modules in, ciphertexts and metrics out.
+
+For originals x in [0, 1], a frozen target f and a frozen key generator G, each image's ciphertext x'
+minimizes
+
+    L(x') = L_t(x', x) + λ·L_v(x') + μ·mean((x − G(x'))²)
+
+with momentum on per-sample normalized gradients. Every loss, step size and stop decision is per
+sample, so an image's result never depends on its batch-mates (a defect of the research code), and
+every stop decision is taken on the image rounded to 8 bits, which is what gets written to disk.
+
+No files, no printing: the caller hands in modules and tensors and gets tensors back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import nn
+
+from avpcli.metrics import box_filter_sum, cosine_similarity, feature_distance, ssim
+
+LossKind = Literal["embedding", "classifier"]
+Smoothness = Literal["variance", "distance"]
+Initialization = Literal["noise", "original"]
+
+
+@dataclass(frozen=True)
+class StopCriteria:
+    """When an image is good enough to stop iterating, judged on its 8-bit rounding.
+
+    max_feature_distance: Euclidean distance between the target's outputs for x and x' (embedding
+        targets; for L2-normalized embeddings 0.10 means cosine ≥ 0.995). Classifier targets must
+        keep their top-1 class instead.
+    max_ssim_encrypted: SSIM(x', x) must be at most this (people must not see x in x').
+    min_ssim_decrypted: SSIM(G(x'), x) must be at least this (the key must give x back).
+    """
+
+    max_feature_distance: float = 0.10
+    max_ssim_encrypted: float = 0.05
+    min_ssim_decrypted: float = 0.90
+
+    def feature_ok(self, distance, same_class=None):
+        """Whether the target still sees the original: same class, or a small enough distance."""
+        return same_class if same_class is not None else distance <= self.max_feature_distance
+
+    def accepts(self, distance, ssim_encrypted, ssim_decrypted, same_class=None):
+        """Whether every bar is met (works on floats and on per-sample tensors alike)."""
+        return (self.feature_ok(distance, same_class) & (ssim_encrypted <= self.max_ssim_encrypted)
+                & (ssim_decrypted >= self.min_ssim_decrypted))
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Hyper-parameters of the attack. Defaults are the research code's face settings (METHOD.md §1).
+
+    iterations: the most optimization steps per image (K).
+    step_size: the initial step β applied to the momentum of normalized gradients.
+    momentum: α in g ← α·g + ∇L / mean|∇L|.
+    step_decay, decay_patience: the step shrinks by step_decay after decay_patience loss rises.
+    variance_weight: λ, the weight of the variance-consistency loss L_v (or of L_d).
+    key_weight: μ, the weight of the reconstruction loss through the key.
+    classifier_scale: the factor on the top-1 logit for classifier targets (research code: 0.001).
+    smoothness: "variance" (L_v, paper Eq. 12–13) or "distance" (L_d = −||x − x'||², the ablation).
+    block_size: the box size of L_v.
+    initialization: "noise" (x'_0 = N(0, 1), clamped to [0, 1]) or "original" (x'_0 = x).
+    stop: early-stopping criteria, or None to always run `iterations` steps.
+    check_every: how often (in steps) the 8-bit image is checked against `stop`.
+    repair_steps: at most this many 1/255 steps that restore the feature match if 8-bit rounding
+        broke it at the end.
+    autocast_dtype: run the model forwards in this dtype on CUDA (None: full precision). The image,
+        the momentum and the losses always stay float32.
+    """
+
+    iterations: int = 800
+    step_size: float = 0.01
+    momentum: float = 0.3
+    step_decay: float = 0.85
+    decay_patience: int = 16
+    variance_weight: float = 0.001
+    key_weight: float = 0.2
+    classifier_scale: float = 0.001
+    smoothness: Smoothness = "variance"
+    block_size: int = 4
+    initialization: Initialization = "noise"
+    stop: StopCriteria | None = field(default_factory=StopCriteria)
+    check_every: int = 25
+    repair_steps: int = 20
+    autocast_dtype: torch.dtype | None = None
+
+
+# The research code's CIFAR-10 settings (METHOD.md §1), for classifier targets.
+CLASSIFIER_SETTINGS = AttackSettings(
+    variance_weight=0.005, key_weight=2.0, step_size=0.02, step_decay=0.80, decay_patience=8
+)
+
+
+@dataclass
+class ImageMetrics:
+    """What was reached for one image, measured on its 8-bit rounding."""
+
+    feature_distance: float
+    cosine: float
+    ssim_encrypted: float
+    ssim_decrypted: float
+    iterations: int
+    met_targets: bool
+    same_class: bool | None = None  # classifier targets only
+
+
+@dataclass
+class EncryptionResult:
+    """Ciphertexts on the 1/255 grid (N, 3, H, W) and one ImageMetrics per image."""
+
+    encrypted: torch.Tensor
+    metrics: list[ImageMetrics]
+
+
+ProgressCallback = Callable[[int, int], None]  # (step, images finished so far)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round to the 8-bit grid that a PNG stores, staying in float."""
+    return torch.round(images.clamp(0, 1) * 255) / 255
+
+
+def variance_consistency(images: torch.Tensor, block_size: int) -> torch.Tensor:
+    """L_v per sample: the variance of block sums, per channel, added over channels (Eq. 12–13)."""
+    block_sums = box_filter_sum(images, block_size).flatten(2)
+    return block_sums.var(dim=2, unbiased=True).sum(dim=1)
+
+
+def _autocast(images: torch.Tensor, dtype: torch.dtype | None):
+    if dtype is None or images.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _initial_images(originals: torch.Tensor, settings: AttackSettings, noise_seeds: Sequence[int]) -> torch.Tensor:
+    if settings.initialization == "original":
+        return originals.clone()
+    if len(noise_seeds) != originals.shape[0]:
+        raise ValueError("one noise seed per image is needed")
+    # One generator per image so an image's noise does not depend on its position in the batch.
+    noise = [
+        torch.randn(originals.shape[1:], generator=torch.Generator().manual_seed(int(seed)))
+        for seed in noise_seeds
+    ]
+    return torch.stack(noise).to(originals.device).clamp(0, 1)
+
+
+class _Objective:
+    """The per-sample loss of Eq. 15 and the measurements on 8-bit images, for one batch."""
+
+    def __init__(self, originals, target, key, settings: AttackSettings, loss_kind: LossKind):
+        self.settings = settings
+        self.loss_kind = loss_kind
+        self.target = target
+        self.key = key
+        with torch.no_grad(), _autocast(originals, settings.autocast_dtype):
+            reference = target(originals).float()
+        self.reference = reference
+        self.reference_class = reference.argmax(dim=1) if loss_kind == "classifier" else None
+
+    def target_loss(self, outputs, reference, reference_class):
+        if self.loss_kind == "classifier":
+            top1_logit = outputs.gather(1, reference_class[:, None]).squeeze(1)
+            return -self.settings.classifier_scale * top1_logit
+        return ((outputs - reference) ** 2).mean(dim=1)
+
+    def loss(self, images, originals, reference, reference_class):
+        """Per-sample loss (N,) of the images being optimized."""
+        settings = self.settings
+        with _autocast(images, settings.autocast_dtype):
+            outputs = self.target(images).float()
+            decrypted = self.key(images).float()
+        loss = self.target_loss(outputs, reference, reference_class)
+        loss = loss + settings.key_weight * ((decrypted - originals) ** 2).flatten(1).mean(dim=1)
+        if settings.smoothness == "variance":
+            loss = loss + settings.variance_weight * variance_consistency(images, settings.block_size)
+        else:
+            loss = loss - settings.variance_weight * ((images - originals) ** 2).flatten(1).sum(dim=1)
+        return loss
+
+    @torch.no_grad()
+    def measure(self, encrypted8, originals, reference, reference_class):
+        """Metrics of 8-bit ciphertexts: (distance, cosine, ssim_e, ssim_d, same_class or None)."""
+        with _autocast(encrypted8, self.settings.autocast_dtype):
+            outputs = self.target(encrypted8).float()
+            decrypted8 = quantize(self.key(encrypted8).float())
+        distance = feature_distance(outputs, reference)
+        cosine = cosine_similarity(outputs, reference)
+        same_class = outputs.argmax(dim=1) == reference_class if reference_class is not None else None
+        return distance, cosine, ssim(encrypted8, originals), ssim(decrypted8, originals), same_class
+
+    def meets(self, measured) -> torch.Tensor:
+        distance, _, ssim_e, ssim_d, same_class = measured
+        return (self.settings.stop or StopCriteria()).accepts(distance, ssim_e, ssim_d, same_class)
+
+    def feature_ok(self, measured) -> torch.Tensor:
+        distance, _, _, _, same_class = measured
+        return (self.settings.stop or StopCriteria()).feature_ok(distance, same_class)
+
+
+def _repair_feature_match(objective: _Objective, encrypted8, originals, reference, reference_class, steps: int):
+    """Nudge 8-bit images by ±1/255 along the target loss's gradient until the feature bar is met."""
+    for _ in range(steps):
+        measured = objective.measure(encrypted8, originals, reference, reference_class)
+        broken = ~objective.feature_ok(measured)
+        if not bool(broken.any()):
+            break
+        images = encrypted8.clone().requires_grad_(True)
+        with _autocast(images, objective.settings.autocast_dtype):
+            outputs = objective.target(images).float()
+        loss = objective.target_loss(outputs, reference, reference_class).sum()
+        (gradient,) = torch.autograd.grad(loss, images)
+        nudged = quantize(encrypted8 - gradient.sign() / 255)
+        encrypted8 = torch.where(broken[:, None, None, None], nudged, encrypted8)
+    return encrypted8
+
+
+def encrypt_batch(
+    originals: torch.Tensor,
+    target: nn.Module,
+    key: nn.Module,
+    settings: AttackSettings,
+    loss_kind: LossKind,
+    noise_seeds: Sequence[int] = (),
+    progress: ProgressCallback | None = None,
+) -> EncryptionResult:
+    """Encrypt a batch of images (N, 3, H, W) in [0, 1] against `target` with the key `key`.
+
+    `target` maps [0, 1] images to embeddings or logits and `key` maps [0, 1] images to [0, 1]
+    images; both must be frozen and in eval mode (they are put in eval mode here). `noise_seeds`
+    gives each image its own initial noise. Returns ciphertexts on the 8-bit grid with their metrics.
+    """
+    if originals.ndim != 4 or originals.shape[1] != 3:
+        raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(originals.shape)}")
+    target.eval()
+    key.eval()
+    originals = originals.detach().float().clamp(0, 1)
+    batch = originals.shape[0]
+    device = originals.device
+
+    objective = _Objective(originals, target, key, settings, loss_kind)
+    reference, reference_class = objective.reference, objective.reference_class
+
+    images = _initial_images(originals, settings, noise_seeds)
+    velocity = torch.zeros_like(images)
+    step = torch.full((batch,), settings.step_size, device=device)
+    rises = torch.zeros(batch, dtype=torch.long, device=device)
+    previous_loss = torch.full((batch,), float("inf"), device=device)
+
+    results = quantize(images)
+    iterations_used = torch.full((batch,), settings.iterations, dtype=torch.long)
+    active = torch.arange(batch, device=device)  # indices (into the batch) still iterating
+
+    for iteration in range(1, settings.iterations + 1):
+        current = images[active].requires_grad_(True)
+        loss = objective.loss(current, originals[active], reference[active],
+                              reference_class[active] if reference_class is not None else None)
+        (gradient,) = torch.autograd.grad(loss.sum(), current)
+        loss = loss.detach()
+
+        # Per-sample normalization by mean |gradient| makes the step size independent of the
+        # loss's scale; a zero gradient (a saturated image) must not divide by zero.
+        scale = gradient.abs().flatten(1).mean(dim=1).clamp_min(1e-12)
+        velocity[active] = settings.momentum * velocity[active] + gradient / scale[:, None, None, None]
+        images[active] = (current.detach() - step[active, None, None, None] * velocity[active]).clamp(0, 1)
+
+        # Step decay: count loss rises per image; after `decay_patience` of them, shrink its step.
+        rose = loss > previous_loss[active]
+        previous_loss[active] = loss
+        counts = rises[active] + rose.long()
+        decay_now = counts >= settings.decay_patience
+        step[active] = torch.where(decay_now, step[active] * settings.step_decay, step[active])
+        rises[active] = torch.where(decay_now, torch.zeros_like(counts), counts)
+
+        last = iteration == settings.iterations
+        if settings.stop is not None and (iteration % settings.check_every == 0 or last):
+            candidate = quantize(images[active])
+            measured = objective.measure(candidate, originals[active], reference[active],
+                                         reference_class[active] if reference_class is not None else None)
+            finished = objective.meets(measured)
+            if bool(finished.any()):
+                done = active[finished]
+                results[done] = candidate[finished]
+                iterations_used[done.cpu()] = iteration
+                active = active[~finished]
+            if progress is not None:
+                progress(iteration, batch - active.numel())
+            if active.numel() == 0:
+                break
+        elif progress is not None and last:
+            progress(iteration, batch)
+
+    if active.numel() > 0:
+        # Images that never met every bar keep their final state; make sure at least the feature
+        # match survives the rounding to 8 bits.
+        final = quantize(images[active])
+        final = _repair_feature_match(
+            objective, final, originals[active], reference[active],
+            reference_class[active] if reference_class is not None else None, settings.repair_steps,
+        )
+        results[active] = final
+
+    measured = objective.measure(results, originals, reference, reference_class)
+    met = objective.meets(measured)
+    distance, cosine, ssim_e, ssim_d, same_class = (value.cpu() if value is not None else None for value in measured)
+    metrics = [
+        ImageMetrics(
+            feature_distance=float(distance[i]),
+            cosine=float(cosine[i]),
+            ssim_encrypted=float(ssim_e[i]),
+            ssim_decrypted=float(ssim_d[i]),
+            iterations=int(iterations_used[i]),
+            met_targets=bool(met[i]),
+            same_class=bool(same_class[i]) if same_class is not None else None,
+        )
+        for i in range(batch)
+    ]
+    return EncryptionResult(encrypted=results.detach(), metrics=metrics)
+
+
+@torch.no_grad()
+def decrypt_batch(encrypted: torch.Tensor, key: nn.Module) -> torch.Tensor:
+    """Apply the key in eval mode and round to 8 bits: deterministic for a given key and input."""
+    key.eval()
+    return quantize(key(encrypted.float()))
+
+
+@torch.no_grad()
+def measure_images(
+    originals: torch.Tensor, encrypted: torch.Tensor, target: nn.Module, key: nn.Module, loss_kind: LossKind
+) -> list[dict]:
+    """Metrics of given (e.g. read back from disk) ciphertexts against their originals."""
+    target.eval()
+    key.eval()
+    objective = _Objective(originals.float(), target, key, AttackSettings(), loss_kind)
+    distance, cosine, ssim_e, ssim_d, same_class = objective.measure(
+        encrypted.float(), originals.float(), objective.reference, objective.reference_class
+    )
+    return [
+        {
+            "feature_distance": float(distance[i]),
+            "cosine": float(cosine[i]),
+            "ssim_encrypted": float(ssim_e[i]),
+            "ssim_decrypted": float(ssim_d[i]),
+            **({"same_class": bool(same_class[i])} if same_class is not None else {}),
+        }
+        for i in range(originals.shape[0])
+    ]

@@ -1,0 +1,180 @@
+"""Image files in and out: find, load (EXIF-upright RGB), fit to a target's input, save lossless PNG atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from avpcli.errors import ImageError, UsageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+
+# Refuse images whose declared size would need more memory than any photo does; PIL's own guard
+# only warns below twice its limit, and a warning is not a refusal.
+MAX_PIXELS = 80_000_000
+MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """An input file and the relative path its outputs mirror."""
+
+    path: Path
+    relative: Path
+
+
+def find_images(inputs: Sequence[Path]) -> list[SourceImage]:
+    """Image files under the given files and folders, recursively, in sorted order.
+
+    A folder's images keep their path relative to it; a file given directly keeps its name. With
+    several inputs, each one's outputs go under the input's own name so that they cannot collide.
+    """
+    found: list[SourceImage] = []
+    for given in inputs:
+        if not given.exists():
+            raise UsageError(f"input not found: {given}")
+        prefix = Path(given.name) if len(inputs) > 1 and given.is_dir() else Path()
+        if given.is_dir():
+            for path in sorted(given.rglob("*")):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not _hidden(path, given):
+                    found.append(SourceImage(path, prefix / path.relative_to(given)))
+        else:
+            found.append(SourceImage(given, Path(given.name)))
+    return found
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def output_names(sources: Iterable[SourceImage], suffix: str = ".png") -> dict[Path, Path]:
+    """Map each source's relative path to its output's relative path, keeping names unique.
+
+    `a.jpg` becomes `a.png`; if `a.png` is also an input, the two become `a.jpg.png` and `a.png.png`.
+    """
+    sources = list(sources)
+    plain = [source.relative.with_suffix(suffix) for source in sources]
+    taken: dict[Path, int] = {}
+    for name in plain:
+        taken[name] = taken.get(name, 0) + 1
+    return {
+        source.relative: (name if taken[name] == 1 else source.relative.with_name(source.relative.name + suffix))
+        for source, name in zip(sources, plain)
+    }
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image file as upright 8-bit RGB, or raise ImageError with a one-line reason."""
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError("empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(f"image too large ({width}x{height} pixels declared)")
+                if getattr(opened, "n_frames", 1) > 1 and opened.format in {"GIF", "PNG", "WEBP"}:
+                    raise ImageError(f"animated image ({opened.n_frames} frames): give one frame as a still image")
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                image = _to_rgb(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as bomb:
+        raise ImageError(f"image too large: {bomb}") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image PIL can read (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as broken:
+        raise ImageError(f"cannot read image: {broken}") from None
+    if min(image.size) < MIN_SIDE:
+        raise ImageError(f"image too small ({image.size[0]}x{image.size[1]}; at least {MIN_SIDE} pixels a side)")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode to RGB; transparency is composited on white, 16-bit is scaled to 8 bits."""
+    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(np.round(array / peak * 255), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA"}:
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Centre-crop to the target's aspect ratio and resize to (height, width), for unaligned input."""
+    height, width = size
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1] from an RGB PIL image."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """An RGB PIL image from a (3, H, W) tensor in [0, 1], rounded to 8 bits."""
+    array = torch.round(image.detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename it into place.
+
+    A reader (or a rerun after a crash) sees either no file or the whole file, never a part.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """Lossless 8-bit PNG of a (3, H, W) tensor with no metadata at all (no EXIF, ICC, text, time)."""
+    buffer = io.BytesIO()
+    # A fresh image from raw pixels carries no `info`, so PIL writes only IHDR, IDAT and IEND.
+    to_pil(image).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """Save a (3, H, W) tensor as a metadata-free PNG, atomically."""
+    atomic_write_bytes(path, png_bytes(image))
+
+
+def read_png(path: Path) -> torch.Tensor:
+    """Read back a PNG that avp wrote, as (3, H, W) in [0, 1]."""
+    with Image.open(path) as opened:
+        return to_tensor(opened.convert("RGB"))
+
+
+def is_inside(inner: Path, outer: Path) -> bool:
+    """True if `inner` is `outer` or lies below it (after resolving links)."""
+    inner, outer = inner.resolve(), outer.resolve()
+    return inner == outer or outer in inner.parents
