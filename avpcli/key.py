@@ -493,6 +493,23 @@ def _state_tensors(generator: KeyGenerator) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().contiguous() for name, tensor in generator.state_dict().items()}
 
 
+def _canonical_header(payload: bytes) -> bytes:
+    """The same safetensors bytes with the metadata in sorted order.
+
+    safetensors writes its metadata map in a random order, so two saves of one key would differ;
+    a key must be byte-identical per seed. Same entries, so the header keeps its length.
+    """
+    import json
+
+    length = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8:8 + length])
+    ordered = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items())), **header}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # never happens with the same entries; keep the library's bytes then
+        return payload
+    return payload[:8] + text + b" " * (length - len(text)) + payload[8 + length:]
+
+
 def save_key(trained: TrainedKey, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Write the key as safetensors with its metadata: owner-only (0600), fsynced, atomically renamed.
 
@@ -503,7 +520,7 @@ def save_key(trained: TrainedKey, path: str | os.PathLike[str], overwrite: bool 
     target = Path(path)
     if target.exists() and not overwrite:
         raise KeyFileError(f"key file already exists: {target} (refusing to overwrite a secret)")
-    payload = save(_state_tensors(trained.generator), metadata=dict(trained.metadata))
+    payload = _canonical_header(save(_state_tensors(trained.generator), metadata=dict(trained.metadata)))
     folder = target.parent if str(target.parent) else Path(".")
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)

@@ -1,0 +1,249 @@
+"""The key: architecture, seeded training, the safetensors format and its refusals."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avpcli.errors import KeyFileError
+from avpcli.key import (
+    KEY_PRESETS, KeyGenerator, KeyPreset, count_parameters, key_fingerprint, load_key, new_seed, procedural_images,
+    save_key, seed_is_guessable, train_key, training_data_fingerprint,
+)
+
+TINY = KeyPreset(ngf=4, blocks=1, norm="batch", steps=3, batch_size=2, crop_size=16, learning_rate=1e-3,
+                 warmup_steps=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_key():
+    torch.set_num_threads(1)
+    return train_key(TINY, seed=12345)
+
+
+@pytest.fixture
+def key_file(tiny_key, tmp_path):
+    return save_key(tiny_key, tmp_path / "tiny.avpkey")
+
+
+def test_paper_preset_has_the_papers_parameter_count():
+    preset = KEY_PRESETS["paper"]
+    generator = KeyGenerator(preset.ngf, preset.blocks, preset.norm)
+    assert preset.ngf == 64 and preset.blocks == 9
+    assert count_parameters(generator) == pytest.approx(11.38e6, abs=0.01e6)
+
+
+def test_batch_norm_convs_carry_no_bias_and_others_do():
+    batch = KeyGenerator(4, 1, "batch")
+    plain = KeyGenerator(4, 1, "none")
+    conv_biases = lambda module: [m.bias for m in module.modules() if isinstance(m, torch.nn.Conv2d)]  # noqa: E731
+    assert sum(b is not None for b in conv_biases(batch)) == 1  # only the final 7×7 conv to RGB
+    assert all(b is not None for b in conv_biases(plain))
+
+
+@pytest.mark.parametrize("shape", [(150, 150), (112, 96), (112, 112), (160, 160), (32, 32), (33, 47), (8, 8)])
+def test_output_keeps_shape_and_range(tiny_key, shape):
+    images = torch.rand(2, 3, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output = tiny_key.generator(images)
+    assert output.shape == images.shape
+    assert output.min() >= 0 and output.max() <= 1
+
+
+def test_too_small_images_are_refused(tiny_key):
+    with pytest.raises(ValueError, match="8×8"):
+        tiny_key.generator(torch.rand(1, 3, 7, 20))
+
+
+def test_an_image_does_not_depend_on_its_batch_mates(tiny_key):
+    images = torch.rand(3, 3, 36, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        together = tiny_key.generator(images)
+        alone = torch.cat([tiny_key.generator(images[i:i + 1]) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_trained_key_is_frozen_and_in_eval_mode(tiny_key):
+    assert not tiny_key.generator.training
+    assert not any(p.requires_grad for p in tiny_key.generator.parameters())
+
+
+def test_training_is_byte_identical_per_seed_and_differs_between_seeds(tiny_key, key_file, tmp_path):
+    again = save_key(train_key(TINY, seed=12345), tmp_path / "again.avpkey")
+    other = save_key(train_key(TINY, seed=12346), tmp_path / "other.avpkey")
+    assert key_file.read_bytes() == again.read_bytes()
+    assert key_file.read_bytes() != other.read_bytes()
+    assert load_key(key_file).fingerprint != load_key(other).fingerprint
+
+
+def test_training_leaves_the_global_rng_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    train_key(TINY, seed=1, steps=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_progress_is_reported_every_step():
+    calls = []
+    train_key(TINY, seed=1, steps=2, progress=lambda step, total, loss: calls.append((step, total, loss)))
+    assert [(step, total) for step, total, _ in calls] == [(1, 2), (2, 2)]
+    assert all(isinstance(loss, float) and loss > 0 for _, _, loss in calls)
+
+
+def test_round_trip_gives_the_same_outputs_and_metadata(tiny_key, key_file):
+    loaded = load_key(key_file)
+    images = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded.generator(images), tiny_key.generator(images))
+    assert loaded.metadata == tiny_key.metadata
+    meta = loaded.metadata
+    assert (meta["format"], meta["architecture"], meta["ngf"], meta["blocks"], meta["norm"]) == (
+        "avp-key", "resnet-generator", "4", "1", "batch")
+    assert (meta["seed"], meta["training_data"], meta["steps"], meta["image_size"]) == ("12345", "procedural-v1", "3", "16")
+
+
+def test_loaded_key_is_frozen_and_in_eval_mode(key_file):
+    generator = load_key(key_file).generator
+    assert not generator.training and all(not m.training for m in generator.modules())
+    assert not any(p.requires_grad for p in generator.parameters())
+
+
+def test_key_file_is_owner_only(key_file):
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+
+
+def test_save_refuses_to_overwrite(tiny_key, key_file, tmp_path):
+    before = key_file.read_bytes()
+    other = train_key(TINY, seed=99)
+    with pytest.raises(KeyFileError, match="already exists"):
+        save_key(other, key_file)
+    assert key_file.read_bytes() == before
+    save_key(other, key_file, overwrite=True)
+    assert key_file.read_bytes() != before
+    assert [p.name for p in tmp_path.iterdir()] == [key_file.name]  # no temporary left behind
+
+
+def test_fingerprint_is_stable_and_tracks_every_byte(tiny_key, key_file):
+    fingerprint = load_key(key_file).fingerprint
+    assert fingerprint == load_key(key_file).fingerprint == key_fingerprint(tiny_key.generator.state_dict())
+    assert len(fingerprint) == 64 and "12345" not in fingerprint
+    state = {name: tensor.clone() for name, tensor in tiny_key.generator.state_dict().items()}
+    state["network.1.weight"].view(-1)[0] += 1e-6
+    assert key_fingerprint(state) != fingerprint
+
+
+def _one_line_key_error(path) -> str:
+    with pytest.raises(KeyFileError) as caught:
+        load_key(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_missing_file(tmp_path):
+    assert "not found" in _one_line_key_error(tmp_path / "nope.avpkey")
+
+
+@pytest.mark.parametrize("cut", [0, 5, 100, -10])
+def test_truncated_file(key_file, cut):
+    data = key_file.read_bytes()
+    key_file.write_bytes(data[:cut] if cut >= 0 else data[:cut])
+    _one_line_key_error(key_file)
+
+
+def test_png_and_random_bytes_are_refused(tmp_path):
+    png = tmp_path / "picture.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+    assert "not a safetensors" in _one_line_key_error(png)
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(os.urandom(4096))
+    _one_line_key_error(noise)
+
+
+def _rewrite(key_file, tensors=None, metadata=None):
+    from safetensors.torch import load, save
+
+    loaded = load_key(key_file)
+    state = load(key_file.read_bytes()) if tensors is None else tensors(load(key_file.read_bytes()))
+    meta = dict(loaded.metadata) if metadata is None else metadata(dict(loaded.metadata))
+    key_file.write_bytes(save(state, metadata=meta))
+
+
+def test_safetensors_without_our_metadata_is_refused(key_file):
+    _rewrite(key_file, metadata=lambda meta: {"format": "pt"})
+    assert "not an avp key" in _one_line_key_error(key_file)
+
+
+def test_other_format_version_is_refused(key_file):
+    _rewrite(key_file, metadata=lambda meta: {**meta, "format_version": "99"})
+    assert "version" in _one_line_key_error(key_file)
+
+
+def test_missing_tensor_is_refused(key_file):
+    _rewrite(key_file, tensors=lambda state: {k: v for k, v in state.items() if k != "network.1.weight"})
+    assert "missing tensor network.1.weight" in _one_line_key_error(key_file)
+
+
+def test_wrong_shape_is_refused(key_file):
+    _rewrite(key_file, tensors=lambda state: {**state, "network.1.weight": torch.zeros(4, 3, 5, 5)})
+    assert "network.1.weight" in _one_line_key_error(key_file)
+
+
+def test_architecture_that_does_not_match_the_tensors_is_refused(key_file):
+    _rewrite(key_file, metadata=lambda meta: {**meta, "ngf": "8"})
+    _one_line_key_error(key_file)
+
+
+def test_corrupt_header_is_refused(key_file):
+    data = bytearray(key_file.read_bytes())
+    header_length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_length])
+    assert "__metadata__" in header
+    data[8:12] = b"????"
+    key_file.write_bytes(bytes(data))
+    _one_line_key_error(key_file)
+
+
+def test_seed_helpers():
+    assert seed_is_guessable(0) and seed_is_guessable(2 ** 32 - 1)
+    assert not seed_is_guessable(2 ** 32)
+    seeds = {new_seed() for _ in range(4)}
+    assert len(seeds) == 4 and all(seed.bit_length() > 64 for seed in seeds)  # fails with odds 2**-64
+    assert not any(seed_is_guessable(seed) for seed in seeds)
+
+
+def test_procedural_images_are_seeded_and_in_range():
+    a = procedural_images(torch.Generator().manual_seed(3), 4, 32)
+    b = procedural_images(torch.Generator().manual_seed(3), 4, 32)
+    c = procedural_images(torch.Generator().manual_seed(4), 4, 32)
+    assert a.shape == (4, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    assert a.std(dim=(1, 2, 3)).min() > 0.01  # every image has content
+
+
+def test_training_on_a_folder_records_its_fingerprint(tmp_path):
+    folder = tmp_path / "images" / "nested"
+    folder.mkdir(parents=True)
+    for index in range(2):
+        pixels = np.random.default_rng(index).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    fingerprint = training_data_fingerprint(tmp_path / "images")
+    trained = train_key(TINY, seed=5, data_dir=tmp_path / "images", steps=1)
+    assert trained.metadata["training_data"] == fingerprint and len(fingerprint) == 64
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(folder / "0.png")
+    assert training_data_fingerprint(tmp_path / "images") != fingerprint
+    with pytest.raises(FileNotFoundError):
+        train_key(TINY, seed=5, data_dir=tmp_path / "empty-or-missing", steps=1)

@@ -1,0 +1,93 @@
+"""SSIM against scikit-image, the box filter against hand-computed sums, per-sample feature metrics."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avpcli.metrics import box_filter_sum, cosine_similarity, feature_distance, ssim
+
+skimage_metrics = pytest.importorskip("skimage.metrics")
+
+
+def skimage_ssim(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    return [
+        skimage_metrics.structural_similarity(
+            x.permute(1, 2, 0).double().numpy(), y.permute(1, 2, 0).double().numpy(), channel_axis=2,
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
+        for x, y in zip(a, b)
+    ]
+
+
+def smooth_images(generator: torch.Generator, n: int, height: int, width: int) -> torch.Tensor:
+    coarse = torch.rand(n, 3, 5, 5, generator=generator)
+    return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True).clamp(0, 1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ssim_of_identical_images_is_one():
+    images = torch.rand(3, 3, 32, 40, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ssim(images, images), torch.ones(3), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["random", "smooth"])
+@pytest.mark.parametrize("shape", [(150, 150), (112, 96), (32, 32)])
+def test_ssim_matches_skimage(kind, shape):
+    generator = torch.Generator().manual_seed(1)
+    if kind == "random":
+        a = torch.rand(2, 3, *shape, generator=generator)
+        b = (a + 0.15 * torch.randn(a.shape, generator=generator)).clamp(0, 1)
+    else:
+        a = smooth_images(generator, 2, *shape)
+        b = (0.8 * a + 0.2 * smooth_images(generator, 2, *shape)).clamp(0, 1)
+    ours = ssim(a, b)
+    reference = torch.tensor(skimage_ssim(a, b), dtype=ours.dtype)
+    assert ours.shape == (2,)
+    assert torch.allclose(ours, reference, atol=1e-4), (ours, reference)
+    # The pairs are really different, so a constant 1 could not pass.
+    assert (reference < 0.99).all()
+
+
+def test_ssim_is_per_sample():
+    generator = torch.Generator().manual_seed(2)
+    a = torch.rand(4, 3, 24, 24, generator=generator)
+    b = (a + 0.2 * torch.randn(a.shape, generator=generator)).clamp(0, 1)
+    together = ssim(a, b)
+    alone = torch.stack([ssim(a[i:i + 1], b[i:i + 1])[0] for i in range(4)])
+    assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_ssim_rejects_tiny_or_mismatched_images():
+    with pytest.raises(ValueError):
+        ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError):
+        ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))
+
+
+def test_box_filter_sum_by_hand():
+    image = torch.arange(1.0, 10.0).view(1, 1, 3, 3)  # [[1,2,3],[4,5,6],[7,8,9]]
+    sums = box_filter_sum(image, 2)
+    assert sums.shape == (1, 1, 2, 2)
+    assert sums.flatten().tolist() == [12.0, 16.0, 24.0, 28.0]
+    assert box_filter_sum(image, 3).flatten().tolist() == [45.0]
+
+
+def test_box_filter_sum_is_per_channel():
+    image = torch.stack([torch.ones(4, 5), 2 * torch.ones(4, 5), torch.zeros(4, 5)])[None]
+    sums = box_filter_sum(image, 4)
+    assert sums.shape == (1, 3, 1, 2)
+    assert sums[0, :, 0, 0].tolist() == [16.0, 32.0, 0.0]
+
+
+def test_feature_distance_and_cosine_per_sample():
+    a = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    assert feature_distance(a, b).tolist() == pytest.approx([5.0, 2 ** 0.5])
+    assert cosine_similarity(a, a).tolist() == pytest.approx([1.0, 1.0])
+    assert cosine_similarity(a[1:], b[1:]).tolist() == pytest.approx([0.0])
