@@ -1,0 +1,198 @@
+"""The command line end to end on tiny models: stdout holds only data, errors are one line, exit codes mean something."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from avpcli.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, env: dict | None = None):
+    return runner.invoke(app, [str(arg) for arg in args], catch_exceptions=False, env=env)
+
+
+@pytest.fixture
+def photo_folder(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    rng = np.random.default_rng(4)
+    for name in ("a.jpg", "nested/b.png", "c.png"):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(path)
+    return folder
+
+
+def encrypt_tiny(photos: Path, key: Path, out: Path, *extra: str):
+    return invoke("encrypt", photos, "--target", "tiny-embedding", "--key", key, "--out", out,
+                  "--iterations", "6", "--device", "cpu", "--seed", "3", *extra)
+
+
+def test_every_command_has_help():
+    for command in ("keygen", "encrypt", "decrypt", "targets", "demo"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0, command
+        assert "Usage" in result.stdout
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("avp ")
+
+
+def test_keygen_prints_only_the_path_and_writes_an_owner_only_file(tmp_path):
+    out = tmp_path / "k.safetensors"
+    result = invoke("keygen", "--steps", "1", "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_keygen_warns_about_a_guessable_seed_and_never_prints_it(tmp_path):
+    out = tmp_path / "k.safetensors"
+    result = invoke("keygen", "--steps", "1", "--seed", "4242", "--out", out, "--device", "cpu")
+    assert result.exit_code == 0
+    assert "guess" in result.stderr
+    assert "4242" not in result.stdout + result.stderr
+
+
+def test_keygen_refuses_to_overwrite_a_key(tmp_path):
+    out = tmp_path / "k.safetensors"
+    out.write_bytes(b"precious")
+    result = invoke("keygen", "--steps", "1", "--out", out, "--device", "cpu")
+    assert result.exit_code == 1
+    assert out.read_bytes() == b"precious"
+
+
+def test_a_foreign_file_as_key_is_a_clear_error(tmp_path, photo_folder):
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"definitely not a key")
+    result = encrypt_tiny(photo_folder, fake, tmp_path / "out")
+    assert result.exit_code == 1
+    assert "error" in result.stderr and "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_encrypt_then_decrypt_end_to_end(tmp_path, photo_folder, tiny_key_file):
+    out = tmp_path / "encrypted"
+    result = encrypt_tiny(photo_folder, tiny_key_file, out)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == [str(out / name) for name in ("a.png", "c.png", "nested/b.png")]
+    manifest = json.loads((out / "avp-manifest.json").read_text())
+    assert manifest["target"]["name"] == "tiny-embedding"
+    assert len(manifest["key_fingerprint"]) == 64
+    for entry in manifest["files"]:
+        assert entry["status"] == "ok"
+        assert {"feature_distance", "cosine", "ssim_encrypted", "ssim_decrypted", "iterations"} <= set(entry)
+        with Image.open(out / entry["output"]) as written:
+            assert written.size == (32, 32) and written.mode == "RGB"
+    text = (out / "avp-manifest.json").read_text()
+    assert str(tiny_key_file) not in text and "seed\": 2" not in text
+
+    decrypted = tmp_path / "decrypted"
+    result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [str(decrypted / name) for name in ("a.png", "c.png", "nested/b.png")]
+
+    again = tmp_path / "decrypted-again"
+    invoke("decrypt", out, "--key", tiny_key_file, "--out", again, "--device", "cpu")
+    for name in ("a.png", "c.png", "nested/b.png"):
+        assert (decrypted / name).read_bytes() == (again / name).read_bytes(), "decryption must be deterministic"
+
+
+def test_decrypt_finds_the_key_by_fingerprint_and_refuses_another(tmp_path, photo_folder, tiny_key_file):
+    out = tmp_path / "encrypted"
+    encrypt_tiny(photo_folder, tiny_key_file, out)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "mine.safetensors").write_bytes(tiny_key_file.read_bytes())
+    result = invoke("decrypt", out, "--out", tmp_path / "d1", "--device", "cpu", env={"AVP_KEYS": str(keys)})
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+
+    other = tmp_path / "other.safetensors"
+    invoke("keygen", "--steps", "1", "--out", other, "--device", "cpu")
+    refused = invoke("decrypt", out, "--key", other, "--out", tmp_path / "d2", "--device", "cpu")
+    assert refused.exit_code == 1 and "not the key" in refused.stderr
+    assert not (tmp_path / "d2").exists()
+    forced = invoke("decrypt", out, "--key", other, "--out", tmp_path / "d3", "--device", "cpu", "--force")
+    assert forced.exit_code == 0
+
+
+def test_a_bad_file_fails_alone_and_the_run_exits_1(tmp_path, photo_folder, tiny_key_file):
+    (photo_folder / "broken.jpg").write_bytes(b"garbage")
+    out = tmp_path / "encrypted"
+    result = encrypt_tiny(photo_folder, tiny_key_file, out)
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.stderr and "Traceback" not in result.output
+    assert len(result.stdout.splitlines()) == 3
+    entries = {entry["source"]: entry for entry in json.loads((out / "avp-manifest.json").read_text())["files"]}
+    assert entries["broken.jpg"]["status"] == "failed" and entries["broken.jpg"]["reason"]
+
+
+def test_rerun_skips_finished_outputs_and_overwrite_redoes_them(tmp_path, photo_folder, tiny_key_file):
+    out = tmp_path / "encrypted"
+    encrypt_tiny(photo_folder, tiny_key_file, out)
+    before = (out / "a.png").stat().st_mtime_ns
+    again = encrypt_tiny(photo_folder, tiny_key_file, out)
+    assert again.exit_code == 0
+    assert (out / "a.png").stat().st_mtime_ns == before
+    assert len(json.loads((out / "avp-manifest.json").read_text())["files"]) == 3
+    encrypt_tiny(photo_folder, tiny_key_file, out, "--overwrite")
+    assert (out / "a.png").stat().st_mtime_ns != before
+
+
+def test_output_inside_the_input_is_refused(photo_folder, tiny_key_file):
+    result = encrypt_tiny(photo_folder, tiny_key_file, photo_folder / "enc")
+    assert result.exit_code == 2
+    assert not (photo_folder / "enc").exists()
+
+
+def test_json_output_is_the_manifest(tmp_path, photo_folder, tiny_key_file):
+    result = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--json")
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert document["format"] == "avp-manifest" and len(document["files"]) == 3
+
+
+def test_unknown_target_lists_the_choices(tmp_path, photo_folder, tiny_key_file):
+    result = invoke("encrypt", photo_folder, "--target", "nonsense", "--key", tiny_key_file, "--out", tmp_path / "o")
+    assert result.exit_code == 1
+    assert "dlib" in result.stderr
+
+
+def test_targets_lists_real_targets_and_hides_test_ones():
+    result = invoke("targets")
+    names = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert "dlib" in names and "facenet" in names
+    assert not any(name.startswith("tiny") for name in names)
+
+
+def test_shard_takes_every_nth_file(tmp_path, photo_folder, tiny_key_file):
+    first = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--shard", "1/2")
+    second = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--shard", "2/2")
+    assert len(first.stdout.splitlines()) == 2 and len(second.stdout.splitlines()) == 1
+    assert (tmp_path / "enc" / "avp-manifest.part-1-of-2.json").exists()
+
+
+def test_module_entry_point_keeps_stdout_clean(tmp_path, photo_folder, tiny_key_file):
+    out = tmp_path / "enc"
+    completed = subprocess.run(
+        [sys.executable, "-m", "avpcli", "encrypt", str(photo_folder), "--target", "tiny-embedding",
+         "--key", str(tiny_key_file), "--out", str(out), "--iterations", "3", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert all(Path(line).is_file() for line in completed.stdout.splitlines())
+    assert len(completed.stdout.splitlines()) == 3

@@ -1,0 +1,149 @@
+"""The attack engine on tiny seeded models: it optimizes, stays in range, is per-sample and deterministic."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from avpcli.engine import (
+    AttackSettings,
+    StopCriteria,
+    decrypt_batch,
+    encrypt_batch,
+    measure_images,
+    quantize,
+    variance_consistency,
+)
+from avpcli.targets import load_target
+
+
+def near_identity_key() -> nn.Module:
+    """A small conv key that starts close to the identity, so the reconstruction term is learnable."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 3, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.mul_(0.05)
+        conv.weight[:, :, 1, 1] += torch.eye(3)
+        conv.bias.zero_()
+    return nn.Sequential(conv, nn.Hardtanh(0, 1))
+
+
+def originals(count: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(11)
+    smooth = torch.rand(count, 3, 8, 8, generator=generator)
+    return nn.functional.interpolate(smooth, size=(32, 32), mode="bilinear", align_corners=False)
+
+
+FAST = AttackSettings(iterations=60, key_weight=1.0, stop=None)
+
+
+@pytest.fixture(scope="module")
+def embedding_target():
+    return load_target("tiny-embedding")
+
+
+def test_total_loss_falls_and_output_stays_on_the_8bit_grid(embedding_target):
+    images = originals()
+    key = near_identity_key()
+    seeds = [1, 2, 3]
+    short = encrypt_batch(images, embedding_target, key, dataclasses.replace(FAST, iterations=2), "embedding", seeds)
+    long = encrypt_batch(images, embedding_target, key, FAST, "embedding", seeds)
+    for before, after in zip(short.metrics, long.metrics):
+        assert after.feature_distance < before.feature_distance
+    encrypted = long.encrypted
+    assert encrypted.min() >= 0 and encrypted.max() <= 1
+    assert torch.equal(encrypted, quantize(encrypted)), "ciphertexts must be exactly representable in 8 bits"
+
+
+def test_an_image_result_does_not_depend_on_its_batch_mates(embedding_target):
+    images = originals(3)
+    key = near_identity_key()
+    settings = dataclasses.replace(FAST, iterations=30)
+    together = encrypt_batch(images, embedding_target, key, settings, "embedding", [7, 8, 9])
+    alone = encrypt_batch(images[1:2], embedding_target, key, settings, "embedding", [8])
+    # Up to one 8-bit level, for float rounding differences between batch sizes.
+    assert (together.encrypted[1] - alone.encrypted[0]).abs().max() <= 1 / 255 + 1e-6
+    assert together.metrics[1].feature_distance == pytest.approx(alone.metrics[0].feature_distance, abs=1e-3)
+
+
+def test_same_seed_same_ciphertext_other_seed_other_ciphertext(embedding_target):
+    key = near_identity_key()
+    first = encrypt_batch(originals(1), embedding_target, key, FAST, "embedding", [5])
+    again = encrypt_batch(originals(1), embedding_target, key, FAST, "embedding", [5])
+    other = encrypt_batch(originals(1), embedding_target, key, FAST, "embedding", [6])
+    assert torch.equal(first.encrypted, again.encrypted)
+    assert not torch.equal(first.encrypted, other.encrypted)
+
+
+def test_early_stopping_stops_each_image_when_it_meets_the_bars(embedding_target):
+    lenient = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=0.5, min_ssim_decrypted=-1.0)
+    settings = AttackSettings(iterations=400, key_weight=1.0, stop=lenient, check_every=5)
+    result = encrypt_batch(originals(), embedding_target, near_identity_key(), settings, "embedding", [1, 2, 3])
+    for metrics in result.metrics:
+        assert metrics.met_targets
+        assert metrics.iterations < 400
+        assert metrics.iterations % 5 == 0
+
+
+def test_unreachable_bars_run_every_iteration_and_say_so(embedding_target):
+    impossible = StopCriteria(max_feature_distance=0.0, max_ssim_encrypted=-1.0, min_ssim_decrypted=2.0)
+    settings = AttackSettings(iterations=20, stop=impossible, check_every=5, repair_steps=0)
+    result = encrypt_batch(originals(1), embedding_target, near_identity_key(), settings, "embedding", [1])
+    assert result.metrics[0].iterations == 20
+    assert not result.metrics[0].met_targets
+
+
+def test_classifier_target_keeps_the_top1_class():
+    target = load_target("tiny-classifier")
+    settings = AttackSettings(iterations=80, key_weight=1.0, classifier_scale=1.0, stop=None)
+    result = encrypt_batch(originals(), target, near_identity_key(), settings, "classifier", [1, 2, 3])
+    assert all(metrics.same_class for metrics in result.metrics)
+
+
+def test_original_initialization_and_distance_smoothness_run(embedding_target):
+    settings = dataclasses.replace(FAST, iterations=10, initialization="original", smoothness="distance")
+    result = encrypt_batch(originals(1), embedding_target, near_identity_key(), settings, "embedding")
+    assert result.encrypted.shape == (1, 3, 32, 32)
+
+
+def test_noise_initialization_needs_one_seed_per_image(embedding_target):
+    with pytest.raises(ValueError):
+        encrypt_batch(originals(2), embedding_target, near_identity_key(), FAST, "embedding", [1])
+
+
+def test_models_are_left_in_eval_mode_and_frozen(embedding_target):
+    key = near_identity_key().train()
+    encrypt_batch(originals(1), embedding_target, key, dataclasses.replace(FAST, iterations=2), "embedding", [1])
+    assert not key.training and not embedding_target.training
+
+
+def test_decryption_is_deterministic_even_for_a_key_left_in_train_mode():
+    key = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Dropout(0.5), nn.Sigmoid()).train()
+    images = originals(2)
+    first, second = decrypt_batch(images, key), decrypt_batch(images, key)
+    assert torch.equal(first, second)
+    assert torch.equal(first, quantize(first))
+
+
+def test_variance_consistency_of_a_constant_image_is_zero_and_of_a_split_image_is_not():
+    constant = torch.full((1, 3, 16, 16), 0.3)
+    split = constant.clone()
+    split[..., :8] = 0.9
+    assert variance_consistency(constant, 4).item() == pytest.approx(0.0, abs=1e-9)
+    assert variance_consistency(split, 4).item() > 1.0
+    # Per sample: a batch's values are the values of its images on their own.
+    both = variance_consistency(torch.cat([constant, split]), 4)
+    assert both[1].item() == pytest.approx(variance_consistency(split, 4).item())
+
+
+def test_measure_images_agrees_with_the_engine_on_its_own_ciphertexts(embedding_target):
+    key = near_identity_key()
+    images = originals(2)
+    result = encrypt_batch(images, embedding_target, key, FAST, "embedding", [1, 2])
+    measured = measure_images(images, result.encrypted, embedding_target, key, "embedding")
+    for mine, theirs in zip(measured, result.metrics):
+        assert mine["feature_distance"] == pytest.approx(theirs.feature_distance, abs=1e-5)
+        assert mine["ssim_decrypted"] == pytest.approx(theirs.ssim_decrypted, abs=1e-5)
