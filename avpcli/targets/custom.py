@@ -90,13 +90,13 @@ def load_onnx_model(path: Path, target: str) -> nn.Module:
         model = convert(onnx.load(str(path)))
     except Exception as error:  # noqa: BLE001 - a file onnx2torch cannot convert is the user's to fix
         raise TargetError(f"{target}: cannot convert ONNX model {path}: {type(error).__name__}: {str(error)[:300]}") from None
-    return model.float()
+    return model.float().eval()
 
 
 def load_torchscript_model(path: Path, target: str) -> nn.Module:
     """A TorchScript archive (torch.jit.save), loaded on the CPU; no Python pickles are involved."""
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as error:  # noqa: BLE001
         raise TargetError(f"{target}: cannot load TorchScript model {path}: {type(error).__name__}: {str(error)[:300]}") from None
 
