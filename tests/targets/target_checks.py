@@ -19,7 +19,9 @@ def check_target(target: TargetModel, output_size: int, batch: int = 2) -> torch
     assert torch.isfinite(output).all()
     if target.spec.loss == "embedding" and target.spec.normalize_embedding:
         assert torch.allclose(output.norm(dim=1), torch.ones(batch), atol=1e-4)
-    output.square().sum().backward()
+    # A fixed random direction: the squared norm of a unit embedding would have no gradient at all.
+    direction = torch.randn(output.shape, generator=torch.Generator().manual_seed(0))
+    (output * direction).sum().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     assert all(parameter.grad is None for parameter in target.parameters())
     return output.detach()
