@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision import models
+from torchvision.models import vgg
 
 from avpcli.targets import TargetSpec, register_target
 from avpcli.weights import load_state_into, load_torch_file, resolve_weights, unwrap_state_dict
@@ -56,7 +57,8 @@ class CifarVGG(nn.Module):
 
     def __init__(self, batch_norm: bool, num_classes: int):
         super().__init__()
-        self.features = (models.vgg19_bn if batch_norm else models.vgg19)(weights=None).features
+        # torchvision's own layer list for VGG-19 (config "E"), without building its 120M-parameter head.
+        self.features = vgg.make_layers(vgg.cfgs["E"], batch_norm=batch_norm)
         self.classifier = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
