@@ -1,0 +1,137 @@
+"""Face alignment: the similarity fit, the warp's coordinate convention, and MTCNN on real photos."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avpcli import align
+from avpcli.errors import NoFaceError
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(relative: str) -> Path:
+    path = DATA / relative
+    if not path.exists():
+        pytest.skip(f"{relative} not found under {DATA} (set AVP_DATA)")
+    return path
+
+
+def _similarity(scale: float, angle_degrees: float, tx: float, ty: float) -> np.ndarray:
+    angle = math.radians(angle_degrees)
+    rotation = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return np.hstack([rotation, [[tx], [ty]]])
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+@pytest.mark.parametrize("weights", [None, (1.0, 1.0, 0.3, 0.02, 0.02)])
+def test_similarity_fit_recovers_a_known_transform(weights):
+    source = np.random.default_rng(0).uniform(0, 200, (5, 2))
+    known = _similarity(0.7, 23.0, -14.5, 40.25)
+    found = align.similarity_transform(source, _apply(known, source), weights)
+    assert np.allclose(found, known, atol=1e-10)
+
+
+def test_similarity_fit_never_reflects():
+    source = np.random.default_rng(1).uniform(0, 100, (5, 2))
+    found = align.similarity_transform(source, source * [-1.0, 1.0])
+    assert np.linalg.det(found[:, :2]) > 0
+
+
+def test_warp_puts_landmarks_on_the_template():
+    """A synthetic photo with a bright dot at each landmark: the dots land on the template's points."""
+    size, points, _ = align.TEMPLATES["arcface"]
+    to_photo = _similarity(2.5, -12.0, 180.0, 60.0)  # template -> photo, face 2.5x larger, tilted
+    landmarks = _apply(to_photo, np.array(points))
+    photo = np.zeros((500, 520, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:500, 0:520]
+    for x, y in landmarks:
+        photo[(xx - x) ** 2 + (yy - y) ** 2 <= 5**2] = 255
+    chip = np.asarray(align.warp_to_template(Image.fromarray(photo), landmarks, "arcface"))[..., 0].astype(float)
+    assert chip.shape == size
+    cyy, cxx = np.mgrid[0 : size[0], 0 : size[1]]
+    for x, y in points:
+        near = ((cxx - x) ** 2 + (cyy - y) ** 2 <= 4**2) * chip
+        centroid = np.array([(near * cxx).sum(), (near * cyy).sum()]) / near.sum()
+        assert np.allclose(centroid, (x, y), atol=0.15)
+
+
+def test_warp_outside_the_image_is_black():
+    photo = Image.new("RGB", (40, 40), (200, 150, 100))
+    chip = np.asarray(align.warp_affine(photo, _similarity(1.0, 0.0, 30.0, 0.0), (40, 80)))
+    # Photo columns 0..39 land on chip columns 30..69.
+    assert (chip[:, :29] == 0).all() and (chip[:, 31:69] == (200, 150, 100)).all() and (chip[:, 71:] == 0).all()
+
+
+def test_large_downscale_is_antialiased():
+    """A 1-pixel checkerboard shrunk 8x must come out mid-gray, not aliased stripes."""
+    checker = ((np.indices((800, 800)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    photo = Image.fromarray(np.stack([checker] * 3, axis=-1))
+    chip = np.asarray(align.warp_affine(photo, _similarity(1 / 8, 0.0, 0.0, 0.0), (100, 100))).astype(float)
+    assert abs(chip[5:-5, 5:-5].mean() - 127.5) < 2 and chip[5:-5, 5:-5].std() < 2
+
+
+@pytest.mark.parametrize("name", sorted(align.TEMPLATES))
+def test_templates_are_well_formed(name):
+    size, points, weights = align.TEMPLATES[name]
+    assert align.template_size(name) == size
+    assert len(points) == len(weights) == 5
+    (left_eye, right_eye, nose, mouth_left, mouth_right) = points
+    assert left_eye[0] < nose[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1]) < size[0]
+
+
+def test_unknown_template_is_named():
+    with pytest.raises(ValueError, match="arcface"):
+        align.template_size("nope")
+
+
+def test_astronaut_is_found_and_aligned():
+    photo = Image.open(_data("samples-public-domain/astronaut.png")).convert("RGB")
+    faces = align.align_faces(photo, "dlib")
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.image.size == (150, 150) and face.image.mode == "RGB"
+    assert face.probability > 0.99 and face.landmarks.shape == (5, 2)
+    x0, y0, x1, y1 = face.box
+    assert x0 < face.landmarks[:, 0].min() and face.landmarks[:, 0].max() < x1
+    # The landmarks were put on the template: mapping them with the fitted transform lands near it.
+    template = align.TEMPLATES["dlib"]
+    to_chip = align.similarity_transform(face.landmarks, np.array(template.points), np.array(template.weights))
+    assert np.abs(_apply(to_chip, face.landmarks)[:2] - np.array(template.points[:2])).max() < 3
+
+
+def test_no_face_raises():
+    with pytest.raises(NoFaceError, match="no face"):
+        align.align_faces(Image.new("RGB", (200, 200), (128, 128, 128)), "arcface")
+
+
+def test_largest_face_first():
+    photo = Image.open(_data("faces_misc/face_recognition_knn/test/obama_and_biden.jpg")).convert("RGB")
+    photo = photo.reduce(2)  # the same faces at a quarter of the pixels: faster
+    faces = align.align_faces(photo, "arcface", all_faces=True)
+    assert len(faces) >= 2
+    areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in (face.box for face in faces)]
+    assert areas == sorted(areas, reverse=True)
+    assert all(face.image.size == (112, 112) for face in faces)
+    only = align.align_faces(photo, "arcface")
+    assert len(only) == 1 and only[0].box == faces[0].box
