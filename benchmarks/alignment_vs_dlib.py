@@ -12,7 +12,10 @@ Needs the reference dlib (pip install dlib-bin) and the LFW data (AVP_DATA or <r
 2. Held-out split: every 8th `multi` photo (people not in the fitting split). For each, the dlib
    descriptor (avp's torch port) of avp's MTCNN-aligned chip vs of dlib's own chip; Euclidean distance.
 
-Usage: python benchmarks/alignment_vs_dlib.py [--fit 400] [--every 8]
+3. On the same chips, the torch port vs dlib's own network (max abs descriptor difference).
+
+Usage: python benchmarks/alignment_vs_dlib.py [--fit 400] [--every 8] [--skip-fit]
+       python benchmarks/alignment_vs_dlib.py --timing      (the port's speed, 1 thread)
 """
 
 from __future__ import annotations
@@ -156,8 +159,32 @@ def evaluate(rows: list[dict[str, str]], reference: DlibReference) -> None:
         f"resampling only (avp's warp with dlib's own transform vs dlib's chip): mean {resampling.mean():.4f}, "
         f"max {resampling.max():.4f}"
     )
+    # The port itself, on the same chips: avp's torch network vs dlib's own forward pass.
+    dlib_network = reference.dlib.face_recognition_model_v1(str(default_model_path()))
+    noise = list(np.random.default_rng(0).integers(0, 256, (8, CHIP, CHIP, 3), dtype=np.uint8))
+    port_chips = dlib_chips + avp_chips[:20] + noise
+    expected = np.array([dlib_network.compute_face_descriptor(chip) for chip in port_chips])
+    port_error = np.abs(descriptors(port_chips).double().numpy() - expected).max()
+    print(f"torch port vs dlib on {len(port_chips)} chips (dlib's, avp's and noise): max abs difference {port_error:.2e}")
     worst = np.argsort(distances)[-3:][::-1]
     print("worst: " + ", ".join(f"{used[i]} {distances[i]:.3f}" for i in worst))
+
+
+def timing() -> None:
+    """Seconds per chip of the torch port: forward at batch 16, forward+backward at batch 1 and 16."""
+    target = load_target("dlib")
+    for batch, backward in ((16, False), (1, True), (16, True)):
+        chips = torch.rand(batch, 3, CHIP, CHIP, requires_grad=backward)
+        runs = []
+        for _ in range(4):
+            started = time.perf_counter()
+            with torch.set_grad_enabled(backward):
+                output = target(chips)
+                if backward:
+                    output.square().sum().backward()
+            runs.append((time.perf_counter() - started) / batch)
+        label = "forward+backward" if backward else "forward"
+        print(f"{label}, batch {batch}: {1000 * min(runs[1:]):.1f} ms per chip (best of 3 after a warm-up, 1 thread)")
 
 
 def main() -> None:
@@ -165,8 +192,12 @@ def main() -> None:
     parser.add_argument("--fit", type=int, default=400, help="fitting photos (first N distractors)")
     parser.add_argument("--every", type=int, default=8, help="held-out: every Nth 'multi' photo")
     parser.add_argument("--skip-fit", action="store_true", help="only evaluate the hard-coded template")
+    parser.add_argument("--timing", action="store_true", help="only time the torch port")
     arguments = parser.parse_args()
     torch.set_num_threads(1)
+    if arguments.timing:
+        timing()
+        return
     if not (DATA / "lfw.csv").is_file():
         sys.exit(f"LFW data not found at {DATA} (set AVP_DATA)")
     rows = lfw_rows()
