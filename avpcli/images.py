@@ -178,3 +178,20 @@ def is_inside(inner: Path, outer: Path) -> bool:
     """True if `inner` is `outer` or lies below it (after resolving links)."""
     inner, outer = inner.resolve(), outer.resolve()
     return inner == outer or outer in inner.parents
+
+
+def contact_sheet(rows: Sequence[Sequence[torch.Tensor]], gap: int = 4) -> torch.Tensor:
+    """Tile (3, H, W) images into one image, a row per entry of `rows`, on a white background.
+
+    Images in a row may differ in size; each cell is as large as the largest image given.
+    """
+    height = max(image.shape[1] for row in rows for image in row)
+    width = max(image.shape[2] for row in rows for image in row)
+    columns = max(len(row) for row in rows)
+    sheet = torch.ones(3, len(rows) * (height + gap) + gap, columns * (width + gap) + gap)
+    for row_index, row in enumerate(rows):
+        for column_index, image in enumerate(row):
+            top = gap + row_index * (height + gap)
+            left = gap + column_index * (width + gap)
+            sheet[:, top:top + image.shape[1], left:left + image.shape[2]] = image.clamp(0, 1)
+    return sheet

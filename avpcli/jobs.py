@@ -68,6 +68,9 @@ class EncryptJob:
     overwrite: bool = False
     shard: tuple[int, int] = (0, 1)
     weights_label: str = ""
+    # Where to also save each aligned original (what the target saw), for reports and the demo.
+    # Off by default: these are plaintext faces.
+    aligned_output: Path | None = None
 
 
 @dataclass
@@ -208,6 +211,8 @@ def _encrypt_and_write(batch: list[_Item], job: EncryptJob, manifest: Manifest, 
         path = job.output / item.entry["output"]
         save_png(encrypted.cpu(), path)
         written.append(read_png(path))
+        if job.aligned_output is not None:
+            save_png(item.tensor, job.aligned_output / item.entry["output"])
     # Every figure in the manifest is measured on the PNG as written and read back.
     measured = measure_images(originals, torch.stack(written).to(job.device), job.target, job.key, job.spec.loss)
     for item, metrics, engine_metrics in zip(batch, measured, result.metrics):

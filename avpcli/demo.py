@@ -1,0 +1,85 @@
+"""`avp demo`: the whole round trip offline on the shipped public-domain photos against the real dlib model."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from avpcli.engine import AttackSettings
+from avpcli.images import contact_sheet, read_png, save_png
+from avpcli.jobs import DecryptJob, EncryptJob, EventCallback, decrypt_folder, encrypt_folder
+from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key
+from avpcli.targets import get_spec, load_target
+
+SAMPLES = Path(__file__).parent / "samples"
+DEMO_TARGET = "dlib"
+DEMO_PRESET = "default"
+
+
+def demo_key_path() -> Path:
+    """Where the demo keeps its key between runs: $XDG_CACHE_HOME/avp (or ~/.cache/avp)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "avp" / "demo-key.safetensors"
+
+
+@dataclass
+class DemoResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    contact_sheet: Path | None = None
+    key_trained: bool = False
+    seconds: float = 0.0
+
+
+def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, int], None]) -> tuple[Any, bool]:
+    """Load the cached demo key, or train one (the default preset, a fresh secret seed) and cache it."""
+    if path.exists():
+        return load_key(path, device=device), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trained = train_key(DEMO_PRESET, new_seed(), device=device,
+                        progress=lambda step, total, loss: on_training_step(step, total))
+    save_key(trained, path)
+    return load_key(path, device=device), True
+
+
+def run_demo(
+    output: Path,
+    images: Path = SAMPLES,
+    device: str = "cpu",
+    key_path: Path | None = None,
+    on_training_step: Callable[[int, int], None] = lambda step, total: None,
+    on_event: EventCallback = lambda event: None,
+) -> DemoResult:
+    """Train or reuse a key, encrypt `images` against dlib, decrypt them, and draw a contact sheet."""
+    started = time.perf_counter()
+    key, trained = ensure_demo_key(key_path or demo_key_path(), device, on_training_step)
+    spec = get_spec(DEMO_TARGET)
+    target = load_target(DEMO_TARGET).to(device)
+    encrypted_folder, decrypted_folder, aligned_folder = output / "encrypted", output / "decrypted", output / "aligned"
+    manifest = encrypt_folder(
+        EncryptJob(inputs=[images], output=encrypted_folder, spec=spec, target=target, key=key.generator,
+                   key_fingerprint=key.fingerprint, settings=AttackSettings(key_weight=1.0), batch_size=4,
+                   device=device, noise_seed=0, overwrite=True, aligned_output=aligned_folder),
+        on_event,
+    )
+    decrypt_folder(DecryptJob(encrypted=encrypted_folder, output=decrypted_folder, key=key.generator,
+                              key_fingerprint=key.fingerprint, device=device), on_event)
+    result = DemoResult(key_trained=trained)
+    sheet_rows = []
+    for entry in manifest.files:
+        result.rows.append(entry)
+        if entry["status"] != "ok":
+            continue
+        name = entry["output"]
+        sheet_rows.append([read_png(folder / name) for folder in (aligned_folder, encrypted_folder, decrypted_folder)])
+    if sheet_rows:
+        result.contact_sheet = output / "contact-sheet.png"
+        save_png(contact_sheet(sheet_rows), result.contact_sheet)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def demo_key_steps() -> int:
+    return KEY_PRESETS[DEMO_PRESET].steps
