@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from avpcli import align
 from avpcli.errors import NoFaceError
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _data(relative: str) -> Path:
-    path = DATA / relative
+def _data(root: Path, relative: str) -> Path:
+    path = root / relative
     if not path.exists():
-        pytest.skip(f"{relative} not found under {DATA} (set AVP_DATA)")
+        pytest.skip(f"{relative} not found under {root} (set AVP_DATA)")
     return path
 
 
@@ -105,8 +91,8 @@ def test_unknown_template_is_named():
         align.template_size("nope")
 
 
-def test_astronaut_is_found_and_aligned():
-    photo = Image.open(_data("samples-public-domain/astronaut.png")).convert("RGB")
+def test_astronaut_is_found_and_aligned(data_root):
+    photo = Image.open(_data(data_root, "samples-public-domain/astronaut.png")).convert("RGB")
     faces = align.align_faces(photo, "dlib")
     assert len(faces) == 1
     face = faces[0]
@@ -125,8 +111,8 @@ def test_no_face_raises():
         align.align_faces(Image.new("RGB", (200, 200), (128, 128, 128)), "arcface")
 
 
-def test_largest_face_first():
-    photo = Image.open(_data("faces_misc/face_recognition_knn/test/obama_and_biden.jpg")).convert("RGB")
+def test_largest_face_first(data_root):
+    photo = Image.open(_data(data_root, "faces_misc/face_recognition_knn/test/obama_and_biden.jpg")).convert("RGB")
     photo = photo.reduce(2)  # the same faces at a quarter of the pixels: faster
     faces = align.align_faces(photo, "arcface", all_faces=True)
     assert len(faces) >= 2

@@ -41,35 +41,22 @@ class _Layer:
     stride: int = 1
 
 
-def _residual(filters: int) -> list[_Layer]:
-    # ares: tag1, con3x3/1, affine, relu, con3x3/1, affine, add_prev1, relu
-    return [
-        _Layer("tag"),
-        _Layer("con", filters, 3, 1),
-        _Layer("affine"),
-        _Layer("relu"),
-        _Layer("con", filters, 3, 1),
-        _Layer("affine"),
-        _Layer("add_prev"),
-        _Layer("relu"),
-    ]
+def _residual(filters: int, downsample: bool) -> list[_Layer]:
+    """ares: tag1, con3x3/1, affine, relu, con3x3/1, affine, add_prev1, relu.
 
-
-def _residual_down(filters: int) -> list[_Layer]:
-    # ares_down: tag1, con3x3/2, affine, relu, con3x3/1, affine, tag2, skip1, avg_pool2x2/2, add_prev2, relu
-    return [
+    ares_down: the first conv has stride 2, and the skip is tag2, skip1 (back to tag1's input),
+    avg_pool2x2/2 before add_prev2.
+    """
+    branch = [
         _Layer("tag"),
-        _Layer("con", filters, 3, 2),
+        _Layer("con", filters, 3, 2 if downsample else 1),
         _Layer("affine"),
         _Layer("relu"),
         _Layer("con", filters, 3, 1),
         _Layer("affine"),
-        _Layer("tag"),
-        _Layer("skip"),
-        _Layer("avg_pool", 0, 2, 2),
-        _Layer("add_prev"),
-        _Layer("relu"),
     ]
+    skip = [_Layer("tag"), _Layer("skip"), _Layer("avg_pool", 0, 2, 2)] if downsample else []
+    return branch + skip + [_Layer("add_prev"), _Layer("relu")]
 
 
 # (filters, downsample) for every residual block, input to output.
@@ -84,8 +71,8 @@ _BLOCKS: tuple[tuple[int, bool], ...] = (
 
 def _network_layers() -> list[_Layer]:
     layers = [_Layer("con", 32, 7, 2), _Layer("affine"), _Layer("relu"), _Layer("max_pool", 0, 3, 2)]
-    for filters, down in _BLOCKS:
-        layers += _residual_down(filters) if down else _residual(filters)
+    for filters, downsample in _BLOCKS:
+        layers += _residual(filters, downsample)
     layers += [_Layer("avg_pool", 0, 0, 1), _Layer("fc", 128)]
     return layers
 
@@ -178,13 +165,25 @@ class DlibModelParameters:
     distance_threshold: float
 
 
+# The details-record version strings each layer kind may carry (older ones are what the released file has).
+_DETAILS_VERSIONS = {
+    "con": ("con_4", "con_5", "con_6"),
+    "affine": ("affine_", "affine_2"),
+    "relu": ("relu_", "relu_2"),
+    "max_pool": ("max_pool_2",),
+    "avg_pool": ("avg_pool_2",),
+    "add_prev": ("add_prev_",),
+    "fc": ("fc_2", "fc_3"),
+}
+
+
 def _read_con(reader: _Reader, version: str, layer: _Layer, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
     params = reader.tensor().reshape(-1)
     filters, rows, cols = reader.integer(), reader.integer(), reader.integer()
     stride_y, stride_x = reader.integer(), reader.integer()
     padding_y, padding_x = reader.integer(), reader.integer()
     weight_shape = reader.alias()
-    bias_shape = reader.alias()
+    reader.alias()  # biases: (1, filters), right after the weights in params
     for _ in range(4):  # learning-rate and weight-decay multipliers
         reader.real()
     use_bias = reader.boolean() if version in ("con_5", "con_6") else True
@@ -200,19 +199,18 @@ def _read_con(reader: _Reader, version: str, layer: _Layer, in_channels: int) ->
         raise _FormatError(f"convolution weights {weight_shape} / {params.size} values do not fit {expected}")
     weight = params[:weight_size].reshape(weight_shape)
     bias = params[weight_size:] if use_bias else np.zeros(filters, dtype=np.float32)
-    del bias_shape
     return weight, bias
 
 
 def _read_affine(reader: _Reader, version: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
     params = reader.tensor().reshape(-1)
-    gamma_shape, beta_shape = reader.alias(), reader.alias()
+    gamma_shape = reader.alias()
+    reader.alias()  # beta, right after gamma in params
     mode = reader.integer()
     if version == "affine_2":
         reader.boolean()  # disabled flag (never set in a trained network)
     if mode != 0 or params.size != 2 * channels or math.prod(gamma_shape) != channels:
         raise _FormatError(f"affine layer (mode {mode}, {params.size} values) does not fit {channels} channels")
-    del beta_shape
     return params[:channels], params[channels:]
 
 
@@ -233,9 +231,8 @@ def _read_fc(reader: _Reader, version: str) -> np.ndarray:
         reader.real()
     if version == "fc_3":
         reader.boolean()  # use_bias
-    if (outputs, inputs) != (128, 256) or bias_mode != 1 or params.size < 256 * 128:
+    if (outputs, inputs) != (128, 256) or bias_mode != 1 or math.prod(weight_shape) != 256 * 128 or params.size < 256 * 128:
         raise _FormatError(f"fc layer ({outputs} outputs, {inputs} inputs, bias mode {bias_mode}) is not 256->128 without bias")
-    del weight_shape
     return params[: 256 * 128].reshape(256, 128)
 
 
@@ -255,15 +252,12 @@ def _parse(data: bytes) -> DlibModelParameters:
     reader.real()  # margin
     distance_threshold = reader.real()
     # The nesting header: one version per layer, output side first; the innermost is the conv1 add_layer.
-    for index, layer in enumerate(reversed(layers)):
-        wrapper = 1 if layer.kind in ("tag", "skip") else 2
-        if index == len(layers) - 1:
-            found = reader.integer()
-            if found not in (2, 3):
-                raise _FormatError(f"innermost layer version {found}")
-            innermost_version = found
-        else:
-            reader.expect(wrapper, f"nesting version of {layer.kind} (layer {len(layers) - index} from the input)")
+    for position in range(len(layers) - 1, 0, -1):
+        wrapper = 1 if layers[position].kind in ("tag", "skip") else 2
+        reader.expect(wrapper, f"nesting version of {layers[position].kind} (layer {position} from the input)")
+    innermost_version = reader.integer()
+    if innermost_version not in (2, 3):
+        raise _FormatError(f"innermost layer version {innermost_version}")
     if reader.string() != "input_rgb_image_sized":
         raise _FormatError("the input layer is not input_rgb_image_sized")
     means = (reader.real(), reader.real(), reader.real())
@@ -274,20 +268,11 @@ def _parse(data: bytes) -> DlibModelParameters:
     convolutions, affines = [], []
     fc_weight = None
     channels = 3
-    first = True
-    for layer in layers:
+    for index, layer in enumerate(layers):
         if layer.kind in ("tag", "skip"):
             continue
         version = reader.string()
-        accepted = {
-            "con": ("con_4", "con_5", "con_6"),
-            "affine": ("affine_", "affine_2"),
-            "relu": ("relu_", "relu_2"),
-            "max_pool": ("max_pool_2",),
-            "avg_pool": ("avg_pool_2",),
-            "add_prev": ("add_prev_",),
-            "fc": ("fc_2", "fc_3"),
-        }[layer.kind]
+        accepted = _DETAILS_VERSIONS[layer.kind]
         if version not in accepted:
             raise _FormatError(f"found layer {version!r} where the network has {layer.kind} ({', '.join(accepted)})")
         if layer.kind == "con":
@@ -303,9 +288,8 @@ def _parse(data: bytes) -> DlibModelParameters:
             fc_weight = _read_fc(reader, version)
         # Trailer: x_grad, cached_output and grad_final (innermost) or params_grad (the others).
         _skip_trailer(reader, 3)
-        if first and innermost_version == 3:
+        if index == 0 and innermost_version == 3:
             reader.integer()  # sample expansion factor
-        first = False
     if reader.position != len(data):
         raise _FormatError(f"{len(data) - reader.position} unexpected bytes after the network")
     return DlibModelParameters(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +13,7 @@ from avpcli.errors import TargetError
 from avpcli.targets import get_spec, load_target
 from avpcli.targets.dlib import INPUT_MEANS_255, build_dlib_network, default_model_path, read_dlib_model
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
 CHIP_PHOTOS = 12  # LFW photos compared with dlib itself
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; more threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -45,21 +33,21 @@ def _to_tensor(chips: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2).float() / 255
 
 
-@pytest.fixture(scope="module")
-def dlib_chips(model_path) -> list[np.ndarray]:
+@pytest.fixture
+def dlib_chips(model_path, data_root) -> list[np.ndarray]:
     """150x150 uint8 chips cut by dlib itself (HOG detector, 5-point predictor, padding 0.25)."""
     dlib = pytest.importorskip("dlib", reason="the reference dlib (pip install dlib-bin) is not installed")
-    if not (DATA / "lfw.csv").is_file():
-        pytest.skip(f"LFW data not found at {DATA} (set AVP_DATA)")
+    if not (data_root / "lfw.csv").is_file():
+        pytest.skip(f"LFW data not found at {data_root} (set AVP_DATA)")
     from PIL import Image
 
-    with open(DATA / "lfw.csv", newline="") as handle:
+    with open(data_root / "lfw.csv", newline="") as handle:
         paths = [row["path"] for row in csv.DictReader(handle)]
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(model_path.parent / "shape_predictor_5_face_landmarks.dat"))
     chips = []
     for relative in paths[:: len(paths) // (2 * CHIP_PHOTOS)]:
-        photo = np.asarray(Image.open(DATA / relative).convert("RGB"))
+        photo = np.asarray(Image.open(data_root / relative).convert("RGB"))
         faces = detector(photo, 1)
         if faces:
             chips.append(dlib.get_face_chip(photo, predictor(photo, faces[0]), 150, 0.25))
