@@ -176,6 +176,39 @@ def _parse_shard(shard: Optional[str]) -> tuple[int, int]:
     return 0, 1
 
 
+def _numbers(text: str, separator: str, count: int, option: str, kind=float) -> tuple:
+    try:
+        values = tuple(kind(part) for part in text.split(separator))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise UsageError(f"{option} takes {count} numbers separated by '{separator}', got {text!r}")
+    return values
+
+
+def _custom_options(target: str, input_size, mean, std, channels: str, loss: str):
+    """The description of a user's own model (onnx:PATH / torchscript:PATH); None for registered targets."""
+    from avpcli.targets import is_custom_reference
+
+    if not is_custom_reference(target):
+        if input_size or mean or std:
+            raise UsageError("--input-size, --mean and --std describe your own model: use them with onnx:PATH or torchscript:PATH")
+        return None
+    from avpcli.targets.custom import CustomTargetOptions
+
+    if input_size is None:
+        raise UsageError(f"{target} needs --input-size HxW (and usually --mean/--std, --channels, --loss)")
+    if channels not in ("rgb", "bgr") or loss not in ("embedding", "classifier"):
+        raise UsageError("--channels is 'rgb' or 'bgr'; --loss is 'embedding' or 'classifier'")
+    return CustomTargetOptions(
+        input_size=_numbers(input_size.lower(), "x", 2, "--input-size", int),
+        mean=_numbers(mean, ",", 3, "--mean") if mean else (0.0, 0.0, 0.0),
+        std=_numbers(std, ",", 3, "--std") if std else (1.0, 1.0, 1.0),
+        channel_order=channels,
+        loss=loss,
+    )
+
+
 def _encrypt_device(device: str) -> str:
     resolved = resolve_device(device)
     # Under torchrun each process takes its own GPU.
@@ -212,6 +245,11 @@ def encrypt(
     shard: Annotated[Optional[str], typer.Option(help="Process only part i of n of the sorted file list (i/n).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: skip them, resuming).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
+    input_size: Annotated[Optional[str], typer.Option(help="Own models (onnx:/torchscript:): input HxW, e.g. 112x112.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Own models: per-channel mean on the [0,1] scale, in the model's channel order, e.g. 0.5,0.5,0.5.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Own models: per-channel std on the [0,1] scale, e.g. 0.5,0.5,0.5.")] = None,
+    channels: Annotated[str, typer.Option(help="Own models: channel order 'rgb' or 'bgr'.")] = "rgb",
+    loss: Annotated[str, typer.Option(help="Own models: 'embedding' (feature vector) or 'classifier' (logits).")] = "embedding",
 ) -> None:
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
     from avpcli.engine import CLASSIFIER_SETTINGS, AttackSettings
@@ -226,12 +264,13 @@ def encrypt(
             raise UsageError("--init must be 'noise' or 'original'")
         if batch_size < 1 or (iterations is not None and iterations < 1):
             raise UsageError("--batch-size and --iterations must be at least 1")
-        spec = get_spec(target)
+        options = _custom_options(target, input_size, mean, std, channels, loss)
+        spec = get_spec(target, options)
         shard_index = _parse_shard(shard)
         resolved_device = _encrypt_device(device)
         output = out if out is not None else inputs[0].with_name(inputs[0].stem + "-encrypted")
         loaded_key = _load_key_or_fail(key, resolved_device)
-        target_model = load_target(target, weights).to(resolved_device)
+        target_model = load_target(target, weights, options).to(resolved_device)
 
         base = CLASSIFIER_SETTINGS if spec.loss == "classifier" else AttackSettings()
         overrides = {

@@ -196,3 +196,27 @@ def test_module_entry_point_keeps_stdout_clean(tmp_path, photo_folder, tiny_key_
     assert completed.returncode == 0, completed.stderr
     assert all(Path(line).is_file() for line in completed.stdout.splitlines())
     assert len(completed.stdout.splitlines()) == 3
+
+
+def test_own_torchscript_model_as_target(tmp_path, photo_folder, tiny_key_file):
+    import torch
+
+    from avpcli.targets import load_target
+
+    scripted = torch.jit.script(load_target("tiny-embedding").model)
+    model_path = tmp_path / "model.pt"
+    scripted.save(str(model_path))
+    missing = invoke("encrypt", photo_folder, "--target", f"torchscript:{model_path}", "--key", tiny_key_file,
+                     "--out", tmp_path / "o1")
+    assert missing.exit_code == 2 and "--input-size" in missing.stderr
+    result = invoke("encrypt", photo_folder, "--target", f"torchscript:{model_path}", "--key", tiny_key_file,
+                    "--out", tmp_path / "o2", "--input-size", "32x32", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5",
+                    "--iterations", "3", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+
+
+def test_custom_model_options_are_refused_for_registered_targets(tmp_path, photo_folder, tiny_key_file):
+    result = invoke("encrypt", photo_folder, "--target", "tiny-embedding", "--key", tiny_key_file,
+                    "--out", tmp_path / "o", "--input-size", "32x32")
+    assert result.exit_code == 2
