@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from target_checks import check_target
+
 from avpcli.errors import TargetError
 from avpcli.targets import get_spec, load_target
 from avpcli.targets.dlib import INPUT_MEANS_255, build_dlib_network, default_model_path, read_dlib_model
@@ -69,6 +71,10 @@ def test_spec_matches_the_file(model_path):
     registry = (pixels / 255 - torch.tensor(spec.mean).view(3, 1, 1)) / torch.tensor(spec.std).view(3, 1, 1)
     dlib_way = (pixels - torch.tensor(INPUT_MEANS_255).view(3, 1, 1)) / 256
     assert torch.allclose(registry, dlib_way, atol=1e-6)
+
+
+def test_shape_and_input_gradient(target):
+    check_target(target, 128)
 
 
 def test_port_matches_dlib(target, model_path, dlib_chips):
