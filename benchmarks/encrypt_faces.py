@@ -1,0 +1,214 @@
+"""Encrypt LFW faces against a face target on this machine and report quality and speed.
+
+    python benchmarks/encrypt_faces.py --key K.safetensors [--faces 20] [--target dlib] [--threads 2]
+                                       [--batch-size 1] [--naive-faces 3] [--iterations 800]
+
+Faces: the first photo of the first N identities marked `multi` in ../shared/data/lfw.csv (or
+$AVP_DATA), aligned by avp (MTCNN to the target's template). Each face is encrypted by avp's engine
+(per-sample early stopping on the 8-bit image), written as PNG, read back, and measured: feature
+distance, SSIM_e, SSIM_d. For the dlib target the distances are also computed by the real dlib
+(dlib-bin) on the written PNGs. Speed: seconds per face (median) and faces per second; in the same
+run, a naive loop written the way the research code works (batch 1, fp32, weight gradients on,
+fixed K iterations, a host sync every step) encrypts the first --naive-faces faces, and the ratio
+of median seconds per face is the speed-up. Without --key a default-preset key is trained first
+(seed 1) and its training time is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from avpcli import __version__  # noqa: E402
+from avpcli.align import align_faces  # noqa: E402
+from avpcli.engine import AttackSettings, encrypt_batch, measure_images  # noqa: E402
+from avpcli.images import load_rgb, read_png, save_png, to_tensor  # noqa: E402
+from avpcli.key import KeyGenerator, load_key, save_key, train_key  # noqa: E402
+from avpcli.targets import get_spec, load_target  # noqa: E402
+
+
+def data_folder() -> Path:
+    return Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
+
+
+def lfw_faces(count: int) -> list[Path]:
+    seen: dict[str, Path] = {}
+    with open(data_folder() / "lfw.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["role"] == "multi" and row["identity"] not in seen:
+                seen[row["identity"]] = data_folder() / row["path"]
+    return [seen[name] for name in sorted(seen)][:count]
+
+
+def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: AttackSettings, noise_seed: int) -> float:
+    """The research code's loop, for timing: batch 1, fp32, fresh unfrozen modules, fixed K, sync per step."""
+    # Weight gradients on, as in the research code: a fresh copy whose parameters require grad.
+    key = load_key(key_path).generator
+    for parameter in key.parameters():
+        parameter.requires_grad_(True)
+    model = target.model
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    mean, std = target.mean, target.std
+    started = time.perf_counter()
+    reference = model((original - mean) / std).detach()
+    adversarial = torch.randn(original.shape, generator=torch.Generator().manual_seed(noise_seed))
+    momentum = torch.zeros_like(adversarial)
+    step, rises, losses = settings.step_size, 0, []
+    for _ in range(settings.iterations):
+        adversarial = adversarial.detach().clone().requires_grad_(True)
+        decrypted = key(adversarial).clamp(0, 1)
+        features = model((adversarial - mean) / std)
+        loss_feature = torch.mean((features - reference) ** 2)
+        loss_key = torch.mean((decrypted - original) ** 2)
+        blocks = torch.nn.functional.avg_pool2d(adversarial, 4, stride=1) * 16
+        loss_variance = sum(blocks[:, channel].reshape(-1).var() for channel in range(3))
+        loss = loss_feature + settings.key_weight * loss_key + settings.variance_weight * loss_variance
+        key.zero_grad()
+        model.zero_grad()
+        loss.backward()
+        gradient = adversarial.grad / adversarial.grad.abs().mean()
+        momentum = settings.momentum * momentum + gradient
+        adversarial = (adversarial - step * momentum).clamp(0, 1)
+        losses.append(loss.item())  # the per-step host sync
+        if len(losses) > 2 and losses[-1] > losses[-2]:
+            rises += 1
+            if rises == settings.decay_patience:
+                step, rises = step * settings.step_decay, 0
+    for parameter in list(key.parameters()) + list(model.parameters()):
+        parameter.requires_grad_(False)
+    return time.perf_counter() - started
+
+
+def real_dlib_distances(originals: list[np.ndarray], encrypted: list[np.ndarray]) -> list[float] | None:
+    try:
+        import dlib
+    except ImportError:
+        return None
+    from avpcli.targets.dlib import default_model_path
+
+    model = dlib.face_recognition_model_v1(str(default_model_path()))
+    return [
+        float(np.linalg.norm(np.array(model.compute_face_descriptor(a)) - np.array(model.compute_face_descriptor(b))))
+        for a, b in zip(originals, encrypted)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--key", type=Path)
+    parser.add_argument("--target", default="dlib")
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--faces", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=800)
+    parser.add_argument("--key-weight", type=float, default=1.0)
+    parser.add_argument("--step-size", type=float, default=0.01)
+    parser.add_argument("--check-every", type=int, default=10)
+    parser.add_argument("--naive-faces", type=int, default=3)
+    args = parser.parse_args()
+    if not (data_folder() / "lfw.csv").is_file():
+        print(f"skipped: no LFW data at {data_folder()} (set AVP_DATA)", file=sys.stderr)
+        return
+    torch.set_num_threads(args.threads)
+    workspace = Path(tempfile.mkdtemp(prefix="avp-bench-"))
+
+    key_path = args.key
+    if key_path is None:
+        print("training a default-preset key (seed 1)...", file=sys.stderr)
+        trained = train_key("default", seed=1)
+        key_path = workspace / "key.safetensors"
+        save_key(trained, key_path)
+        print(f"key training: {trained.seconds:.0f} s", file=sys.stderr)
+    key = load_key(key_path)
+    spec = get_spec(args.target)
+    target = load_target(args.target, args.weights)
+    settings = AttackSettings(iterations=args.iterations, key_weight=args.key_weight, step_size=args.step_size,
+                              check_every=args.check_every)
+
+    files = lfw_faces(args.faces)
+    chips = [to_tensor(align_faces(load_rgb(path), spec.alignment)[0].image) for path in files]
+    print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
+          f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, {key.metadata.get('steps')} steps); "
+          f"torch {torch.__version__}, {args.threads} threads, CPU; {len(files)} LFW faces aligned by avp; "
+          f"batch {args.batch_size}; K={args.iterations}, step {args.step_size}, mu {args.key_weight}, "
+          f"lambda {settings.variance_weight}, check every {args.check_every}")
+
+    rows, seconds_per_face = [], []
+    for start in range(0, len(chips), args.batch_size):
+        batch = torch.stack(chips[start:start + args.batch_size])
+        began = time.perf_counter()
+        result = encrypt_batch(batch, target, key.generator, settings, spec.loss,
+                               noise_seeds=list(range(start, start + len(batch))))
+        elapsed = time.perf_counter() - began
+        seconds_per_face.extend([elapsed / len(batch)] * len(batch))
+        written = []
+        for offset, image in enumerate(result.encrypted):
+            path = workspace / f"{start + offset:03d}.png"
+            save_png(image, path)
+            written.append(read_png(path))
+        measured = measure_images(batch, torch.stack(written), target, key.generator, spec.loss)
+        for offset, metrics in enumerate(measured):
+            rows.append({"file": files[start + offset].name, **metrics,
+                         "iterations": result.metrics[offset].iterations,
+                         "seconds": elapsed / len(batch), "png": workspace / f"{start + offset:03d}.png"})
+            print(f"  {rows[-1]['file']}: distance {metrics['feature_distance']:.4f}, SSIM_e {metrics['ssim_encrypted']:.4f}, "
+                  f"SSIM_d {metrics['ssim_decrypted']:.4f}, {rows[-1]['iterations']} iterations, "
+                  f"{rows[-1]['seconds']:.1f} s", file=sys.stderr)
+
+    dlib_distances = None
+    if args.target == "dlib":
+        to_uint8 = lambda tensor: (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+        dlib_distances = real_dlib_distances([to_uint8(chip) for chip in chips],
+                                             [to_uint8(read_png(row["png"])) for row in rows])
+
+    print()
+    print("| face | distance (avp) | distance (real dlib) | SSIM_e | SSIM_d | iterations | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for index, row in enumerate(rows):
+        real = f"{dlib_distances[index]:.4f}" if dlib_distances else "n/a"
+        print(f"| {row['file']} | {row['feature_distance']:.4f} | {real} | {row['ssim_encrypted']:.4f} | "
+              f"{row['ssim_decrypted']:.4f} | {row['iterations']} | {row['seconds']:.1f} |")
+    distances = [row["feature_distance"] for row in rows]
+    print()
+    print(f"feature distance on the PNGs: max {max(distances):.4f}, mean {statistics.mean(distances):.4f} "
+          f"(bar: every face ≤ 0.10 → {'met' if max(distances) <= 0.10 else 'NOT met'})")
+    if dlib_distances:
+        print(f"real dlib on the same PNGs: max {max(dlib_distances):.4f}, mean {statistics.mean(dlib_distances):.4f}")
+    ssim_e = statistics.mean(row["ssim_encrypted"] for row in rows)
+    ssim_d = statistics.mean(row["ssim_decrypted"] for row in rows)
+    print(f"mean SSIM_e {ssim_e:.4f} (bar ≤ 0.05 → {'met' if ssim_e <= 0.05 else 'NOT met'}); "
+          f"mean SSIM_d {ssim_d:.4f} (bar ≥ 0.90 → {'met' if ssim_d >= 0.90 else 'NOT met'}); "
+          f"min SSIM_d {min(row['ssim_decrypted'] for row in rows):.4f}")
+    met_all = sum(1 for row in rows if row["feature_distance"] <= 0.10 and row["ssim_encrypted"] <= 0.05
+                  and row["ssim_decrypted"] >= 0.90)
+    print(f"faces meeting all three bars: {met_all}/{len(rows)}")
+    median = statistics.median(seconds_per_face)
+    print(f"avp: median {median:.1f} s per face, mean iterations "
+          f"{statistics.mean(row['iterations'] for row in rows):.0f}, {len(rows) / sum(seconds_per_face):.3f} faces/s")
+
+    if args.naive_faces:
+        naive_settings = AttackSettings(iterations=args.iterations, key_weight=args.key_weight, step_size=args.step_size)
+        naive_seconds = [naive_encrypt(chips[index][None], target, key_path, naive_settings, index)
+                         for index in range(min(args.naive_faces, len(chips)))]
+        naive_median = statistics.median(naive_seconds)
+        print(f"naive reference loop (batch 1, fp32, weight gradients, K={args.iterations} fixed, sync every step), "
+              f"first {len(naive_seconds)} faces: median {naive_median:.1f} s per face")
+        print(f"speed-up of avp over the naive loop: {naive_median / median:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
