@@ -444,6 +444,217 @@ def demo(
         raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------------------------------------
+# evaluate
+
+evaluate_app = typer.Typer(
+    help="The paper's protocol and security analyses; each writes JSON, a markdown table and PNGs into "
+         "a report folder and prints the markdown report's path.",
+    no_args_is_help=True,
+)
+app.add_typer(evaluate_app, name="evaluate")
+
+TargetOption = Annotated[str, typer.Option(help="Target model name (see `avp targets`).")]
+KeyOption = Annotated[Path, typer.Option(help="Key file the images are (or will be) encrypted with.")]
+WeightsOption = Annotated[Optional[Path], typer.Option(help="The target's weights file, where it needs one.")]
+ReportOption = Annotated[Path, typer.Option("--out", help="Report folder.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+IterationsOption = Annotated[Optional[int], typer.Option(help="Most optimization steps per image (default 800).")]
+
+
+def _report_events(progress: Progress, description: str):
+    task = progress.add_task(description, total=None)
+
+    def on_event(event) -> None:
+        if event.kind == "progress":
+            progress.update(task, completed=event.done, total=event.total)
+        elif event.kind == "failed":
+            progress.console.print(f"[red]failed:[/] {event.source}: {event.reason}", highlight=False)
+
+    return on_event
+
+
+def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, iterations: Optional[int],
+               seed: int = 0):
+    """Target, key and attack settings for analyses that encrypt what they need."""
+    from avpcli.engine import CLASSIFIER_SETTINGS, AttackSettings
+    from avpcli.report import Encryptor
+    from avpcli.targets import get_spec, load_target
+
+    if iterations is not None and iterations < 1:
+        raise UsageError("--iterations must be at least 1")
+    spec = get_spec(target)
+    resolved = resolve_device(device)
+    loaded = _load_key_or_fail(key, resolved)
+    base = CLASSIFIER_SETTINGS if spec.loss == "classifier" else AttackSettings()
+    settings = dataclasses.replace(base, **({"iterations": iterations} if iterations is not None else {}))
+    return Encryptor(spec=spec, target=load_target(target, weights).to(resolved), key=loaded.generator,
+                     key_fingerprint=loaded.fingerprint, settings=settings, device=resolved, noise_seed=seed)
+
+
+def _finish(report, out: Path) -> None:
+    typer.echo(str(report.write(out)))
+
+
+@evaluate_app.command("quality")
+def evaluate_quality(
+    originals: Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")],
+    encrypted: Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")],
+    *,
+    target: TargetOption,
+    key: KeyOption,
+    out: ReportOption,
+    weights: WeightsOption = None,
+    wrong_key: Annotated[Optional[Path], typer.Option(help="Another key, for the contact sheet's last column.")] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Table 1: SSIM_e, SSIM_d and feature match per image and summarized, plus a contact sheet."""
+    from avpcli.report import quality_report, read_pairs
+    from avpcli.targets import get_spec, load_target
+
+    with domain_errors():
+        resolved = resolve_device(device)
+        spec = get_spec(target)
+        pairs = read_pairs(originals, encrypted, spec, resolved)
+        other = _load_key_or_fail(wrong_key, resolved).generator if wrong_key else None
+        report = quality_report(pairs, load_target(target, weights).to(resolved), spec,
+                                _load_key_or_fail(key, resolved).generator, other)
+        _finish(report, out)
+
+
+@evaluate_app.command("identification")
+def evaluate_identification(
+    identities: Annotated[Path, typer.Argument(help="One sub-folder of images per person (LFW layout).")],
+    *,
+    target: TargetOption,
+    key: KeyOption,
+    out: ReportOption,
+    weights: WeightsOption = None,
+    min_images: Annotated[int, typer.Option(help="Probe identities have more than this many images (paper: 12).")] = 12,
+    turns: Annotated[Optional[int], typer.Option(help="Encrypted turns per probe identity (default: every image).")] = None,
+    gallery_plain: Annotated[bool, typer.Option("--gallery-plain", help="Skip AVP-ALL (do not encrypt the gallery).")] = False,
+    iterations: IterationsOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Table 2: identification accuracy for Original, AVP-ONE and AVP-ALL (paper §4.1); encrypts under --out."""
+    from avpcli.report import identification_report, split_identities
+
+    with domain_errors():
+        probes, gallery = split_identities(identities, min_images)
+        encryptor = _encryptor(target, key, weights, device, iterations)
+        with _progress() as progress:
+            report = identification_report(probes, gallery, encryptor, out, turns, not gallery_plain,
+                                           _report_events(progress, f"encrypting for {target}"))
+        _finish(report, out)
+
+
+@evaluate_app.command("classification")
+def evaluate_classification(
+    dataset: Annotated[Path, typer.Argument(help="One sub-folder per class; labels follow the sorted folder names.")],
+    *,
+    target: TargetOption,
+    key: KeyOption,
+    out: ReportOption,
+    weights: WeightsOption = None,
+    per_class: Annotated[Optional[int], typer.Option(help="Images per class (default: all).")] = None,
+    iterations: IterationsOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Table 4: top-1 accuracy on originals vs ciphertexts; encrypts under --out (a rerun resumes)."""
+    from avpcli.report import classification_report
+
+    with domain_errors():
+        encryptor = _encryptor(target, key, weights, device, iterations)
+        with _progress() as progress:
+            report = classification_report(dataset, encryptor, out, per_class,
+                                           _report_events(progress, f"encrypting for {target}"))
+        _finish(report, out)
+
+
+@evaluate_app.command("cross-key")
+def evaluate_cross_key(
+    originals: Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")],
+    encrypted: Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")],
+    *,
+    target: TargetOption,
+    key: KeyOption,
+    other_key: Annotated[list[Path], typer.Option(help="A key of another seed (repeat the option for more).")],
+    out: ReportOption,
+    device: DeviceOption = "auto",
+) -> None:
+    """Fig. 5: SSIM of decryptions with keys of other seeds beside the right key's."""
+    from avpcli.report import cross_key_report, read_pairs
+    from avpcli.targets import get_spec
+
+    with domain_errors():
+        resolved = resolve_device(device)
+        pairs = read_pairs(originals, encrypted, get_spec(target), resolved)
+        others = {path.stem: _load_key_or_fail(path, resolved).generator for path in other_key}
+        _finish(cross_key_report(pairs, _load_key_or_fail(key, resolved).generator, others), out)
+
+
+@evaluate_app.command("attack")
+def evaluate_attack(
+    originals: Annotated[Path, typer.Argument(help="The folder that was encrypted with --key, or its aligned originals.")],
+    encrypted: Annotated[Path, typer.Argument(help="Its ciphertexts (with manifest): the attacker's training pairs.")],
+    *,
+    target: TargetOption,
+    key: KeyOption,
+    other_key: Annotated[Path, typer.Option(help="Key B: the held-out originals are encrypted with it too.")],
+    out: ReportOption,
+    weights: WeightsOption = None,
+    held_out: Annotated[int, typer.Option(help="Pairs kept out of training (the last ones in file order).")] = 2,
+    steps: Annotated[int, typer.Option(help="Attacker training steps.")] = 200,
+    iterations: IterationsOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Fig. 6: train a key-shaped generator on key-A pairs; SSIM on held-out key-A and on key-B ciphertexts."""
+    from avpcli.report import attack_report, encrypt_selection, read_pairs
+
+    with domain_errors():
+        encryptor_b = _encryptor(target, other_key, weights, device, iterations)
+        pairs = read_pairs(originals, encrypted, encryptor_b.spec, encryptor_b.device)
+        if not 1 <= held_out < len(pairs.names):
+            raise UsageError(f"--held-out must be between 1 and {len(pairs.names) - 1} (there are {len(pairs.names)} pairs)")
+        split = len(pairs.names) - held_out
+        training, testing = pairs.subset(range(split)), pairs.subset(range(split, len(pairs.names)))
+        held_out_dir = out / "held-out-aligned"
+        from avpcli.images import save_png
+
+        files = {}
+        for name, image in zip(testing.names, testing.originals):
+            save_png(image, held_out_dir / name)
+            files[name] = held_out_dir / name
+        with _progress() as progress:
+            other_pairs = encrypt_selection(files, out / "key-b", encryptor_b,
+                                            _report_events(progress, "encrypting with key B"))
+            training_task = progress.add_task("training the attacker", total=steps)
+            report = attack_report(training, testing, other_pairs, _load_key_or_fail(key, encryptor_b.device).generator,
+                                   steps=steps, progress=lambda step, total: progress.update(training_task, completed=step))
+        _finish(report, out)
+
+
+@evaluate_app.command("statistics")
+def evaluate_statistics(
+    originals: Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")],
+    encrypted: Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")],
+    *,
+    target: TargetOption,
+    out: ReportOption,
+    pairs_per_image: Annotated[int, typer.Option("--pairs", help="Random adjacent pixel pairs per image.")] = 3000,
+    detect: Annotated[bool, typer.Option(help="Run MTCNN on originals and ciphertexts (detection rate).")] = True,
+    device: DeviceOption = "auto",
+) -> None:
+    """Appendix A.1: adjacent-pixel correlation, histograms, and how often MTCNN still finds a face."""
+    from avpcli.report import read_pairs, statistics_report
+    from avpcli.targets import get_spec
+
+    with domain_errors():
+        resolved = resolve_device(device)
+        pairs = read_pairs(originals, encrypted, get_spec(target), resolved)
+        _finish(statistics_report(pairs, pairs_per_image, detect, resolved), out)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
