@@ -1,0 +1,101 @@
+"""Encrypt CIFAR-10 test images against a real CIFAR-10 classifier and report whether the class survives.
+
+    python benchmarks/encrypt_cifar.py --key K.safetensors [--images 200] [--target cifar-resnet20]
+                                       [--weights PATH] [--threads 2] [--batch-size 50]
+
+Images: the first images/10 PNGs (sorted) of each class folder of ../shared/data/cifar10 (or
+$AVP_DATA). Each is encrypted with the research code's CIFAR settings (METHOD.md §1) and avp's
+per-image early stopping, written as PNG, read back and measured: top-1 of the target on the PNG
+versus on the original, SSIM_e and SSIM_d. Also the target's top-1 accuracy against the true labels
+on originals and on ciphertexts (paper Table 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from avpcli import __version__  # noqa: E402
+from avpcli.engine import CLASSIFIER_SETTINGS  # noqa: E402
+from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
+from avpcli.key import load_key  # noqa: E402
+from avpcli.targets import load_target  # noqa: E402
+from benchmarks.common import data_folder, encrypt_and_measure  # noqa: E402
+
+
+def cifar_images(count: int) -> tuple[list[Path], list[int], list[str]]:
+    classes = sorted(path.name for path in (data_folder() / "cifar10").iterdir() if path.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        chosen = sorted((data_folder() / "cifar10" / name).glob("*.png"))[: count // len(classes)]
+        files += chosen
+        labels += [label] * len(chosen)
+    return files, labels, classes
+
+
+def default_weights(target: str) -> Path | None:
+    depth = target.removeprefix("cifar-resnet")
+    found = sorted((data_folder() / "weights" / "cifar10_resnet_akamaster").glob(f"resnet{depth}-*.th"))
+    return found[0] if found else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--key", type=Path, required=True)
+    parser.add_argument("--target", default="cifar-resnet20")
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=800)
+    parser.add_argument("--key-weight", type=float, default=CLASSIFIER_SETTINGS.key_weight)
+    args = parser.parse_args()
+    if not (data_folder() / "cifar10").is_dir():
+        print(f"skipped: no CIFAR-10 data at {data_folder()} (set AVP_DATA)", file=sys.stderr)
+        return
+    torch.set_num_threads(args.threads)
+    workspace = Path(tempfile.mkdtemp(prefix="avp-bench-cifar-"))
+    key = load_key(args.key)
+    target = load_target(args.target, args.weights or default_weights(args.target))
+    settings = dataclasses.replace(CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight)
+    files, labels, classes = cifar_images(args.images)
+    images = [to_tensor(load_rgb(path)) for path in files]
+    print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
+          f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks); torch {torch.__version__}, "
+          f"{args.threads} threads, CPU; {len(files)} CIFAR-10 test images ({len(files) // len(classes)} per class); "
+          f"batch {args.batch_size}; K={settings.iterations}, step {settings.step_size}, mu {settings.key_weight}, "
+          f"lambda {settings.variance_weight}, classifier scale {settings.classifier_scale}")
+    rows = encrypt_and_measure(images, [path.name for path in files], target, key.generator, settings, "classifier",
+                               args.batch_size, workspace)
+    with torch.no_grad():
+        original_top1 = target(torch.stack(images)).argmax(1)
+        encrypted_top1 = target(torch.stack([read_png(row["png"]) for row in rows])).argmax(1)
+    truth = torch.tensor(labels)
+    unchanged = (original_top1 == encrypted_top1).float().mean().item()
+    ssim_e = statistics.mean(row["ssim_encrypted"] for row in rows)
+    ssim_d = statistics.mean(row["ssim_decrypted"] for row in rows)
+    seconds = [row["seconds"] for row in rows]
+    print()
+    print("| measure | value | bar |")
+    print("|---|---|---|")
+    print(f"| top-1 unchanged (PNG vs original) | {unchanged:.1%} | ≥ 99.5% |")
+    print(f"| accuracy on originals | {(original_top1 == truth).float().mean().item():.1%} | |")
+    print(f"| accuracy on ciphertexts | {(encrypted_top1 == truth).float().mean().item():.1%} | drop ≤ 0.25 pt (paper) |")
+    print(f"| mean SSIM_e | {ssim_e:.4f} | ≤ 0.20 (paper 0.17–0.20) |")
+    print(f"| mean SSIM_d | {ssim_d:.4f} | ≥ 0.90 |")
+    print(f"| min SSIM_d | {min(row['ssim_decrypted'] for row in rows):.4f} | |")
+    print(f"| mean iterations | {statistics.mean(row['iterations'] for row in rows):.0f} | |")
+    print(f"| seconds per image (batch {args.batch_size}) | {statistics.median(seconds):.2f} | |")
+
+
+if __name__ == "__main__":
+    main()
