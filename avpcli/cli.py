@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -244,6 +243,8 @@ def encrypt(
     seed: Annotated[Optional[int], typer.Option(help="Seed of the initial noise (default: random; recorded in the manifest).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Process only part i of n of the sorted file list (i/n).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: skip them, resuming).")] = False,
+    anonymize: Annotated[bool, typer.Option(help="Name outputs by random ids; the id → name map goes beside the key, not into --out.")] = False,
+    names_map: Annotated[Optional[Path], typer.Option(help="With --anonymize: where to write the id → name map (default: <key>.names-<run>.json).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
     input_size: Annotated[Optional[str], typer.Option(help="Own models (onnx:/torchscript:): input HxW, e.g. 112x112.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Own models: per-channel mean on the [0,1] scale, in the model's channel order, e.g. 0.5,0.5,0.5.")] = None,
@@ -290,8 +291,9 @@ def encrypt(
             inputs=list(inputs), output=output, spec=spec, target=target_model, key=loaded_key.generator,
             key_fingerprint=loaded_key.fingerprint, settings=settings, batch_size=batch_size,
             device=resolved_device, align="never" if no_align else "auto", all_faces=all_faces,
-            noise_seed=seed if seed is not None else secrets.randbits(63), overwrite=overwrite,
+            noise_seed=seed, overwrite=overwrite,
             shard=shard_index, weights_label=weights.name if weights else "default",
+            anonymize=anonymize, names_map=names_map, key_path=key,
         )
         failures = 0
         with _progress() as progress:

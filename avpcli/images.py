@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -18,6 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from avpcli.errors import ImageError, UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+# Photo formats avp does not read: listed by find_images so that each is reported, not skipped unseen.
+UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".svg", ".raw", ".dng", ".cr2", ".cr3", ".nef",
+                                  ".arw", ".orf", ".rw2", ".raf", ".psd"})
 
 # Refuse images whose declared size would need more memory than any photo does; PIL's own guard
 # only warns below twice its limit, and a warning is not a refusal.
@@ -38,15 +43,20 @@ def find_images(inputs: Sequence[Path]) -> list[SourceImage]:
 
     A folder's images keep their path relative to it; a file given directly keeps its name. With
     several inputs, each one's outputs go under the input's own name so that they cannot collide.
+    Anything with an image suffix that is not a folder is listed, including broken links, link
+    loops and other non-files, so that load_rgb reports them instead of them vanishing silently;
+    files with suffixes of formats avp cannot read (HEIC, RAW, ...) are listed for the same reason.
+    Hidden files and links to folders are not followed.
     """
     found: list[SourceImage] = []
     for given in inputs:
-        if not given.exists():
+        if not given.exists() and not given.is_symlink():
             raise UsageError(f"input not found: {given}")
         prefix = Path(given.name) if len(inputs) > 1 and given.is_dir() else Path()
         if given.is_dir():
             for path in sorted(given.rglob("*")):
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not _hidden(path, given):
+                if (path.suffix.lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES and not path.is_dir()
+                        and not _hidden(path, given)):
                     found.append(SourceImage(path, prefix / path.relative_to(given)))
         else:
             found.append(SourceImage(given, Path(given.name)))
@@ -74,10 +84,15 @@ def output_names(sources: Iterable[SourceImage], suffix: str = ".png") -> dict[P
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image file as upright 8-bit RGB, or raise ImageError with a one-line reason."""
+    """Open an image file as upright 8-bit RGB, or raise ImageError with a one-line reason.
+
+    Whatever the file holds, the only exception that leaves is ImageError; reasons never name the
+    file (the caller knows it; an anonymized manifest must not).
+    """
+    _check_regular_file(path)
+    if path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        raise ImageError(f"unsupported format {path.suffix.lower()}: convert it to PNG or JPEG first")
     try:
-        if path.stat().st_size == 0:
-            raise ImageError("empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
@@ -91,22 +106,57 @@ def load_rgb(path: Path) -> Image.Image:
                 image = _to_rgb(image)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as bomb:
-        raise ImageError(f"image too large: {bomb}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image too large (decompression bomb guard)") from None
     except UnidentifiedImageError:
         raise ImageError("not an image PIL can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as broken:
-        raise ImageError(f"cannot read image: {broken}") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image") from None
+    except Exception as broken:  # noqa: BLE001 - PIL's decoders raise many kinds for corrupt data
+        raise ImageError(f"cannot read image: {describe_error(broken, path)}") from None
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"image too small ({image.size[0]}x{image.size[1]}; at least {MIN_SIDE} pixels a side)")
     return image
 
 
+def _check_regular_file(path: Path) -> None:
+    """ImageError unless `path` is a non-empty regular file (a FIFO would block the run forever)."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise ImageError("broken symbolic link" if path.is_symlink() else "file vanished") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ImageError("symbolic link loop") from None
+        raise ImageError(f"cannot read file: {error.strerror or error}") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise ImageError("a folder, not an image file")
+    if not stat.S_ISREG(status.st_mode):
+        raise ImageError("not a regular file (a pipe, socket or device)")
+    if status.st_size == 0:
+        raise ImageError("empty file")
+
+
+def describe_error(error: Exception, path: Path) -> str:
+    """One line for an unexpected decoding error, without the file's path or name."""
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    for secret in (str(path), path.name):
+        text = text.replace(secret, "the file")
+    return " ".join(text.split())[:200]
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any mode to RGB; transparency is composited on white, 16-bit is scaled to 8 bits."""
-    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
+    """Convert any mode to RGB; transparency is composited on white, 16-bit and float are scaled to 8 bits."""
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        peak = 65535.0 if array.max() > 255 else 1.0 if image.mode == "F" and array.max() <= 1 else 255.0
         image = Image.fromarray(np.clip(np.round(array / peak * 255), 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")

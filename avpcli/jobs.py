@@ -7,6 +7,9 @@ reports what happens through an `on_event` callback that the CLI turns into stdo
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
@@ -18,16 +21,18 @@ from avpcli.engine import AttackSettings, StopCriteria, decrypt_batch, encrypt_b
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
 from avpcli.images import (
     SourceImage,
+    atomic_write_bytes,
+    describe_error,
     find_images,
     fit_to_size,
     is_inside,
     load_rgb,
     output_names,
+    png_bytes,
     read_png,
-    save_png,
     to_tensor,
 )
-from avpcli.manifest import MANIFEST_NAME, Manifest, read_manifest
+from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest
 from avpcli.targets import TargetSpec
 
 AlignMode = Literal["auto", "never"]
@@ -64,13 +69,20 @@ class EncryptJob:
     device: str = "cpu"
     align: AlignMode = "auto"
     all_faces: bool = False
-    noise_seed: int = 0
+    # Seed of the initial noise; None takes the earlier run's (so a resumed run finishes exactly as an
+    # uninterrupted one would) or, for a new run, 63 random bits.
+    noise_seed: int | None = None
     overwrite: bool = False
     shard: tuple[int, int] = (0, 1)
     weights_label: str = ""
     # Where to also save each aligned original (what the target saw), for reports and the demo.
     # Off by default: these are plaintext faces.
     aligned_output: Path | None = None
+    # Name outputs by random ids; the id → name map goes to names_map, by default beside key_path
+    # as <key>.names-<run>.json (owner-only), never into the output folder.
+    anonymize: bool = False
+    names_map: Path | None = None
+    key_path: Path | None = None
 
 
 @dataclass
@@ -80,6 +92,7 @@ class _Item:
     tensor: torch.Tensor
     entry: dict[str, Any]
     noise_seed: int
+    order: tuple[int, int]
 
 
 def _noise_seed(run_seed: int, name: str) -> int:
@@ -94,10 +107,19 @@ def _settings_record(settings: AttackSettings) -> dict[str, Any]:
 
 
 def check_output_folder(inputs: list[Path], output: Path) -> None:
-    """Refuse an output folder that is, or lies inside, an input folder (outputs would become inputs)."""
+    """Refuse an output folder where outputs could become inputs or replace them.
+
+    That is: the output folder is an input folder or lies inside one; it is the folder of an input
+    file given by name (ciphertexts would sit among, and could replace, the originals); or an input
+    lies inside it.
+    """
     for given in inputs:
         if given.is_dir() and is_inside(output, given):
             raise UsageError(f"the output folder {output} is inside the input folder {given}; choose another --out")
+        if not given.is_dir() and output.resolve() == given.absolute().parent.resolve():
+            raise UsageError(f"the output folder {output} is the folder of the input {given}; choose another --out")
+        if is_inside(given, output):
+            raise UsageError(f"the input {given} is inside the output folder {output}; choose another --out")
 
 
 def _prepare_faces(source: SourceImage, job: EncryptJob) -> list[tuple[torch.Tensor, str]]:
@@ -118,120 +140,288 @@ def _face_output_name(output: Path, face_index: int) -> Path:
     return output if face_index == 0 else output.with_name(f"{output.stem}_face{face_index + 1}{output.suffix}")
 
 
+_FACE_SUFFIX = re.compile(r"_face\d+$")
+# atomic_write_bytes's temporaries: ".<name>.<8 random characters>.part".
+_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.part")
+
+
+def remove_stale_temporaries(folder: Path, owned: set[Path]) -> None:
+    """Delete temporaries that a killed run left for the outputs in `owned` (relative paths).
+
+    Only our own: other shards may be writing into the same folder right now.
+    """
+    if not folder.is_dir():
+        return
+    for temporary in folder.rglob(".*.part"):
+        match = _TEMPORARY.fullmatch(temporary.name)
+        if not match:
+            continue
+        name = temporary.parent.relative_to(folder) / match.group(1)
+        if name in owned or name.with_name(_FACE_SUFFIX.sub("", name.stem) + name.suffix) in owned:
+            temporary.unlink(missing_ok=True)
+
+
+@dataclass
+class _Run:
+    """What a run carries over from the one before it in the same folder (if any)."""
+
+    noise_seed: int
+    run_id: str | None
+    entries: dict[str, list[dict[str, Any]]]
+
+
+def _previous_manifest(job: EncryptJob) -> Manifest | None:
+    """This shard's manifest part, else the folder's (merged) manifest; None if neither is readable."""
+    for name in dict.fromkeys((part_name(job.shard), MANIFEST_NAME)):
+        path = job.output / name
+        if path.is_file():
+            try:
+                return read_manifest(path)
+            except AvpError:
+                continue
+    return None
+
+
+def _resume(job: EncryptJob, manifest: Manifest) -> _Run:
+    """Check that an earlier run in job.output used the same target, key and settings; carry it over."""
+    previous = None if job.overwrite else _previous_manifest(job)
+    if previous is None:
+        seed = job.noise_seed if job.noise_seed is not None else secrets.randbits(63)
+        return _Run(seed, secrets.token_hex(4) if job.anonymize else None, {})
+    earlier_seed = previous.settings.get("noise_seed")
+    differences = [name for name, now, before in (
+        ("target", manifest.target, previous.target),
+        ("key", manifest.key_fingerprint, previous.key_fingerprint),
+        ("settings", _without_seed(manifest.settings), _without_seed(previous.settings)),
+        ("--seed", job.noise_seed, earlier_seed if job.noise_seed is not None else None),
+    ) if now != before]
+    if differences:
+        raise UsageError(f"{job.output} holds outputs of an earlier run with another {' and '.join(differences)}; "
+                         "use --overwrite to redo them, or choose another --out")
+    seed = job.noise_seed if job.noise_seed is not None else (
+        earlier_seed if isinstance(earlier_seed, int) else secrets.randbits(63))
+    entries: dict[str, list[dict[str, Any]]] = {}
+    for entry in previous.files:
+        entries.setdefault(str(entry.get("source")), []).append(entry)
+    return _Run(seed, previous.run or (secrets.token_hex(4) if job.anonymize else None), entries)
+
+
+def _without_seed(settings: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in settings.items() if name != "noise_seed"}
+
+
+def _names_map_path(job: EncryptJob, run_id: str) -> Path:
+    if job.names_map is not None:
+        path = job.names_map
+    elif job.key_path is not None:
+        path = job.key_path.with_name(f"{job.key_path.name}.names-{run_id}.json")
+    else:
+        raise UsageError("--anonymize needs somewhere outside the output folder for the names map: give --names-map")
+    if is_inside(path, job.output):
+        raise UsageError(f"the names map {path} would be inside the output folder {job.output}, which would "
+                         "undo --anonymize; give --names-map elsewhere")
+    return path
+
+
+def _anonymous_names(job: EncryptJob, sources: list[SourceImage], run: _Run) -> dict[Path, Path]:
+    """Random ids as output names for this shard's sources, reusing (and extending) the run's names map."""
+    path = _names_map_path(job, run.run_id or secrets.token_hex(4))
+    known: dict[str, str] = {}
+    if path.exists():
+        try:
+            document = json.loads(path.read_text())
+            known = dict(document["names"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UsageError(f"cannot read the names map {path}; use --overwrite to start afresh") from None
+    elif run.entries:
+        raise UsageError(f"the names map of the earlier run in {job.output} is not at {path}; give it with "
+                         "--names-map, or use --overwrite to start afresh")
+    by_source = {source: Path(output) for output, source in known.items()}
+    added = False
+    for source in sources:
+        if str(source.relative) not in by_source:
+            by_source[str(source.relative)] = Path(f"{secrets.token_hex(8)}.png")
+            added = True
+    if added or not path.exists():
+        document = {"format": "avp-names", "output": str(job.output.resolve()),
+                    "names": {str(output): source for source, output in sorted(by_source.items())}}
+        atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
+    return {source.relative: by_source[str(source.relative)] for source in sources}
+
+
+def _finished(entries: list[dict[str, Any]], folder: Path) -> bool:
+    """True if an earlier run wrote every output of these entries and none has changed since."""
+    if not entries or any(entry.get("status") != "ok" for entry in entries):
+        return False
+    if len(entries) != entries[0].get("faces", 1):
+        return False
+    for entry in entries:
+        path = folder / str(entry.get("output"))
+        try:
+            if hashlib.sha256(path.read_bytes()).hexdigest() != entry.get("sha256"):
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def encrypt_folder(job: EncryptJob, on_event: EventCallback = lambda event: None) -> Manifest:
     """Encrypt every image under job.inputs into job.output; returns the manifest it wrote.
 
-    Files that fail are recorded with a reason and the run goes on. Outputs that already exist are
-    kept (a rerun resumes) unless job.overwrite. The manifest is rewritten after every batch, so a
-    killed run leaves a consistent one behind.
+    Files that fail are recorded with a reason and the run goes on. A rerun into the same folder
+    skips every output that an earlier run finished (listed in its manifest, unchanged on disk)
+    and redoes the rest with the earlier run's noise seed, so that an interrupted run and its
+    rerun together write exactly what one uninterrupted run writes; job.overwrite redoes all.
+    Every file is written atomically and the manifest is rewritten after every batch. A shard
+    writes its own manifest part; the last shard to finish merges the parts into avp-manifest.json.
     """
+    if job.names_map is not None and not job.anonymize:
+        raise UsageError("--names-map goes with --anonymize")
     check_output_folder(job.inputs, job.output)
-    sources = find_images(job.inputs)
-    names = output_names(sources)
+    all_sources = find_images(job.inputs)
     index, count = job.shard
-    sources = sources[index::count]
-    manifest_name = _manifest_name(job.shard)
-
-    previous = _previous_entries(job.output / manifest_name) if not job.overwrite else {}
+    sources = all_sources[index::count]
     manifest = Manifest(
         kind="encrypted",
         target={"name": job.spec.name, "input_size": list(job.spec.input_size), "loss": job.spec.loss,
                 "weights": job.weights_label},
         key_fingerprint=job.key_fingerprint,
         settings={**_settings_record(job.settings), "noise_seed": job.noise_seed,
-                  "alignment": job.align, "all_faces": job.all_faces},
+                  "alignment": job.align, "all_faces": job.all_faces, "anonymized": job.anonymize},
+        complete=False,
+        shard=f"{index + 1}/{count}" if count > 1 else None,
     )
+    run = _resume(job, manifest)
+    manifest.settings["noise_seed"] = run.noise_seed
+    manifest.run = run.run_id if job.anonymize else None
+    names = _anonymous_names(job, sources, run) if job.anonymize else output_names(all_sources)
+    manifest_name = part_name(job.shard)
     job.output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(job.output, {names[source.relative] for source in sources} | {Path(manifest_name)})
+
+    def label(source: SourceImage) -> str:
+        """What the manifest calls a source: its relative path, or its random id when anonymized."""
+        return names[source.relative].stem if job.anonymize else str(source.relative)
+
+    records: list[tuple[tuple[int, int], dict[str, Any]]] = []
+    pending: list[tuple[int, SourceImage]] = []
+    for position, source in enumerate(sources):
+        earlier = run.entries.get(label(source), [])
+        if _finished(earlier, job.output):
+            for entry in earlier:
+                records.append(((position, entry.get("face", 1)), entry))
+                on_event(Event("skipped", source=str(source.relative), output=job.output / entry["output"]))
+        else:
+            pending.append((position, source))
+
+    def write_manifest() -> None:
+        records.sort(key=lambda record: record[0])
+        manifest.files = [entry for _, entry in records]
+        manifest.write(job.output, manifest_name)
+
+    write_manifest()
 
     def pending_items() -> Iterator[_Item]:
-        for position, source in enumerate(sources):
-            name = names[source.relative]
-            on_event(Event("progress", source=str(source.relative), done=position, total=len(sources)))
-            done_entries = [entry for entry in previous.get(str(source.relative), []) if entry.get("status") == "ok"]
-            if done_entries and all((job.output / entry["output"]).exists() for entry in done_entries):
-                manifest.files.extend(done_entries)
-                for entry in done_entries:
-                    on_event(Event("skipped", source=str(source.relative), output=job.output / entry["output"]))
-                continue
+        for done, (position, source) in enumerate(pending):
+            on_event(Event("progress", source=str(source.relative), done=done, total=len(pending)))
             try:
                 faces = _prepare_faces(source, job)
-            except NoFaceError as missing:
-                manifest.files.append(_failure(source, name, "no_face", str(missing)))
-                on_event(Event("failed", source=str(source.relative), reason=str(missing)))
-                continue
-            except ImageError as bad:
-                manifest.files.append(_failure(source, name, "failed", str(bad)))
-                on_event(Event("failed", source=str(source.relative), reason=str(bad)))
+            except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
+                status, reason = _failure_reason(error, source.path)
+                records.append(((position, 0), {"source": label(source), "output": None, "status": status,
+                                                "reason": reason}))
+                on_event(Event("failed", source=str(source.relative), reason=reason))
                 continue
             for face_index, (tensor, alignment) in enumerate(faces):
-                output = _face_output_name(name, face_index)
-                entry = {"source": str(source.relative), "output": str(output), "status": "pending",
-                         "alignment": alignment}
+                output = _face_output_name(names[source.relative], face_index)
+                entry: dict[str, Any] = {"source": label(source), "output": str(output), "status": "pending",
+                                         "alignment": alignment}
                 if len(faces) > 1:
-                    entry["face"] = face_index + 1
-                yield _Item(tensor, entry, _noise_seed(job.noise_seed, str(output)))
+                    entry.update(face=face_index + 1, faces=len(faces))
+                yield _Item(tensor, entry, _noise_seed(run.noise_seed, str(output)), (position, face_index + 1))
 
     batch: list[_Item] = []
     for item in pending_items():
         batch.append(item)
         if len(batch) == job.batch_size:
-            _encrypt_and_write(batch, job, manifest, on_event)
+            _encrypt_and_write(batch, job, records, on_event)
+            write_manifest()
             batch = []
     if batch:
-        _encrypt_and_write(batch, job, manifest, on_event)
-    on_event(Event("progress", done=len(sources), total=len(sources)))
-    manifest.write(job.output, manifest_name)
+        _encrypt_and_write(batch, job, records, on_event)
+    on_event(Event("progress", done=len(pending), total=len(pending)))
+    manifest.complete = True
+    write_manifest()
+    if count > 1:
+        merge_finished_parts(job.output, count)
     return manifest
 
 
-def _failure(source: SourceImage, name: Path, status: str, reason: str) -> dict[str, Any]:
-    return {"source": str(source.relative), "output": None, "status": status, "reason": reason}
+def _failure_reason(error: Exception, path: Path) -> tuple[str, str]:
+    """(status, one-line reason) for a file that could not be loaded or aligned."""
+    if isinstance(error, NoFaceError):
+        return "no_face", str(error)
+    if isinstance(error, ImageError):
+        return "failed", str(error)
+    return "failed", f"internal error: {type(error).__name__}: {describe_error(error, path)}"
 
 
-def _previous_entries(manifest_path: Path) -> dict[str, list[dict[str, Any]]]:
-    if not manifest_path.exists():
-        return {}
-    try:
-        files = read_manifest(manifest_path).files
-    except AvpError:
-        return {}
-    entries: dict[str, list[dict[str, Any]]] = {}
-    for entry in files:
-        entries.setdefault(entry.get("source", ""), []).append(entry)
-    return entries
+def merge_finished_parts(folder: Path, count: int) -> Manifest | None:
+    """Merge the n manifest parts into avp-manifest.json once every shard has finished.
+
+    Each shard calls this after writing its finished part, so the last one to finish merges (if two
+    finish together both may, writing the same bytes). Returns the merged manifest, or None while
+    some part is missing or unfinished.
+    """
+    parts = []
+    for index in range(count):
+        path = folder / part_name((index, count))
+        if not path.is_file():
+            return None
+        part = read_manifest(path)
+        if not part.complete:
+            return None
+        parts.append(part)
+    merged = merge_parts(parts)
+    merged.write(folder)
+    return merged
 
 
-def _encrypt_and_write(batch: list[_Item], job: EncryptJob, manifest: Manifest, on_event: EventCallback) -> None:
+def _encrypt_and_write(batch: list[_Item], job: EncryptJob, records: list, on_event: EventCallback) -> None:
     originals = torch.stack([item.tensor for item in batch]).to(job.device)
     result = encrypt_batch(
         originals, job.target, job.key, job.settings, job.spec.loss, noise_seeds=[item.noise_seed for item in batch]
     )
-    written = []
+    written, digests = [], []
     for item, encrypted in zip(batch, result.encrypted):
         path = job.output / item.entry["output"]
-        save_png(encrypted.cpu(), path)
+        data = png_bytes(encrypted.cpu())
+        _write(path, data)
+        digests.append(hashlib.sha256(data).hexdigest())
         written.append(read_png(path))
         if job.aligned_output is not None:
-            save_png(item.tensor, job.aligned_output / item.entry["output"])
+            _write(job.aligned_output / item.entry["output"], png_bytes(item.tensor))
     # Every figure in the manifest is measured on the PNG as written and read back.
     measured = measure_images(originals, torch.stack(written).to(job.device), job.target, job.key, job.spec.loss)
-    for item, metrics, engine_metrics in zip(batch, measured, result.metrics):
+    for item, metrics, engine_metrics, digest in zip(batch, measured, result.metrics, digests):
         item.entry.update(status="ok", **metrics, iterations=engine_metrics.iterations,
-                          met_targets=_meets(metrics, job.settings))
-        manifest.files.append(item.entry)
+                          met_targets=_meets(metrics, job.settings), sha256=digest)
+        records.append((item.order, item.entry))
         on_event(Event("written", source=item.entry["source"], output=job.output / item.entry["output"]))
-    manifest.write(job.output, _manifest_name(job.shard))
+
+
+def _write(path: Path, data: bytes) -> None:
+    """atomic_write_bytes, with a failing disk as a domain error (the run cannot go on)."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        raise AvpError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _meets(metrics: dict[str, Any], settings: AttackSettings) -> bool:
     stop = settings.stop or StopCriteria()
     return bool(stop.accepts(metrics["feature_distance"], metrics["ssim_encrypted"], metrics["ssim_decrypted"],
                              metrics.get("same_class")))
-
-
-def _manifest_name(shard: tuple[int, int]) -> str:
-    index, count = shard
-    return MANIFEST_NAME if count == 1 else f"avp-manifest.part-{index + 1}-of-{count}.json"
 
 
 @dataclass
@@ -250,11 +440,13 @@ class DecryptJob:
 def decrypt_folder(job: DecryptJob, on_event: EventCallback = lambda event: None) -> Manifest:
     """Apply the key to every ciphertext listed in the folder's manifest; writes PNGs and a manifest."""
     source_manifest = job.manifest or read_manifest(job.encrypted)
-    if is_inside(job.output, job.encrypted):
-        raise UsageError(f"the output folder {job.output} is inside {job.encrypted}; choose another --out")
+    if is_inside(job.output, job.encrypted) or is_inside(job.encrypted, job.output):
+        raise UsageError(f"the output folder {job.output} and {job.encrypted} overlap; choose another --out")
     entries = [entry for entry in source_manifest.files if entry.get("status") == "ok"]
+    expected_size = list(source_manifest.target.get("input_size") or [])
     manifest = Manifest(kind="decrypted", target=source_manifest.target, key_fingerprint=job.key_fingerprint)
     job.output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(job.output, {Path(entry["output"]) for entry in entries} | {Path(MANIFEST_NAME)})
 
     for start in range(0, len(entries), job.batch_size):
         chunk = entries[start:start + job.batch_size]
@@ -262,10 +454,14 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = lambda event: None
         for entry in chunk:
             path = job.encrypted / entry["output"]
             try:
-                tensors.append(read_png(path))
+                ciphertext = read_png(path)
+                if expected_size and list(ciphertext.shape[1:]) != expected_size:
+                    raise ImageError(f"{ciphertext.shape[2]}x{ciphertext.shape[1]} pixels, not the target's input size")
+                tensors.append(ciphertext)
                 kept.append(entry)
-            except (OSError, ValueError) as broken:
-                record = {"source": entry["output"], "output": None, "status": "failed", "reason": f"cannot read: {broken}"}
+            except Exception as broken:  # noqa: BLE001 - a damaged ciphertext fails alone
+                record = {"source": entry["output"], "output": None, "status": "failed",
+                          "reason": f"cannot read: {describe_error(broken, path)}"}
                 manifest.files.append(record)
                 on_event(Event("failed", source=entry["output"], reason=record["reason"]))
         if not kept:
@@ -273,7 +469,7 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = lambda event: None
         decrypted = decrypt_batch(torch.stack(tensors).to(job.device), job.key).cpu()
         for entry, image in zip(kept, decrypted):
             path = job.output / entry["output"]
-            save_png(image, path)
+            _write(path, png_bytes(image))
             manifest.files.append({"source": entry["output"], "output": entry["output"], "status": "ok"})
             on_event(Event("written", source=entry["output"], output=path))
         on_event(Event("progress", done=min(start + job.batch_size, len(entries)), total=len(entries)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from avpcli.images import atomic_write_bytes
 MANIFEST_NAME = "avp-manifest.json"
 MANIFEST_FORMAT = "avp-manifest"
 MANIFEST_VERSION = 1
+_PART_NAME = re.compile(r"avp-manifest\.part-(\d+)-of-(\d+)\.json")
 
 
 @dataclass
@@ -21,6 +23,9 @@ class Manifest:
     """What `avp encrypt` did: target, key fingerprint, settings, and one entry per input file.
 
     It never holds the key's path or seed: an output folder may be handed to an untrusted party.
+    `complete` is False while a run is under way (the manifest is rewritten after every batch);
+    `shard` ("i/n") marks one process's part of a sharded run; `run` names an anonymized run's
+    id → name map, which is kept outside the output folder.
     """
 
     kind: str  # "encrypted" or "decrypted"
@@ -29,6 +34,9 @@ class Manifest:
     settings: dict[str, Any] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)
     avp_version: str = __version__
+    complete: bool = True
+    shard: str | None = None
+    run: str | None = None
 
     def to_json(self) -> str:
         document = {
@@ -36,6 +44,9 @@ class Manifest:
             "version": MANIFEST_VERSION,
             "avp_version": self.avp_version,
             "kind": self.kind,
+            "complete": self.complete,
+            **({"shard": self.shard} if self.shard else {}),
+            **({"run": self.run} if self.run else {}),
             "target": self.target,
             "key_fingerprint": self.key_fingerprint,
             "settings": self.settings,
@@ -48,6 +59,12 @@ class Manifest:
         path = folder / name
         atomic_write_bytes(path, self.to_json().encode())
         return path
+
+
+def part_name(shard: tuple[int, int]) -> str:
+    """The manifest's file name for shard (index from 0, count); the plain name when unsharded."""
+    index, count = shard
+    return MANIFEST_NAME if count == 1 else f"avp-manifest.part-{index + 1}-of-{count}.json"
 
 
 def summarize(files: list[dict[str, Any]]) -> dict[str, Any]:
@@ -65,23 +82,91 @@ def summarize(files: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_manifest(folder_or_file: Path) -> Manifest:
-    """Load a manifest from a folder (its avp-manifest.json) or a path; AvpError if absent or foreign."""
-    path = folder_or_file / MANIFEST_NAME if folder_or_file.is_dir() else folder_or_file
+    """Load a manifest from a folder or a path; AvpError if absent or foreign.
+
+    A folder without avp-manifest.json but with the parts of a sharded run reads as their merge.
+    """
+    if folder_or_file.is_dir():
+        path = folder_or_file / MANIFEST_NAME
+        if not path.exists():
+            parts = manifest_parts(folder_or_file)
+            if parts:
+                return merge_parts([_read_manifest_file(part) for part in parts])
+    else:
+        path = folder_or_file
+    return _read_manifest_file(path, folder_or_file)
+
+
+def manifest_parts(folder: Path) -> list[Path]:
+    """The manifest parts of a sharded run in `folder`, in shard order."""
+    found = [(tuple(map(int, match.groups())), path) for path in folder.glob("avp-manifest.part-*-of-*.json")
+             if (match := _PART_NAME.fullmatch(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+def _read_manifest_file(path: Path, named: Path | None = None) -> Manifest:
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise AvpError(f"no {MANIFEST_NAME} in {folder_or_file}: is it a folder written by `avp encrypt`?") from None
+        raise AvpError(f"no {MANIFEST_NAME} in {named or path}: is it a folder written by `avp encrypt`?") from None
     except (OSError, ValueError) as broken:
         raise AvpError(f"cannot read manifest {path}: {broken}") from None
     if not isinstance(document, dict) or document.get("format") != MANIFEST_FORMAT:
         raise AvpError(f"{path} is not an avp manifest")
-    if document.get("version", 0) > MANIFEST_VERSION:
-        raise AvpError(f"{path} was written by a newer avp (manifest version {document['version']})")
+    if not isinstance(document.get("version", 0), int) or document.get("version", 0) > MANIFEST_VERSION:
+        raise AvpError(f"{path} was written by a newer avp (manifest version {document.get('version')})")
+    files = document.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(entry, dict) and "status" in entry for entry in files):
+        raise AvpError(f"{path} is damaged: its file list is not a list of entries")
     return Manifest(
         kind=document.get("kind", "encrypted"),
         target=document.get("target", {}),
         key_fingerprint=document.get("key_fingerprint", ""),
         settings=document.get("settings", {}),
-        files=document.get("files", []),
+        files=files,
         avp_version=document.get("avp_version", ""),
+        complete=bool(document.get("complete", True)),
+        shard=document.get("shard"),
+        run=document.get("run"),
     )
+
+
+def merge_parts(parts: list[Manifest]) -> Manifest:
+    """One manifest from the parts of a sharded run, files in the order one process would list them.
+
+    Shard i of n takes files i, i+n, i+2n, … of the sorted list, so taking each part's next file
+    (all entries of one source) in turn restores the order. AvpError if the parts disagree on the
+    target, key or settings (other than each part's own noise seed).
+    """
+    first = parts[0]
+    for part in parts[1:]:
+        if (part.target, part.key_fingerprint, _without_seed(part.settings)) != (
+                first.target, first.key_fingerprint, _without_seed(first.settings)):
+            raise AvpError("the manifest parts in this folder come from runs with different targets, keys or "
+                           "settings; rerun the odd shard with --overwrite")
+    grouped = [_group_by_source(part.files) for part in parts]
+    files: list[dict[str, Any]] = []
+    for position in range(max((len(groups) for groups in grouped), default=0)):
+        for groups in grouped:
+            if position < len(groups):
+                files.extend(groups[position])
+    seeds = [part.settings.get("noise_seed") for part in parts]
+    settings = dict(first.settings)
+    if len(set(map(str, seeds))) > 1:
+        settings["noise_seed"] = seeds  # shards started without a common --seed
+    return Manifest(kind=first.kind, target=first.target, key_fingerprint=first.key_fingerprint, settings=settings,
+                    files=files, avp_version=first.avp_version, complete=all(part.complete for part in parts))
+
+
+def _without_seed(settings: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in settings.items() if name != "noise_seed"}
+
+
+def _group_by_source(files: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    groups: list[list[dict[str, Any]]] = []
+    for entry in files:
+        if groups and groups[-1][0].get("source") == entry.get("source"):
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+    return groups
