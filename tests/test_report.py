@@ -1,0 +1,145 @@
+"""Report writing and `avp evaluate` end to end on the tiny test targets (--iterations 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from avpcli import report
+from avpcli.cli import app
+from avpcli.images import save_png
+
+
+@pytest.fixture(scope="module")
+def other_tiny_key_file(tmp_path_factory) -> Path:
+    """A second tiny key that differs from conftest's only by its seed."""
+    from avpcli.key import KeyPreset, save_key, train_key
+
+    preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=32, learning_rate=1e-3)
+    path = tmp_path_factory.mktemp("keys") / "tiny-other.safetensors"
+    save_key(train_key(preset, seed=2**70 + 2), path)
+    return path
+
+
+def _pictures(folder: Path, names: list[str], seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for index, name in enumerate(names):
+        # Smooth images (a colour ramp plus a little noise) so that originals look like photographs.
+        ramp = torch.linspace(0, 1, 32).view(1, 1, 32).expand(3, 32, 32)
+        colour = torch.rand(3, 1, 1, generator=generator)
+        image = (0.6 * ramp * colour + 0.3 * colour + 0.05 * torch.rand(3, 32, 32, generator=generator)).clamp(0, 1)
+        save_png(image, folder / name)
+
+
+def _run(*arguments: str) -> str:
+    result = CliRunner().invoke(app, list(arguments), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_markdown_table_writes_undefined_for_missing_numbers():
+    table = report.markdown_table(["a", "b"], [["x", float("nan")], ["y", 0.12345]])
+    assert "| x | undefined |" in table and "| y | 0.123 |" in table
+
+
+def test_report_writes_json_markdown_and_pictures(tmp_path):
+    written = report.Report("thing", {"value": float("nan"), "path": tmp_path}, "# Thing\n",
+                            {"picture": Image.new("RGB", (4, 4))}).write(tmp_path / "out")
+    assert written == tmp_path / "out" / "thing.md"
+    assert json.loads((tmp_path / "out" / "thing.json").read_text())["value"] is None
+    assert "![picture](thing-picture.png)" in written.read_text()
+    assert Image.open(tmp_path / "out" / "thing-picture.png").size == (4, 4)
+
+
+def test_pictures_have_their_documented_sizes():
+    counts = torch.arange(256)
+    assert report.histogram_picture({"a": counts, "b": counts}).size == (256 * 2 + 32, 2 * (140 + 32))
+    assert report.scatter_picture(torch.tensor([0.0, 255.0]), torch.tensor([0.0, 255.0]), "r").size == (288, 288)
+
+
+def test_statistics_report_on_noise_and_smooth_images():
+    smooth = torch.linspace(0, 1, 32).view(1, 1, 32).expand(2, 3, 32, 32).clone()
+    noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    pairs = report.PairedImages(["a", "b"], smooth, noise)
+    result = report.statistics_report(pairs, pairs_per_image=500, detect=False)
+    assert result.data["correlation"]["original"]["horizontal"]["mean"] == pytest.approx(1.0, abs=1e-3)
+    # Rows are constant in a horizontal ramp: vertical neighbours are equal but pairs still vary.
+    assert abs(result.data["correlation"]["encrypted"]["horizontal"]["mean"]) < 0.15
+    assert set(result.pictures) == {"histograms", "correlation"}
+
+
+def test_evaluate_end_to_end_on_tiny_embedding(tmp_path, tiny_key_file, other_tiny_key_file):
+    people = tmp_path / "people"
+    for person, count in (("alice", 3), ("bob", 3), ("carol", 1), ("dave", 2)):
+        _pictures(people / person, [f"{person}_{i}.png" for i in range(count)], seed=len(person) * 7 + count)
+    common = ["--target", "tiny-embedding", "--key", str(tiny_key_file), "--device", "cpu"]
+
+    identification = tmp_path / "identification"
+    printed = _run("evaluate", "identification", str(people), *common, "--min-images", "2", "--iterations", "2",
+                   "--out", str(identification))
+    assert printed.strip() == str(identification / "identification.md")
+    data = json.loads((identification / "identification.json").read_text())
+    assert data["sizes"] == {"probe_identities": 2, "probe_images": 6, "turns": 6, "gallery": 3, "encrypted": 9,
+                             "gallery_left_plain": 0}
+    assert set(data["accuracy"]) == {"original_all_turns", "original", "avp_one", "avp_all"}
+    assert data["accuracy"]["original"]["total"] == 2 * 3 * 2
+    assert "AVP-ONE" in (identification / "identification.md").read_text()
+
+    # The same ciphertexts feed the other analyses: originals come from the folder that was encrypted.
+    originals, encrypted = str(identification / "selection"), str(identification / "encrypted")
+    quality = tmp_path / "quality"
+    _run("evaluate", "quality", originals, encrypted, *common, "--wrong-key", str(other_tiny_key_file),
+         "--out", str(quality))
+    quality_data = json.loads((quality / "quality.json").read_text())
+    assert quality_data["images"] == 9 and len(quality_data["per_image"]["ssim_encrypted"]) == 9
+    sheet = Image.open(quality / "quality-contact-sheet.png")
+    assert sheet.size == (4 * 36 + 4, 8 * 36 + 4)  # 4 columns, 8 rows of 32-pixel images, 4-pixel gaps
+
+    cross = tmp_path / "cross"
+    _run("evaluate", "cross-key", originals, encrypted, "--target", "tiny-embedding", "--key", str(tiny_key_file),
+         "--other-key", str(other_tiny_key_file), "--device", "cpu", "--out", str(cross))
+    assert set(json.loads((cross / "cross-key.json").read_text())["summary"]) == {"right key", "tiny-other"}
+
+    attack = tmp_path / "attack"
+    _run("evaluate", "attack", originals, encrypted, *common, "--other-key", str(other_tiny_key_file),
+         "--held-out", "2", "--steps", "2", "--iterations", "2", "--out", str(attack))
+    attack_data = json.loads((attack / "attack.json").read_text())
+    assert attack_data["training_pairs"] == 7 and len(attack_data["other_key"]) == 2
+
+    statistics = tmp_path / "statistics"
+    _run("evaluate", "statistics", originals, encrypted, "--target", "tiny-embedding", "--pairs", "300",
+         "--no-detect", "--out", str(statistics))
+    statistics_data = json.loads((statistics / "statistics.json").read_text())
+    assert statistics_data["face_detection_rate"] == {}
+    assert len(statistics_data["histogram"]["encrypted"]) == 256
+    assert (statistics / "statistics-histograms.png").is_file()
+
+
+def test_evaluate_classification_end_to_end_on_tiny_classifier(tmp_path, tiny_key_file):
+    dataset = tmp_path / "classes"
+    for label in ("cat", "dog"):
+        _pictures(dataset / label, [f"{label}_{i}.png" for i in range(3)], seed=len(label))
+    out = tmp_path / "report"
+    printed = _run("evaluate", "classification", str(dataset), "--target", "tiny-classifier", "--key",
+                   str(tiny_key_file), "--per-class", "2", "--iterations", "2", "--device", "cpu", "--out", str(out))
+    assert printed.strip() == str(out / "classification.md")
+    data = json.loads((out / "classification.json").read_text())
+    assert data["classes"] == ["cat", "dog"] and data["images"] == 4
+    assert 0.0 <= data["accuracy"]["original"] <= 1.0 and 0.0 <= data["accuracy"]["encrypted"] <= 1.0
+    # A rerun resumes: nothing is encrypted again and the report is the same.
+    _run("evaluate", "classification", str(dataset), "--target", "tiny-classifier", "--key", str(tiny_key_file),
+         "--per-class", "2", "--iterations", "2", "--device", "cpu", "--out", str(out))
+    assert json.loads((out / "classification.json").read_text())["accuracy"] == data["accuracy"]
+
+
+def test_evaluate_reports_a_folder_without_probe_identities_as_a_usage_error(tmp_path, tiny_key_file):
+    _pictures(tmp_path / "people" / "solo", ["a.png"], seed=1)
+    result = CliRunner().invoke(app, ["evaluate", "identification", str(tmp_path / "people"), "--target",
+                                      "tiny-embedding", "--key", str(tiny_key_file), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "more than 12 images" in " ".join(result.output.split())
