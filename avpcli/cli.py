@@ -16,6 +16,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -305,7 +306,8 @@ def encrypt(
                     progress.update(task, completed=event.done, total=event.total)
                 elif event.kind == "failed":
                     failures += 1
-                    progress.console.print(f"[red]failed:[/] {event.source}: {event.reason}", highlight=False)
+                    progress.console.print(f"[red]failed:[/] {escape(event.source)}: {escape(event.reason)}",
+                                           highlight=False, soft_wrap=True)
                 elif event.kind in ("written", "skipped") and not as_json:
                     typer.echo(str(event.output))
 
@@ -382,7 +384,8 @@ def decrypt(
             nonlocal failures
             if event.kind == "failed":
                 failures += 1
-                stderr.print(f"[red]failed:[/] {event.source}: {event.reason}", highlight=False)
+                stderr.print(f"[red]failed:[/] {escape(event.source)}: {escape(event.reason)}", highlight=False,
+                             soft_wrap=True)
             elif event.kind == "written" and not as_json:
                 typer.echo(str(event.output))
 

@@ -94,6 +94,7 @@ def load_rgb(path: Path) -> Image.Image:
         raise ImageError(f"unsupported format {path.suffix.lower()}: convert it to PNG or JPEG first")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's complaints about damaged metadata: the pixels decide
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 width, height = opened.size
