@@ -188,7 +188,8 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it into place.
 
-    A reader (or a rerun after a crash) sees either no file or the whole file, never a part.
+    A reader (or a rerun after a crash) sees either no file or the whole file, never a part. The
+    file gets `mode`, or by default the permissions the umask allows (as open() would give).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -197,13 +198,19 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(temporary, mode)
+        # mkstemp makes the file owner-only; give it the mode asked for, else what open() would have.
+        os.chmod(temporary, mode if mode is not None else 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -222,6 +229,12 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 def read_png(path: Path) -> torch.Tensor:
     """Read back a PNG that avp wrote, as (3, H, W) in [0, 1]."""
     with Image.open(path) as opened:
+        return to_tensor(opened.convert("RGB"))
+
+
+def png_tensor(data: bytes) -> torch.Tensor:
+    """Decode PNG bytes from png_bytes, as (3, H, W) in [0, 1]."""
+    with Image.open(io.BytesIO(data)) as opened:
         return to_tensor(opened.convert("RGB"))
 
 

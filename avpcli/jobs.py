@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from avpcli.images import (
     load_rgb,
     output_names,
     png_bytes,
+    png_tensor,
     read_png,
     to_tensor,
 )
@@ -304,15 +305,14 @@ def encrypt_folder(job: EncryptJob, on_event: EventCallback = lambda event: None
         return names[source.relative].stem if job.anonymize else str(source.relative)
 
     records: list[tuple[tuple[int, int], dict[str, Any]]] = []
-    pending: list[tuple[int, SourceImage]] = []
+    finished: set[int] = set()
     for position, source in enumerate(sources):
         earlier = run.entries.get(label(source), [])
         if _finished(earlier, job.output):
+            finished.add(position)
             for entry in earlier:
                 records.append(((position, entry.get("face", 1)), entry))
                 on_event(Event("skipped", source=str(source.relative), output=job.output / entry["output"]))
-        else:
-            pending.append((position, source))
 
     def write_manifest() -> None:
         records.sort(key=lambda record: record[0])
@@ -321,35 +321,44 @@ def encrypt_folder(job: EncryptJob, on_event: EventCallback = lambda event: None
 
     write_manifest()
 
-    def pending_items() -> Iterator[_Item]:
-        for done, (position, source) in enumerate(pending):
-            on_event(Event("progress", source=str(source.relative), done=done, total=len(pending)))
-            try:
-                faces = _prepare_faces(source, job)
-            except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
+    def items(position: int, source: SourceImage) -> list[_Item]:
+        """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
+        try:
+            faces = _prepare_faces(source, job)
+        except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
+            if position not in finished:
                 status, reason = _failure_reason(error, source.path)
                 records.append(((position, 0), {"source": label(source), "output": None, "status": status,
                                                 "reason": reason}))
                 on_event(Event("failed", source=str(source.relative), reason=reason))
-                continue
-            for face_index, (tensor, alignment) in enumerate(faces):
-                output = _face_output_name(names[source.relative], face_index)
-                entry: dict[str, Any] = {"source": label(source), "output": str(output), "status": "pending",
-                                         "alignment": alignment}
-                if len(faces) > 1:
-                    entry.update(face=face_index + 1, faces=len(faces))
-                yield _Item(tensor, entry, _noise_seed(run.noise_seed, str(output)), (position, face_index + 1))
+            return []
+        prepared = []
+        for face_index, (tensor, alignment) in enumerate(faces):
+            output = _face_output_name(names[source.relative], face_index)
+            entry: dict[str, Any] = {"source": label(source), "output": str(output), "status": "pending",
+                                     "alignment": alignment}
+            if len(faces) > 1:
+                entry.update(face=face_index + 1, faces=len(faces))
+            prepared.append(_Item(tensor, entry, _noise_seed(run.noise_seed, str(output)), (position, face_index + 1)))
+        return prepared
 
-    batch: list[_Item] = []
-    for item in pending_items():
-        batch.append(item)
-        if len(batch) == job.batch_size:
-            _encrypt_and_write(batch, job, records, on_event)
-            write_manifest()
-            batch = []
-    if batch:
-        _encrypt_and_write(batch, job, records, on_event)
-    on_event(Event("progress", done=len(pending), total=len(pending)))
+    # Batches are fixed runs of batch_size files by position, whatever is already done: the engine's
+    # floating-point results can depend on an image's batch-mates, so a resumed run recomputes the
+    # finished mates of an unfinished batch (writing only what is missing) to match an uninterrupted run.
+    pending = len(sources) - len(finished)
+    done = 0
+    for start in range(0, len(sources), job.batch_size):
+        positions = range(start, min(start + job.batch_size, len(sources)))
+        if all(position in finished for position in positions):
+            continue
+        on_event(Event("progress", source=str(sources[start].relative), done=done, total=pending))
+        batch = [item for position in positions for item in items(position, sources[position])]
+        if batch:
+            _encrypt_and_write(batch, job, records, on_event, skip={position for position in positions
+                                                                     if position in finished})
+        write_manifest()
+        done += sum(position not in finished for position in positions)
+    on_event(Event("progress", done=pending, total=pending))
     manifest.complete = True
     write_manifest()
     if count > 1:
@@ -387,23 +396,31 @@ def merge_finished_parts(folder: Path, count: int) -> Manifest | None:
     return merged
 
 
-def _encrypt_and_write(batch: list[_Item], job: EncryptJob, records: list, on_event: EventCallback) -> None:
+def _encrypt_and_write(batch: list[_Item], job: EncryptJob, records: list, on_event: EventCallback,
+                       skip: set[int] = frozenset()) -> None:
+    """Encrypt a batch; write and record every item except those of the source positions in `skip`
+    (finished earlier: they are recomputed only so that their batch-mates come out the same)."""
     originals = torch.stack([item.tensor for item in batch]).to(job.device)
     result = encrypt_batch(
         originals, job.target, job.key, job.settings, job.spec.loss, noise_seeds=[item.noise_seed for item in batch]
     )
     written, digests = [], []
     for item, encrypted in zip(batch, result.encrypted):
-        path = job.output / item.entry["output"]
         data = png_bytes(encrypted.cpu())
-        _write(path, data)
         digests.append(hashlib.sha256(data).hexdigest())
+        if item.order[0] in skip:
+            written.append(png_tensor(data))
+            continue
+        path = job.output / item.entry["output"]
+        _write(path, data)
         written.append(read_png(path))
         if job.aligned_output is not None:
             _write(job.aligned_output / item.entry["output"], png_bytes(item.tensor))
     # Every figure in the manifest is measured on the PNG as written and read back.
     measured = measure_images(originals, torch.stack(written).to(job.device), job.target, job.key, job.spec.loss)
     for item, metrics, engine_metrics, digest in zip(batch, measured, result.metrics, digests):
+        if item.order[0] in skip:
+            continue
         item.entry.update(status="ok", **metrics, iterations=engine_metrics.iterations,
                           met_targets=_meets(metrics, job.settings), sha256=digest)
         records.append((item.order, item.entry))
