@@ -1,0 +1,79 @@
+"""Output folders that could mix with or replace the inputs are refused; inputs are never modified."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from avpcli.errors import UsageError
+from avpcli.jobs import check_output_folder, remove_stale_temporaries
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.jpg"):
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("output, inputs, reason", [
+    ("photos", ["photos"], "inside the input folder"),
+    ("photos/sub/enc", ["photos"], "inside the input folder"),
+    ("photos", ["photos/a.png"], "is the folder of the input"),
+    (".", ["photos"], "inside the output folder"),
+    ("photos/sub", ["photos/a.png", "photos/sub/b.jpg"], "is the folder of the input"),
+])
+def test_overlapping_output_folders_are_refused(tmp_path, photos, monkeypatch, output, inputs, reason):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=reason):
+        check_output_folder([Path(given) for given in inputs], Path(output))
+
+
+@pytest.mark.parametrize("output, inputs", [
+    ("photos-encrypted", ["photos"]),
+    ("photos/a-encrypted", ["photos/a.png"]),  # the default for one file: a folder beside it
+    ("elsewhere", ["photos/a.png", "photos/sub"]),
+])
+def test_separate_output_folders_are_accepted(tmp_path, photos, monkeypatch, output, inputs):
+    monkeypatch.chdir(tmp_path)
+    check_output_folder([Path(given) for given in inputs], Path(output))
+
+
+def test_an_output_folder_reached_through_a_link_is_still_refused(tmp_path, photos):
+    (tmp_path / "link").symlink_to(photos)
+    with pytest.raises(UsageError):
+        check_output_folder([photos], tmp_path / "link" / "enc")
+
+
+def test_only_our_own_temporaries_are_removed(tmp_path):
+    (tmp_path / "sub").mkdir()
+    ours = [tmp_path / ".a.png.k2j4_x9q.part", tmp_path / "sub" / ".b.png.00000000.part",
+            tmp_path / ".a_face2.png.abcdefgh.part"]
+    kept = [tmp_path / ".c.png.abcdefgh.part", tmp_path / "a.png", tmp_path / ".a.png.notours"]
+    for path in ours + kept:
+        path.write_bytes(b"x")
+    remove_stale_temporaries(tmp_path, {Path("a.png"), Path("sub/b.png")})
+    assert not any(path.exists() for path in ours)
+    assert all(path.exists() for path in kept)
+
+
+def test_inputs_are_never_modified(tmp_path, photos, tiny_key_file):
+    from typer.testing import CliRunner
+
+    from avpcli.cli import app
+
+    before = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in photos.rglob("*") if path.is_file()}
+    modes = {path: path.stat().st_mode for path in before}
+    for extra in ([], ["--overwrite"], ["--anonymize", "--names-map", str(tmp_path / "names.json")]):
+        result = CliRunner().invoke(app, ["encrypt", str(photos), "--target", "tiny-embedding", "--key",
+                                          str(tiny_key_file), "--out", str(tmp_path / f"out{len(extra)}"),
+                                          "--iterations", "2", "--device", "cpu", *extra], catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+    after = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in photos.rglob("*") if path.is_file()}
+    assert after == before and {path: path.stat().st_mode for path in after} == modes
