@@ -209,6 +209,27 @@ def _custom_options(target: str, input_size, mean, std, channels: str, loss: str
     )
 
 
+def _autocast_dtype(precision: str, device: str):
+    import torch
+
+    choices = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+    if precision not in choices:
+        raise UsageError("--precision is one of auto, bf16, fp16, fp32")
+    return choices[precision] if device.startswith("cuda") else None
+
+
+def _tune_for_cuda(target, key, compile_models: bool):
+    """NHWC weights, cuDNN autotuning and, on request, torch.compile: settings that only pay on a GPU."""
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    target = target.to(memory_format=torch.channels_last)
+    key = key.to(memory_format=torch.channels_last)
+    if compile_models:
+        target, key = torch.compile(target), torch.compile(key)
+    return target, key
+
+
 def _encrypt_device(device: str) -> str:
     resolved = resolve_device(device)
     # Under torchrun each process takes its own GPU.
@@ -247,6 +268,8 @@ def encrypt(
     anonymize: Annotated[bool, typer.Option(help="Name outputs by random ids; the id → name map goes beside the key, not into --out.")] = False,
     names_map: Annotated[Optional[Path], typer.Option(help="With --anonymize: where to write the id → name map (default: <key>.names-<run>.json).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
+    precision: Annotated[str, typer.Option(help="Model forwards on CUDA: 'auto' (bf16), 'bf16', 'fp16' or 'fp32'; the image, momentum, losses and every reported figure stay fp32. CPU: always fp32.")] = "auto",
+    compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile the target and key (CUDA; slow start, faster steps).")] = False,
     input_size: Annotated[Optional[str], typer.Option(help="Own models (onnx:/torchscript:): input HxW, e.g. 112x112.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Own models: per-channel mean on the [0,1] scale, in the model's channel order, e.g. 0.5,0.5,0.5.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Own models: per-channel std on the [0,1] scale, e.g. 0.5,0.5,0.5.")] = None,
@@ -283,10 +306,9 @@ def encrypt(
             **({"variance_weight": variance_weight} if variance_weight is not None else {}),
             **({} if early_stop else {"stop": None}),
         }
+        overrides["autocast_dtype"] = _autocast_dtype(precision, resolved_device)
         if resolved_device.startswith("cuda"):
-            import torch
-
-            overrides["autocast_dtype"] = torch.bfloat16
+            target_model, loaded_key.generator = _tune_for_cuda(target_model, loaded_key.generator, compile_models)
         settings = dataclasses.replace(base, **overrides)
         job = EncryptJob(
             inputs=list(inputs), output=output, spec=spec, target=target_model, key=loaded_key.generator,

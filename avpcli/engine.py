@@ -160,7 +160,7 @@ class _Objective:
         self.loss_kind = loss_kind
         self.target = target
         self.key = key
-        with torch.no_grad(), _autocast(originals, settings.autocast_dtype):
+        with torch.no_grad():
             reference = target(originals).float()
         self.reference = reference
         self.reference_class = reference.argmax(dim=1) if loss_kind == "classifier" else None
@@ -187,10 +187,13 @@ class _Objective:
 
     @torch.no_grad()
     def measure(self, encrypted8, originals, reference, reference_class):
-        """Metrics of 8-bit ciphertexts: (distance, cosine, ssim_e, ssim_d, same_class or None)."""
-        with _autocast(encrypted8, self.settings.autocast_dtype):
-            outputs = self.target(encrypted8).float()
-            decrypted8 = quantize(self.key(encrypted8).float())
+        """Metrics of 8-bit ciphertexts: (distance, cosine, ssim_e, ssim_d, same_class or None).
+
+        Always in full precision, also when the optimization runs under autocast: every stop
+        decision is taken on the figures a user will see.
+        """
+        outputs = self.target(encrypted8).float()
+        decrypted8 = quantize(self.key(encrypted8).float())
         distance = feature_distance(outputs, reference)
         cosine = cosine_similarity(outputs, reference)
         same_class = outputs.argmax(dim=1) == reference_class if reference_class is not None else None
@@ -242,6 +245,9 @@ def encrypt_batch(
     target.eval()
     key.eval()
     originals = originals.detach().float().clamp(0, 1)
+    if originals.device.type == "cuda":
+        # cuDNN's fastest convolutions on tensor cores take NHWC; the modules are converted by the caller.
+        originals = originals.contiguous(memory_format=torch.channels_last)
     batch = originals.shape[0]
     device = originals.device
 
