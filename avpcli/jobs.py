@@ -33,7 +33,7 @@ from avpcli.images import (
     read_png,
     to_tensor,
 )
-from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest
+from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest, settings_without_seed
 from avpcli.targets import TargetSpec
 
 AlignMode = Literal["auto", "never"]
@@ -193,7 +193,7 @@ def _resume(job: EncryptJob, manifest: Manifest) -> _Run:
     differences = [name for name, now, before in (
         ("target", manifest.target, previous.target),
         ("key", manifest.key_fingerprint, previous.key_fingerprint),
-        ("settings", _without_seed(manifest.settings), _without_seed(previous.settings)),
+        ("settings", settings_without_seed(manifest.settings), settings_without_seed(previous.settings)),
         ("--seed", job.noise_seed, earlier_seed if job.noise_seed is not None else None),
     ) if now != before]
     if differences:
@@ -205,10 +205,6 @@ def _resume(job: EncryptJob, manifest: Manifest) -> _Run:
     for entry in previous.files:
         entries.setdefault(str(entry.get("source")), []).append(entry)
     return _Run(seed, previous.run or (secrets.token_hex(4) if job.anonymize else None), entries)
-
-
-def _without_seed(settings: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in settings.items() if name != "noise_seed"}
 
 
 def _names_map_path(job: EncryptJob, run_id: str) -> Path:

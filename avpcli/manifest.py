@@ -140,8 +140,8 @@ def merge_parts(parts: list[Manifest]) -> Manifest:
     """
     first = parts[0]
     for part in parts[1:]:
-        if (part.target, part.key_fingerprint, _without_seed(part.settings)) != (
-                first.target, first.key_fingerprint, _without_seed(first.settings)):
+        if (part.target, part.key_fingerprint, settings_without_seed(part.settings)) != (
+                first.target, first.key_fingerprint, settings_without_seed(first.settings)):
             raise AvpError("the manifest parts in this folder come from runs with different targets, keys or "
                            "settings; rerun the odd shard with --overwrite")
     grouped = [_group_by_source(part.files) for part in parts]
@@ -158,7 +158,8 @@ def merge_parts(parts: list[Manifest]) -> Manifest:
                     files=files, avp_version=first.avp_version, complete=all(part.complete for part in parts))
 
 
-def _without_seed(settings: dict[str, Any]) -> dict[str, Any]:
+def settings_without_seed(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings less the noise seed: what must agree for outputs of two runs to belong together."""
     return {name: value for name, value in settings.items() if name != "noise_seed"}
 
 
