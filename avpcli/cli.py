@@ -17,7 +17,6 @@ from typing import Annotated, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
