@@ -247,3 +247,22 @@ def test_training_on_a_folder_records_its_fingerprint(tmp_path):
     assert training_data_fingerprint(tmp_path / "images") != fingerprint
     with pytest.raises(FileNotFoundError):
         train_key(TINY, seed=5, data_dir=tmp_path / "empty-or-missing", steps=1)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    preset = KeyPreset(ngf=4, blocks=1, norm="none", steps=100, batch_size=1, crop_size=16, learning_rate=1e-2,
+                       warmup_steps=10)
+    rates = [preset.learning_rate_at(step) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-3) and rates[9] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    assert rates[-1] < 1e-4
+    assert KeyPreset(**{**preset.__dict__, "schedule": "constant"}).learning_rate_at(99) == 1e-2
+
+
+@pytest.mark.parametrize("name", sorted(KEY_PRESETS))
+def test_every_preset_builds_and_names_a_known_norm(name):
+    preset = KEY_PRESETS[name]
+    generator = KeyGenerator(preset.ngf, preset.blocks, preset.norm)
+    assert preset.crop_size % 4 == 0 and preset.steps > preset.warmup_steps
+    with torch.no_grad():
+        assert generator.eval()(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)

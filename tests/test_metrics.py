@@ -23,14 +23,6 @@ def smooth_images(generator: torch.Generator, n: int, height: int, width: int) -
     return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True).clamp(0, 1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_ssim_of_identical_images_is_one():
     images = torch.rand(3, 3, 32, 40, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ssim(images, images), torch.ones(3), atol=1e-6)
