@@ -488,6 +488,8 @@ WeightsOption = Annotated[Optional[Path], typer.Option(help="The target's weight
 ReportOption = Annotated[Path, typer.Option("--out", help="Report folder.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 IterationsOption = Annotated[Optional[int], typer.Option(help="Most optimization steps per image (default 800).")]
+OriginalsArgument = Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")]
+EncryptedArgument = Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")]
 
 
 def _report_events(progress: Progress, description: str):
@@ -520,14 +522,23 @@ def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, ite
                      key_fingerprint=loaded.fingerprint, settings=settings, device=resolved, noise_seed=seed)
 
 
+def _read_pairs(originals: Path, encrypted: Path, target: str, device: str):
+    """The resolved device and the (original, ciphertext) pairs of an encrypted folder."""
+    from avpcli.report import read_pairs
+    from avpcli.targets import get_spec
+
+    resolved = resolve_device(device)
+    return resolved, read_pairs(originals, encrypted, get_spec(target), resolved)
+
+
 def _finish(report, out: Path) -> None:
     typer.echo(str(report.write(out)))
 
 
 @evaluate_app.command("quality")
 def evaluate_quality(
-    originals: Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")],
-    encrypted: Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")],
+    originals: OriginalsArgument,
+    encrypted: EncryptedArgument,
     *,
     target: TargetOption,
     key: KeyOption,
@@ -537,15 +548,14 @@ def evaluate_quality(
     device: DeviceOption = "auto",
 ) -> None:
     """Table 1: SSIM_e, SSIM_d and feature match per image and summarized, plus a contact sheet."""
-    from avpcli.report import quality_report, read_pairs
-    from avpcli.targets import get_spec, load_target
+    from avpcli.report import quality_report
+    from avpcli.targets import load_target
 
     with domain_errors():
-        resolved = resolve_device(device)
-        spec = get_spec(target)
-        pairs = read_pairs(originals, encrypted, spec, resolved)
+        resolved, pairs = _read_pairs(originals, encrypted, target, device)
         other = _load_key_or_fail(wrong_key, resolved).generator if wrong_key else None
-        report = quality_report(pairs, load_target(target, weights).to(resolved), spec,
+        target_model = load_target(target, weights).to(resolved)
+        report = quality_report(pairs, target_model, target_model.spec,
                                 _load_key_or_fail(key, resolved).generator, other)
         _finish(report, out)
 
@@ -601,8 +611,8 @@ def evaluate_classification(
 
 @evaluate_app.command("cross-key")
 def evaluate_cross_key(
-    originals: Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")],
-    encrypted: Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")],
+    originals: OriginalsArgument,
+    encrypted: EncryptedArgument,
     *,
     target: TargetOption,
     key: KeyOption,
@@ -611,12 +621,10 @@ def evaluate_cross_key(
     device: DeviceOption = "auto",
 ) -> None:
     """Fig. 5: SSIM of decryptions with keys of other seeds beside the right key's."""
-    from avpcli.report import cross_key_report, read_pairs
-    from avpcli.targets import get_spec
+    from avpcli.report import cross_key_report
 
     with domain_errors():
-        resolved = resolve_device(device)
-        pairs = read_pairs(originals, encrypted, get_spec(target), resolved)
+        resolved, pairs = _read_pairs(originals, encrypted, target, device)
         others = {path.stem: _load_key_or_fail(path, resolved).generator for path in other_key}
         _finish(cross_key_report(pairs, _load_key_or_fail(key, resolved).generator, others), out)
 
@@ -664,8 +672,8 @@ def evaluate_attack(
 
 @evaluate_app.command("statistics")
 def evaluate_statistics(
-    originals: Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")],
-    encrypted: Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")],
+    originals: OriginalsArgument,
+    encrypted: EncryptedArgument,
     *,
     target: TargetOption,
     out: ReportOption,
@@ -674,12 +682,10 @@ def evaluate_statistics(
     device: DeviceOption = "auto",
 ) -> None:
     """Appendix A.1: adjacent-pixel correlation, histograms, and how often MTCNN still finds a face."""
-    from avpcli.report import read_pairs, statistics_report
-    from avpcli.targets import get_spec
+    from avpcli.report import statistics_report
 
     with domain_errors():
-        resolved = resolve_device(device)
-        pairs = read_pairs(originals, encrypted, get_spec(target), resolved)
+        resolved, pairs = _read_pairs(originals, encrypted, target, device)
         _finish(statistics_report(pairs, pairs_per_image, detect, resolved), out)
 
 
