@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from avpcli import __version__
-from avpcli.errors import KeyFileError
+from avpcli.errors import KeyFileError, UsageError
 from avpcli.metrics import ssim
 
 KEY_FORMAT = "avp-key"
@@ -332,11 +332,11 @@ def find_training_images(data_dir: str | os.PathLike[str]) -> list[Path]:
     """Image files under data_dir, recursively, sorted by relative path."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"training data folder not found: {root}")
+        raise UsageError(f"training data folder not found: {root}")
     files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return files
 
 
@@ -407,6 +407,7 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
         seed: the secret; the same seed, data, settings, torch version and thread count give a
             byte-identical key on CPU.
         data_dir: a folder of images (searched recursively); None for the built-in procedural source.
+            A missing or image-less folder is a UsageError.
         steps: overrides the preset's step count (the learning-rate schedule follows it).
         device: where to train.
         progress: called as progress(step, total, loss) after every step (step counts from 1).
@@ -555,13 +556,13 @@ def save_key(trained: TrainedKey, path: str | os.PathLike[str], overwrite: bool 
     return target
 
 
-def _metadata_int(metadata: Mapping[str, str], field: str, path: Path) -> int:
+def _metadata_int(metadata: Mapping[str, str], field: str, path: Path, largest: int) -> int:
     try:
         value = int(metadata[field])
     except (KeyError, ValueError):
         raise KeyFileError(f"{path} is not a usable avp key: metadata field {field!r} is missing or not a number") from None
-    if value < 1:
-        raise KeyFileError(f"{path} is not a usable avp key: metadata field {field!r} must be positive")
+    if not 1 <= value <= largest:  # bounds first: a forged ngf must not make us build a huge network
+        raise KeyFileError(f"{path} is not a usable avp key: metadata field {field!r} = {value} is out of range")
     return value
 
 
@@ -571,7 +572,6 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     Returns the generator frozen and in eval mode. Raises KeyFileError (one-line message) for a
     missing, unreadable, truncated, corrupt or foreign file.
     """
-    from safetensors import SafetensorError
     from safetensors.torch import load
 
     source = Path(path)
@@ -592,7 +592,7 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
         if not isinstance(metadata, dict):
             raise ValueError("bad metadata")
         tensors = load(payload)
-    except (ValueError, SafetensorError, UnicodeDecodeError, AttributeError, OverflowError):
+    except Exception:  # whatever the parser trips on, the file is not one of ours
         raise KeyFileError(f"{source} is not a safetensors file (corrupt, truncated or another kind of file)") from None
     if metadata.get("format") != KEY_FORMAT:
         raise KeyFileError(f"{source} is a safetensors file but not an avp key (no '{KEY_FORMAT}' metadata)")
@@ -601,8 +601,8 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
                            f"this avp ({__version__}) reads version {KEY_FORMAT_VERSION}")
     if metadata.get("architecture") != ARCHITECTURE:
         raise KeyFileError(f"{source} has unknown architecture {metadata.get('architecture')!r}")
-    ngf = _metadata_int(metadata, "ngf", source)
-    blocks = _metadata_int(metadata, "blocks", source)
+    ngf = _metadata_int(metadata, "ngf", source, largest=512)
+    blocks = _metadata_int(metadata, "blocks", source, largest=64)
     norm = metadata.get("norm")
     if norm not in NORMS:
         raise KeyFileError(f"{source} has unknown norm {norm!r}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from avpcli.errors import KeyFileError
+from avpcli.errors import KeyFileError, UsageError
 from avpcli.key import (
     KEY_PRESETS, KeyGenerator, KeyPreset, count_parameters, key_fingerprint, load_key, new_seed, procedural_images,
     save_key, seed_is_guessable, train_key, training_data_fingerprint,
@@ -202,8 +202,10 @@ def test_wrong_shape_is_refused(key_file):
     assert "network.1.weight" in _one_line_key_error(key_file)
 
 
-def test_architecture_that_does_not_match_the_tensors_is_refused(key_file):
-    _rewrite(key_file, metadata=lambda meta: {**meta, "ngf": "8"})
+@pytest.mark.parametrize("field, value", [("ngf", "8"), ("ngf", "100000000"), ("blocks", "0"), ("norm", "group"),
+                                          ("architecture", "unet")])
+def test_metadata_that_does_not_match_the_tensors_is_refused(key_file, field, value):
+    _rewrite(key_file, metadata=lambda meta: {**meta, field: value})
     _one_line_key_error(key_file)
 
 
@@ -245,8 +247,11 @@ def test_training_on_a_folder_records_its_fingerprint(tmp_path):
     assert trained.metadata["training_data"] == fingerprint and len(fingerprint) == 64
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(folder / "0.png")
     assert training_data_fingerprint(tmp_path / "images") != fingerprint
-    with pytest.raises(FileNotFoundError):
-        train_key(TINY, seed=5, data_dir=tmp_path / "empty-or-missing", steps=1)
+    with pytest.raises(UsageError, match="not found"):
+        train_key(TINY, seed=5, data_dir=tmp_path / "missing", steps=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no images"):
+        train_key(TINY, seed=5, data_dir=tmp_path / "empty", steps=1)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
