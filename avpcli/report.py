@@ -40,6 +40,11 @@ def number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def percent(fraction: float | None) -> str:
+    """A table cell for an accuracy: percent with one decimal, 'undefined' when there is none."""
+    return number(None if fraction is None else 100 * fraction, 1)
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table; numbers are formatted with `number`."""
     def cell(value: Any) -> str:
@@ -373,7 +378,7 @@ def identification_report(probes: dict[str, list[Path]], gallery: list[tuple[str
                                                      done_turns)
     quality = evaluate.measure_quality(pairs.originals, pairs.encrypted, target, encryptor.key, spec.loss, pairs.names)
     header = ["target", "Original (all turns)", "Original", "AVP-ONE"] + (["AVP-ALL"] if encrypt_gallery else [])
-    row = [spec.name] + [100 * columns[name].accuracy for name in columns]
+    row = [spec.name] + [percent(columns[name].accuracy) for name in columns]
     sizes = {"probe_identities": len(plain_probes), "probe_images": sum(len(p) for p in probe_paths.values()),
              "turns": sum(len(t) for t in done_turns.values()), "gallery": len(gallery_paths),
              "encrypted": len(pairs.names), "gallery_left_plain": missing_gallery}
@@ -423,8 +428,8 @@ def classification_report(dataset: Path, encryptor: Encryptor, work: Path, per_c
     markdown = (f"# Classification ({spec.name}, {len(pairs.names)} images, {len(classes)} classes)\n\n"
                 + markdown_table(["target", "Original top-1 %", "Encrypted top-1 %", "same prediction %",
                                   "SSIM_e", "SSIM_d"],
-                                 [[spec.name, 100 * accuracy["original"], 100 * accuracy["encrypted"],
-                                   100 * accuracy["same_prediction"], summary["ssim_encrypted"]["mean"],
+                                 [[spec.name, percent(accuracy["original"]), percent(accuracy["encrypted"]),
+                                   percent(accuracy["same_prediction"]), summary["ssim_encrypted"]["mean"],
                                    summary["ssim_decrypted"]["mean"]]]))
     shown = min(8, len(pairs.names))
     sheet = sheet_picture([[pairs.originals[i], pairs.encrypted[i], decrypt_batch(pairs.encrypted[i:i + 1], encryptor.key)[0].cpu()]
@@ -511,7 +516,7 @@ def statistics_report(pairs: PairedImages, pairs_per_image: int = 3000, detect: 
                 "'undefined' where an image has no variance (a constant image).\n")
     if detect:
         markdown += "\n" + markdown_table(["images", "MTCNN finds a face"],
-                                          [[name, f"{100 * rate:.1f} %"] for name, rate in detection.items()])
+                                          [[name, percent(rate) + " %"] for name, rate in detection.items()])
     scatter = []
     for name, images in (("original", pairs.originals), ("encrypted", pairs.encrypted)):
         first, second = evaluate.adjacent_pairs(images[0], "horizontal", pairs_per_image)
