@@ -11,7 +11,7 @@ so nearest neighbours are always taken by Euclidean distance on the target's own
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -314,17 +314,3 @@ def histogram_entropy(counts: torch.Tensor) -> float:
 def detection_rate(found: Sequence[bool]) -> float:
     """Fraction of images in which a detector found a face (NaN for no images)."""
     return sum(bool(flag) for flag in found) / len(found) if found else float("nan")
-
-
-def as_dict(result) -> dict:
-    """A dataclass result as a JSON-ready dict (NaN → None)."""
-    def clean(value):
-        if isinstance(value, float):
-            return nan_to_none(value)
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(item) for item in value]
-        return value
-
-    return clean(asdict(result))

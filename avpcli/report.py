@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -21,8 +21,7 @@ from torch import nn
 from avpcli import evaluate
 from avpcli.engine import AttackSettings, decrypt_batch
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
-from avpcli.images import (SourceImage, atomic_write_bytes, contact_sheet, find_images, read_png,
-                           save_png, to_pil)
+from avpcli.images import SourceImage, atomic_write_bytes, contact_sheet, find_images, read_png, to_pil
 from avpcli.jobs import EncryptJob, EventCallback, encrypt_folder
 from avpcli.manifest import read_manifest
 from avpcli.targets import TargetSpec
@@ -283,7 +282,7 @@ def quality_report(pairs: PairedImages, target: nn.Module, spec: TargetSpec, key
     sheet = sheet_picture([[column[i] for column in columns] for i in range(shown)])
     markdown += f"\nContact sheet: {caption}.\n"
     data = {"target": spec.name, "images": len(result.names), "summary": summary,
-            "per_image": evaluate.as_dict(result), "skipped": pairs.skipped}
+            "per_image": asdict(result), "skipped": pairs.skipped}
     return Report("quality", data, markdown, {"contact-sheet": sheet})
 
 
