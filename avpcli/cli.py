@@ -488,6 +488,9 @@ WeightsOption = Annotated[Optional[Path], typer.Option(help="The target's weight
 ReportOption = Annotated[Path, typer.Option("--out", help="Report folder.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 IterationsOption = Annotated[Optional[int], typer.Option(help="Most optimization steps per image (default 800).")]
+WorkOption = Annotated[Optional[Path], typer.Option(
+    help="Where the selection, its ciphertexts and aligned originals go (default: --out); ciphertexts "
+         "already there are reused.")]
 OriginalsArgument = Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")]
 EncryptedArgument = Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")]
 
@@ -572,6 +575,7 @@ def evaluate_identification(
     turns: Annotated[Optional[int], typer.Option(help="Encrypted turns per probe identity (default: every image).")] = None,
     gallery_plain: Annotated[bool, typer.Option("--gallery-plain", help="Skip AVP-ALL (do not encrypt the gallery).")] = False,
     iterations: IterationsOption = None,
+    work: WorkOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Table 2: identification accuracy for Original, AVP-ONE and AVP-ALL (paper §4.1); encrypts under --out."""
@@ -581,7 +585,7 @@ def evaluate_identification(
         probes, gallery = split_identities(identities, min_images)
         encryptor = _encryptor(target, key, weights, device, iterations)
         with _progress() as progress:
-            report = identification_report(probes, gallery, encryptor, out, turns, not gallery_plain,
+            report = identification_report(probes, gallery, encryptor, work or out, turns, not gallery_plain,
                                            _report_events(progress, f"encrypting for {target}"))
         _finish(report, out)
 
@@ -596,6 +600,7 @@ def evaluate_classification(
     weights: WeightsOption = None,
     per_class: Annotated[Optional[int], typer.Option(help="Images per class (default: all).")] = None,
     iterations: IterationsOption = None,
+    work: WorkOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Table 4: top-1 accuracy on originals vs ciphertexts; encrypts under --out (a rerun resumes)."""
@@ -604,7 +609,7 @@ def evaluate_classification(
     with domain_errors():
         encryptor = _encryptor(target, key, weights, device, iterations)
         with _progress() as progress:
-            report = classification_report(dataset, encryptor, out, per_class,
+            report = classification_report(dataset, encryptor, work or out, per_class,
                                            _report_events(progress, f"encrypting for {target}"))
         _finish(report, out)
 

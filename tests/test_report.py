@@ -131,10 +131,14 @@ def test_evaluate_classification_end_to_end_on_tiny_classifier(tmp_path, tiny_ke
     data = json.loads((out / "classification.json").read_text())
     assert data["classes"] == ["cat", "dog"] and data["images"] == 4
     assert 0.0 <= data["accuracy"]["original"] <= 1.0 and 0.0 <= data["accuracy"]["encrypted"] <= 1.0
-    # A rerun resumes: nothing is encrypted again and the report is the same.
+    # Another report over the same --work reuses its ciphertexts: nothing is encrypted again.
+    stamps = {path: path.stat().st_mtime_ns for path in (out / "encrypted").rglob("*.png")}
+    again = tmp_path / "again"
     _run("evaluate", "classification", str(dataset), "--target", "tiny-classifier", "--key", str(tiny_key_file),
-         "--per-class", "2", "--iterations", "2", "--device", "cpu", "--out", str(out))
-    assert json.loads((out / "classification.json").read_text())["accuracy"] == data["accuracy"]
+         "--per-class", "2", "--iterations", "2", "--device", "cpu", "--work", str(out), "--out", str(again))
+    assert json.loads((again / "classification.json").read_text())["accuracy"] == data["accuracy"]
+    assert {path: path.stat().st_mtime_ns for path in (out / "encrypted").rglob("*.png")} == stamps
+    assert not (again / "encrypted").exists()
 
 
 def test_evaluate_reports_a_folder_without_probe_identities_as_a_usage_error(tmp_path, tiny_key_file):
