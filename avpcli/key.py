@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import math
 import os
 import secrets
@@ -13,9 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
 from avpcli import __version__
 from avpcli.errors import KeyFileError, UsageError
@@ -271,9 +274,6 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 def _jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
     """Compress and decompress one (3,H,W) image in [0,1] as JPEG (the artifacts face photos carry)."""
-    from PIL import Image
-    import numpy as np
-
     array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
@@ -302,7 +302,6 @@ def procedural_images(generator: torch.Generator, batch: int, size: int) -> torc
         centre_x, centre_y = (_rand(generator, 2, batch, 1, 1, 1) * 2.4 - 1.2).unbind(0)
         # Power-law radii: many small shapes, a few large ones (scale invariance of natural scenes).
         radius = 0.03 / (_rand(generator, batch, 1, 1, 1) * 0.97 + 0.03)
-        radius = radius.clamp(max=1.2)
         aspect = 0.4 + _rand(generator, batch, 1, 1, 1) * 1.2
         angle = _rand(generator, batch, 1, 1, 1) * math.pi
         dx, dy = xs - centre_x, ys - centre_y
@@ -358,9 +357,6 @@ class _FolderCrops:
         self.files = find_training_images(data_dir)
 
     def _load(self, path: Path) -> torch.Tensor:
-        from PIL import Image, ImageOps
-        import numpy as np
-
         with Image.open(path) as image:
             array = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.float32) / 255
         return torch.from_numpy(array).permute(2, 0, 1)
@@ -503,8 +499,6 @@ def _canonical_header(payload: bytes) -> bytes:
     safetensors writes its metadata map in a random order, so two saves of one key would differ;
     a key must be byte-identical per seed. Same entries, so the header keeps its length.
     """
-    import json
-
     length = int.from_bytes(payload[:8], "little")
     header = json.loads(payload[8:8 + length])
     ordered = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items())), **header}
@@ -586,8 +580,6 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
         header_length = int.from_bytes(payload[:8], "little")
         if len(payload) < 8 or header_length > len(payload) - 8:
             raise ValueError("truncated")
-        import json
-
         header = json.loads(payload[8:8 + header_length])
         metadata = header.get("__metadata__") or {}
         if not isinstance(metadata, dict):
