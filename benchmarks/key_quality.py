@@ -92,7 +92,7 @@ def main() -> int:
 
     if args.key is not None:
         loaded = load_key(args.key)
-        generator, metadata, seconds, steps = loaded.generator, loaded.metadata, float("nan"), int(loaded.metadata["steps"])
+        generator, metadata, seconds, steps = loaded.generator, loaded.metadata, 0.0, int(loaded.metadata["steps"])
         preset_label = metadata["preset"]
     else:
         _, preset = resolve_preset(args.preset)
@@ -121,7 +121,10 @@ def main() -> int:
     print(f"preset {preset_label}: ngf {metadata['ngf']}, blocks {metadata['blocks']}, norm {metadata['norm']}, "
           f"params {count_parameters(generator):,}, steps {steps}, seed {metadata['seed']}, "
           f"data {metadata['training_data']}")
-    print(f"training wall time {seconds:.0f} s ({seconds / steps:.3f} s/step)")
+    if args.key is None:
+        print(f"training wall time {seconds:.0f} s ({seconds / steps:.3f} s/step)")
+    else:
+        print(f"key loaded from {args.key} (not trained here)")
     for label, result in (("150x150 centre crop", result_150), ("112x112 resized", result_112)):
         print(f"{label} ({len(faces)} LFW faces, G(x) at 8 bits): SSIM mean {result['ssim_mean']:.4f} "
               f"median {result['ssim_median']:.4f} min {result['ssim_min']:.4f}; "
