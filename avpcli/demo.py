@@ -11,12 +11,12 @@ from typing import Any, Callable
 from avpcli.engine import AttackSettings
 from avpcli.images import contact_sheet, read_png, save_png
 from avpcli.jobs import DecryptJob, EncryptJob, EventCallback, decrypt_folder, encrypt_folder
-from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key
+from avpcli.key import load_key, new_seed, save_key, train_key
 from avpcli.targets import get_spec, load_target
 
 SAMPLES = Path(__file__).parent / "samples"
 DEMO_TARGET = "dlib"
-DEMO_PRESET = "default"
+DEMO_PRESET = "demo"
 
 
 def demo_key_path() -> Path:
@@ -34,7 +34,7 @@ class DemoResult:
 
 
 def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, int], None]) -> tuple[Any, bool]:
-    """Load the cached demo key, or train one (the default preset, a fresh secret seed) and cache it."""
+    """Load the cached demo key, or train one (the demo preset, a fresh secret seed) and cache it."""
     if path.exists():
         return load_key(path, device=device), False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,3 @@ def run_demo(
         save_png(contact_sheet(sheet_rows), result.contact_sheet)
     result.seconds = time.perf_counter() - started
     return result
-
-
-def demo_key_steps() -> int:
-    return KEY_PRESETS[DEMO_PRESET].steps
