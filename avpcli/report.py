@@ -443,7 +443,8 @@ def classification_report(dataset: Path, encryptor: Encryptor, work: Path, per_c
 # Security: keys of other seeds, the paired-data attack
 
 
-def cross_key_report(pairs: PairedImages, key: nn.Module, other_keys: dict[str, nn.Module]) -> Report:
+def cross_key_report(pairs: PairedImages, key: nn.Module, other_keys: dict[str, nn.Module],
+                     sheet_rows: int = 6) -> Report:
     """Fig. 5: SSIM(G'(x'), x) for keys of other seeds (should be low) beside the right key's (high)."""
     results = {"right key": evaluate.decryption_ssim(pairs.encrypted, pairs.originals, key)}
     for name, other in other_keys.items():
@@ -452,7 +453,7 @@ def cross_key_report(pairs: PairedImages, key: nn.Module, other_keys: dict[str, 
     markdown = (f"# Decryption with keys of other seeds ({len(pairs.names)} ciphertexts)\n\n"
                 + markdown_table(["key", "SSIM_d mean", "min", "max"],
                                  [[name, s["mean"], s["min"], s["max"]] for name, s in summaries.items()]))
-    shown = min(6, len(pairs.names))
+    shown = min(sheet_rows, len(pairs.names))
     keys = [key, *other_keys.values()]
     sheet = sheet_picture([[pairs.originals[i], pairs.encrypted[i]]
                            + [decrypt_batch(pairs.encrypted[i:i + 1], k)[0].cpu() for k in keys] for i in range(shown)])

@@ -166,7 +166,7 @@ def main() -> None:
             loaded_b = load_key(key_b)
         pairs = report.read_pairs(folder / "identification" / "selection", folder / "identification" / "encrypted",
                                   spec, aligned=folder / "identification" / "aligned")
-        quality = report.quality_report(pairs, target, spec, loaded_a.generator, loaded_b.generator)
+        quality = report.quality_report(pairs, target, spec, loaded_a.generator, loaded_b.generator, sheet_rows=4)
         written = quality.write(folder / "reports")
         summary = quality.data["summary"]
         met = sum(1 for e, d, f in zip(quality.data["per_image"]["ssim_encrypted"],
@@ -188,7 +188,8 @@ def main() -> None:
             continue
 
         # Security analyses on the first face target's ciphertexts.
-        cross = report.cross_key_report(pairs, loaded_a.generator, {"key B (other seed)": loaded_b.generator})
+        cross = report.cross_key_report(pairs, loaded_a.generator, {"key B (other seed)": loaded_b.generator},
+                                        sheet_rows=4)
         written = cross.write(folder / "reports")
         sections.append(f"## {target_name}: keys of other seeds (Fig. 5)\n\n" + cross.markdown.split("\n", 2)[2]
                         + "\n" + "\n".join(picture_links(written, target_name)) + "\n")
