@@ -44,6 +44,7 @@ PAPER_TABLE_2 = "AdaFace 98.6 / 98.6 / 98.6; ArcFace 96.5 / 96.5 / 96.5; CosFace
 PAPER_TABLE_4 = "VGG19 93.95 → 93.95; ResNet50 95.53 → 95.28 (SSIM_e 0.17–0.20, SSIM_d 0.90–0.92, METHOD.md §3)"
 
 
+HAND_WRITTEN = "<!-- hand-written below: kept by benchmarks/results.py -->"
 NOTES = """## How to read these numbers, and what is not measured here
 
 - Correlation is Pearson's r of BT.601 grey levels of 3,000 random adjacent pixel pairs per image,
@@ -252,7 +253,9 @@ than the paper's (ngf 64, 9 blocks, CelebA), which bounds SSIM_d.
 Timings: {'; '.join(timings)}.
 
 """
-    DOC.write_text(header + "\n".join(sections) + "\n" + NOTES)
+    # Observations written by hand after a run survive a rerun (they may then need revisiting).
+    kept = DOC.read_text().partition(HAND_WRITTEN)[2] if DOC.exists() and HAND_WRITTEN in DOC.read_text() else ""
+    DOC.write_text(header + "\n".join(sections) + "\n" + NOTES + ("\n" + HAND_WRITTEN + kept if kept else ""))
     log(f"wrote {DOC}")
     print(DOC)
 
