@@ -259,6 +259,7 @@ def encrypt(
     no_align: Annotated[bool, typer.Option("--no-align", help="Centre-crop and resize instead of detecting and aligning faces.")] = False,
     all_faces: Annotated[bool, typer.Option(help="Encrypt every face found, not only the largest.")] = False,
     early_stop: Annotated[bool, typer.Option(help="Stop each image once its 8-bit version meets every bar.")] = True,
+    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (μ 5, λ 1e-4: measured on LFW, docs/BENCHMARKS.md) or 'research' (the AVIH code's μ 0.2, λ 0.001). Classifiers use the research CIFAR settings.")] = "tuned",
     key_weight: Annotated[Optional[float], typer.Option(help="μ: weight of the reconstruction loss through the key.")] = None,
     variance_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the variance-consistency loss.")] = None,
     smoothness: Annotated[str, typer.Option(help="'variance' (L_v, the paper's) or 'distance' (L_d, the ablation).")] = "variance",
@@ -278,7 +279,7 @@ def encrypt(
     loss: Annotated[str, typer.Option(help="Own models: 'embedding' (feature vector) or 'classifier' (logits).")] = "embedding",
 ) -> None:
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
-    from avpcli.engine import CLASSIFIER_SETTINGS, AttackSettings
+    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, AttackSettings
     from avpcli.jobs import EncryptJob, encrypt_folder
     from avpcli.manifest import summarize
     from avpcli.targets import get_spec, load_target
@@ -298,7 +299,12 @@ def encrypt(
         loaded_key = _load_key_or_fail(key, resolved_device)
         target_model = load_target(target, weights, options).to(resolved_device)
 
-        base = CLASSIFIER_SETTINGS if spec.loss == "classifier" else AttackSettings()
+        if recipe not in ("tuned", "research"):
+            raise UsageError("--recipe is 'tuned' or 'research'")
+        if spec.loss == "classifier":
+            base = CLASSIFIER_SETTINGS
+        else:
+            base = FACE_SETTINGS if recipe == "tuned" else AttackSettings()
         overrides = {
             "smoothness": smoothness,
             "initialization": init,
@@ -509,8 +515,8 @@ def _report_events(progress: Progress, description: str):
 
 def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, iterations: Optional[int],
                seed: int = 0):
-    """Target, key and attack settings for analyses that encrypt what they need."""
-    from avpcli.engine import CLASSIFIER_SETTINGS, AttackSettings
+    """Target, key and attack settings (as `avp encrypt` uses them) for analyses that encrypt what they need."""
+    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS
     from avpcli.report import Encryptor
     from avpcli.targets import get_spec, load_target
 
@@ -519,7 +525,7 @@ def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, ite
     spec = get_spec(target)
     resolved = resolve_device(device)
     loaded = _load_key_or_fail(key, resolved)
-    base = CLASSIFIER_SETTINGS if spec.loss == "classifier" else AttackSettings()
+    base = CLASSIFIER_SETTINGS if spec.loss == "classifier" else FACE_SETTINGS
     settings = dataclasses.replace(base, **({"iterations": iterations} if iterations is not None else {}))
     return Encryptor(spec=spec, target=load_target(target, weights).to(resolved), key=loaded.generator,
                      key_fingerprint=loaded.fingerprint, settings=settings, device=resolved, noise_seed=seed)

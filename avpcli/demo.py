@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from avpcli.engine import AttackSettings
+from avpcli.engine import FACE_SETTINGS
 from avpcli.images import contact_sheet, read_png, save_png
 from avpcli.jobs import DecryptJob, EncryptJob, EventCallback, decrypt_folder, encrypt_folder
 from avpcli.key import load_key, new_seed, save_key, train_key
@@ -60,7 +60,7 @@ def run_demo(
     encrypted_folder, decrypted_folder, aligned_folder = output / "encrypted", output / "decrypted", output / "aligned"
     manifest = encrypt_folder(
         EncryptJob(inputs=[images], output=encrypted_folder, spec=spec, target=target, key=key.generator,
-                   key_fingerprint=key.fingerprint, settings=AttackSettings(key_weight=1.0), batch_size=4,
+                   key_fingerprint=key.fingerprint, settings=FACE_SETTINGS, batch_size=4,
                    device=device, noise_seed=0, overwrite=True, aligned_output=aligned_folder),
         on_event,
     )

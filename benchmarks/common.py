@@ -45,5 +45,7 @@ def encrypt_and_measure(images: list[torch.Tensor], names: list[str], target: nn
         for offset, metrics in enumerate(measured):
             rows.append({"file": names[start + offset], **metrics, "iterations": result.metrics[offset].iterations,
                          "seconds": seconds, "png": paths[offset]})
-        print(f"  {start + len(batch)}/{len(images)} encrypted, last batch {seconds:.1f} s per image", file=sys.stderr)
+            row = rows[-1]
+            print(f"  {row['file']}: distance {row['feature_distance']:.4f}, SSIM_e {row['ssim_encrypted']:.4f}, "
+                  f"SSIM_d {row['ssim_decrypted']:.4f}, {row['iterations']} iterations, {seconds:.1f} s", file=sys.stderr)
     return rows

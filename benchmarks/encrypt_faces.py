@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument("--key-weight", type=float, default=1.0)
+    parser.add_argument("--variance-weight", type=float, default=0.001)
     parser.add_argument("--step-size", type=float, default=0.01)
     parser.add_argument("--check-every", type=int, default=10)
     parser.add_argument("--naive-faces", type=int, default=3)
@@ -133,7 +134,7 @@ def main() -> None:
     spec = get_spec(args.target)
     target = load_target(args.target, args.weights)
     settings = AttackSettings(iterations=args.iterations, key_weight=args.key_weight, step_size=args.step_size,
-                              check_every=args.check_every)
+                              variance_weight=args.variance_weight, check_every=args.check_every)
 
     files = lfw_faces(args.faces)
     chips = [to_tensor(align_faces(load_rgb(path), spec.alignment)[0].image) for path in files]
@@ -182,7 +183,8 @@ def main() -> None:
           f"{statistics.mean(row['iterations'] for row in rows):.0f}, {len(rows) / sum(seconds_per_face):.3f} faces/s")
 
     if args.naive_faces:
-        naive_settings = AttackSettings(iterations=args.iterations, key_weight=args.key_weight, step_size=args.step_size)
+        naive_settings = AttackSettings(iterations=args.iterations, key_weight=args.key_weight, step_size=args.step_size,
+                                        variance_weight=args.variance_weight)
         naive_seconds = [naive_encrypt(chips[index][None], target, key_path, naive_settings, index)
                          for index in range(min(args.naive_faces, len(chips)))]
         naive_median = statistics.median(naive_seconds)
