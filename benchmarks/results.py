@@ -192,8 +192,10 @@ def main() -> None:
         cross = report.cross_key_report(pairs, loaded_a.generator, {"key B (other seed)": loaded_b.generator},
                                         sheet_rows=4)
         written = cross.write(folder / "reports")
-        sections.append(f"## {target_name}: keys of other seeds (Fig. 5)\n\n" + cross.markdown.split("\n", 2)[2]
-                        + "\n" + "\n".join(picture_links(written, target_name)) + "\n")
+        # Its contact sheet is Table 1's (original | encrypted | key A | key B): not repeated.
+        sections.append(f"## {target_name}: keys of other seeds (Fig. 5)\n\n"
+                        + cross.markdown.split("\n", 2)[2].split("\nContact sheet")[0]
+                        + "\nThe contact sheet under Table 1 shows key B's decryptions in its last column.\n")
 
         gallery_rows = [i for i, source in enumerate(pairs.sources) if source.startswith("gallery/")]
         probe_rows = [i for i, source in enumerate(pairs.sources) if source.startswith("probe/")]
