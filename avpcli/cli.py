@@ -259,7 +259,7 @@ def encrypt(
     no_align: Annotated[bool, typer.Option("--no-align", help="Centre-crop and resize instead of detecting and aligning faces.")] = False,
     all_faces: Annotated[bool, typer.Option(help="Encrypt every face found, not only the largest.")] = False,
     early_stop: Annotated[bool, typer.Option(help="Stop each image once its 8-bit version meets every bar.")] = True,
-    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (μ 5, λ 1e-4: measured on LFW, docs/BENCHMARKS.md) or 'research' (the AVIH code's μ 0.2, λ 0.001). Classifiers use the research CIFAR settings.")] = "tuned",
+    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (μ 1, λ 0.001, checks every 10 steps: docs/BENCHMARKS.md) or 'research' (the AVIH code's μ 0.2, λ 0.001). Classifiers use the research CIFAR settings.")] = "tuned",
     key_weight: Annotated[Optional[float], typer.Option(help="μ: weight of the reconstruction loss through the key.")] = None,
     variance_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the variance-consistency loss.")] = None,
     smoothness: Annotated[str, typer.Option(help="'variance' (L_v, the paper's) or 'distance' (L_d, the ablation).")] = "variance",

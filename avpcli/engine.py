@@ -97,11 +97,12 @@ CLASSIFIER_SETTINGS = AttackSettings(
     variance_weight=0.005, key_weight=2.0, step_size=0.02, step_decay=0.80, decay_patience=8
 )
 
-# Face settings tuned on LFW with avp's default key (docs/BENCHMARKS.md): the research values
-# (μ 0.2, λ 0.001) leave SSIM_d stuck below 0.90 for half the faces after 800 steps, because the
-# variance term pulls against the reconstruction; μ 5 and λ 1e-4 reach every bar in ~150 steps
-# with SSIM_e still under 0.05. Checking every 10 steps lets each image stop soon after it can.
-FACE_SETTINGS = AttackSettings(key_weight=5.0, variance_weight=1e-4, check_every=10)
+# Face settings for avp's small default key (docs/BENCHMARKS.md): μ 1 instead of the research 0.2
+# (METHOD.md §6: μ 0.2 is slower to reach SSIM_d). λ stays at the research 0.001: a lower λ (1e-4)
+# or a higher μ (5) reaches SSIM_d ≥ 0.90 in far fewer steps, but the ciphertexts then show the face
+# to the eye even at SSIM_e ≈ 0.04 (the pictures in docs/BENCHMARKS.md), which defeats the purpose.
+# Checking every 10 steps lets each image stop soon after it can.
+FACE_SETTINGS = AttackSettings(key_weight=1.0, check_every=10)
 
 
 @dataclass
