@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -27,15 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
+from benchmarks.common import data_folder  # noqa: E402
 from avpcli.key import KEY_PRESETS, count_parameters, load_key, resolve_preset, save_key, train_key  # noqa: E402
 from avpcli.metrics import colour_error, mean_absolute_error, ssim  # noqa: E402
 
 FACES = 24
 EVERY = 50
-
-
-def data_folder() -> Path:
-    return Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
 
 
 def face_files(lfw: Path) -> list[Path]:
