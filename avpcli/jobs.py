@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -123,18 +123,22 @@ def check_output_folder(inputs: list[Path], output: Path) -> None:
             raise UsageError(f"the input {given} is inside the output folder {output}; choose another --out")
 
 
-def _prepare_faces(source: SourceImage, job: EncryptJob) -> list[tuple[torch.Tensor, str]]:
-    """Load one file and cut it to the target's input: [(tensor, how it was aligned)]."""
-    image = load_rgb(source.path)
-    height, width = job.spec.input_size
+def prepare_faces(path: Path, spec: TargetSpec, align: AlignMode = "auto", all_faces: bool = False,
+                  device: str = "cpu") -> list[tuple[torch.Tensor, str]]:
+    """Load one file and cut it to the target's input: [(tensor, how it was aligned)], one per face.
+
+    The one place that decides what the target sees of a file: `avp encrypt` and the reports use it.
+    """
+    image = load_rgb(path)
+    height, width = spec.input_size
     if image.size == (width, height):
         return [(to_tensor(image), "none (already at the target's input size)")]
-    if job.spec.alignment is None or job.align == "never":
-        return [(to_tensor(fit_to_size(image, job.spec.input_size)), "centre crop and resize")]
+    if spec.alignment is None or align == "never":
+        return [(to_tensor(fit_to_size(image, spec.input_size)), "centre crop and resize")]
     from avpcli.align import align_faces  # MTCNN loads only when a photo needs it
 
-    faces = align_faces(image, job.spec.alignment, all_faces=job.all_faces, device=job.device)
-    return [(to_tensor(face.image), f"mtcnn to the {job.spec.alignment} template") for face in faces]
+    faces = align_faces(image, spec.alignment, all_faces=all_faces, device=device)
+    return [(to_tensor(face.image), f"mtcnn to the {spec.alignment} template") for face in faces]
 
 
 def _face_output_name(output: Path, face_index: int) -> Path:
@@ -320,7 +324,7 @@ def encrypt_folder(job: EncryptJob, on_event: EventCallback = lambda event: None
     def items(position: int, source: SourceImage) -> list[_Item]:
         """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
         try:
-            faces = _prepare_faces(source, job)
+            faces = prepare_faces(source.path, job.spec, job.align, job.all_faces, job.device)
         except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
             if position not in finished:
                 status, reason = _failure_reason(error, source.path)
@@ -445,9 +449,7 @@ class DecryptJob:
     key_fingerprint: str
     batch_size: int = 16
     device: str = "cpu"
-    overwrite: bool = False
     manifest: Manifest | None = None
-    results: list[dict[str, Any]] = field(default_factory=list)
 
 
 def decrypt_folder(job: DecryptJob, on_event: EventCallback = lambda event: None) -> Manifest:

@@ -11,7 +11,6 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from avpcli import evaluate
 from avpcli.engine import AttackSettings, decrypt_batch
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
-from avpcli.images import SourceImage, atomic_write_bytes, contact_sheet, find_images, read_png, to_pil
+from avpcli.images import atomic_write_bytes, contact_sheet, find_images, read_png, to_pil
 from avpcli.jobs import EncryptJob, EventCallback, encrypt_folder
 from avpcli.manifest import read_manifest
 from avpcli.targets import TargetSpec
@@ -168,10 +167,9 @@ class PairedImages:
 
 def prepare_original(path: Path, spec: TargetSpec, align: str = "auto", device: str = "cpu") -> list[torch.Tensor]:
     """What the target sees of one file, exactly as `avp encrypt` prepares it (one tensor per face)."""
-    from avpcli.jobs import _prepare_faces  # one implementation of alignment; see the report's note
+    from avpcli.jobs import prepare_faces
 
-    how = SimpleNamespace(spec=spec, align=align, all_faces=True, device=device)
-    return [tensor for tensor, _ in _prepare_faces(SourceImage(path, Path(path.name)), how)]
+    return [tensor for tensor, _ in prepare_faces(path, spec, align, all_faces=True, device=device)]
 
 
 def read_pairs(originals: Path, encrypted: Path, spec: TargetSpec, device: str = "cpu",
