@@ -259,9 +259,11 @@ def encrypt(
     no_align: Annotated[bool, typer.Option("--no-align", help="Centre-crop and resize instead of detecting and aligning faces.")] = False,
     all_faces: Annotated[bool, typer.Option(help="Encrypt every face found, not only the largest.")] = False,
     early_stop: Annotated[bool, typer.Option(help="Stop each image once its 8-bit version meets every bar.")] = True,
-    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (μ 1, λ 0.001, checks every 10 steps: docs/BENCHMARKS.md) or 'research' (the AVIH code's μ 0.2, λ 0.001). Classifiers use the research CIFAR settings.")] = "tuned",
+    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (μ 0.1 with an SSIM term, λ 1e-4, low-pass weight 20, checks every 10 steps: docs/PRIVACY.md) or 'research' (the AVIH code's μ 0.2, λ 0.001; a blur shows the face in its ciphertexts). Classifiers use the research CIFAR settings.")] = "tuned",
     key_weight: Annotated[Optional[float], typer.Option(help="μ: weight of the reconstruction loss through the key.")] = None,
     variance_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the variance-consistency loss.")] = None,
+    lowpass_weight: Annotated[Optional[float], typer.Option(help="ν: weight of the variance of the blurred (σ 3 px) ciphertext, which hides the coarse layout a blur would show.")] = None,
+    max_lowpass_correlation: Annotated[Optional[float], typer.Option(help="Also require |low-pass correlation of x' and x| ≤ this before an image stops (docs/PRIVACY.md).")] = None,
     smoothness: Annotated[str, typer.Option(help="'variance' (L_v, the paper's) or 'distance' (L_d, the ablation).")] = "variance",
     init: Annotated[str, typer.Option(help="Start from 'noise' or from the 'original'.")] = "noise",
     seed: Annotated[Optional[int], typer.Option(help="Seed of the initial noise (default: random; recorded in the manifest).")] = None,
@@ -279,7 +281,7 @@ def encrypt(
     loss: Annotated[str, typer.Option(help="Own models: 'embedding' (feature vector) or 'classifier' (logits).")] = "embedding",
 ) -> None:
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
-    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, AttackSettings
+    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, AttackSettings, StopCriteria
     from avpcli.jobs import EncryptJob, encrypt_folder
     from avpcli.manifest import summarize
     from avpcli.targets import get_spec, load_target
@@ -311,8 +313,15 @@ def encrypt(
             **({"iterations": iterations} if iterations is not None else {}),
             **({"key_weight": key_weight} if key_weight is not None else {}),
             **({"variance_weight": variance_weight} if variance_weight is not None else {}),
+            **({"lowpass_weight": lowpass_weight} if lowpass_weight is not None else {}),
             **({} if early_stop else {"stop": None}),
         }
+        if max_lowpass_correlation is not None:
+            if not 0 <= max_lowpass_correlation <= 1:
+                raise UsageError("--max-lowpass-correlation must be between 0 and 1")
+            if early_stop:
+                overrides["stop"] = dataclasses.replace(base.stop or StopCriteria(),
+                                                        max_lowpass_correlation=max_lowpass_correlation)
         overrides["autocast_dtype"] = _autocast_dtype(precision, resolved_device)
         if resolved_device.startswith("cuda"):
             target_model, loaded_key.generator = _tune_for_cuda(target_model, loaded_key.generator, compile_models)
@@ -462,16 +471,17 @@ def demo(
                               on_event=on_event)
     table = Table(title="avp demo: dlib target, metrics on the PNGs as written", title_justify="left")
     for column in ("image", "status", "distance (same person < 0.6)", "SSIM enc (low = hidden)",
-                   "SSIM dec (high = recovered)", "iterations"):
+                   "blur corr. (low = hidden)", "SSIM dec (high = recovered)", "iterations"):
         table.add_column(column)
     for row in result.rows:
         if row["status"] == "ok":
             table.add_row(row["source"], "ok", f"{row['feature_distance']:.3f}", f"{row['ssim_encrypted']:.3f}",
-                          f"{row['ssim_decrypted']:.3f}", str(row["iterations"]))
+                          f"{row['lowpass_correlation']:+.2f}", f"{row['ssim_decrypted']:.3f}", str(row["iterations"]))
         else:
-            table.add_row(row["source"], row["status"], row.get("reason", ""), "", "", "")
+            table.add_row(row["source"], row["status"], row.get("reason", ""), "", "", "", "")
     stderr.print(table)
-    stderr.print(f"done in {result.seconds:.0f} s; original | encrypted | decrypted:")
+    stderr.print(f"done in {result.seconds:.0f} s; original | encrypted | encrypted, blurred and contrast-stretched "
+                 "| decrypted:")
     if result.contact_sheet is not None:
         typer.echo(str(result.contact_sheet))
     if failures:

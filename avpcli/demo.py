@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avpcli.engine import FACE_SETTINGS
+from avpcli.evaluate import blur_reveal
 from avpcli.images import contact_sheet, read_png, save_png
 from avpcli.jobs import DecryptJob, EncryptJob, EventCallback, decrypt_folder, encrypt_folder
 from avpcli.key import load_key, new_seed, save_key, train_key
@@ -73,7 +74,10 @@ def run_demo(
         if entry["status"] != "ok":
             continue
         name = entry["output"]
-        sheet_rows.append([read_png(folder / name) for folder in (aligned_folder, encrypted_folder, decrypted_folder)])
+        original, encrypted, decrypted = (read_png(folder / name)
+                                          for folder in (aligned_folder, encrypted_folder, decrypted_folder))
+        # The third column is what a blur and a contrast stretch show of the ciphertext (docs/PRIVACY.md).
+        sheet_rows.append([original, encrypted, blur_reveal(encrypted[None])[0], decrypted])
     if sheet_rows:
         result.contact_sheet = output / "contact-sheet.png"
         save_png(contact_sheet(sheet_rows), result.contact_sheet)

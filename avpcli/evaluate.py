@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from avpcli.engine import LossKind, decrypt_batch, measure_images, quantize
-from avpcli.metrics import ssim
+from avpcli.metrics import gaussian_blur, luminance, ssim
 
 Direction = Literal["horizontal", "vertical", "diagonal"]
 DIRECTIONS: tuple[Direction, ...] = ("horizontal", "vertical", "diagonal")
@@ -64,11 +64,13 @@ class QualityResult:
     ssim_decrypted: list[float]
     feature_distance: list[float]
     cosine: list[float]
+    lowpass_correlation: list[float] = field(default_factory=list)
     same_class: list[bool] | None = None
 
     def summary(self) -> dict[str, dict]:
         summary = {metric: summarize(getattr(self, metric))
                    for metric in ("ssim_encrypted", "ssim_decrypted", "feature_distance", "cosine")}
+        summary["lowpass_correlation_abs"] = summarize([abs(value) for value in self.lowpass_correlation])
         if self.same_class is not None:
             summary["same_class"] = summarize([float(flag) for flag in self.same_class])
         return summary
@@ -91,6 +93,7 @@ def measure_quality(originals: torch.Tensor, encrypted: torch.Tensor, target: nn
         ssim_decrypted=[row["ssim_decrypted"] for row in rows],
         feature_distance=[row["feature_distance"] for row in rows],
         cosine=[row["cosine"] for row in rows],
+        lowpass_correlation=[row["lowpass_correlation"] for row in rows],
         same_class=[row["same_class"] for row in rows] if loss_kind == "classifier" else None,
     )
 
@@ -314,3 +317,20 @@ def histogram_entropy(counts: torch.Tensor) -> float:
 def detection_rate(found: Sequence[bool]) -> float:
     """Fraction of images in which a detector found a face (NaN for no images)."""
     return sum(bool(flag) for flag in found) / len(found) if found else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# What a blur shows (docs/PRIVACY.md)
+
+
+def blur_reveal(images: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
+    """The simplest attack on a ciphertext: blur its brightness and stretch the contrast, per image.
+
+    (N, 3, H, W) → (N, 3, H, W) grey pictures in [0, 1]; the 1st and 99th percentiles of each blurred
+    image map to black and white. Where the face survives at a coarse scale this shows it.
+    """
+    blurred = gaussian_blur(luminance(images.float()), sigma).flatten(1)
+    low = blurred.quantile(0.01, dim=1, keepdim=True)
+    high = blurred.quantile(0.99, dim=1, keepdim=True)
+    stretched = ((blurred - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+    return stretched.view(images.shape[0], 1, *images.shape[-2:]).expand(-1, 3, -1, -1).contiguous()

@@ -438,7 +438,7 @@ def _write(path: Path, data: bytes) -> None:
 def _meets(metrics: dict[str, Any], settings: AttackSettings) -> bool:
     stop = settings.stop or StopCriteria()
     return bool(stop.accepts(metrics["feature_distance"], metrics["ssim_encrypted"], metrics["ssim_decrypted"],
-                             metrics.get("same_class")))
+                             metrics.get("same_class"), metrics.get("lowpass_correlation")))
 
 
 @dataclass

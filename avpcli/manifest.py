@@ -74,7 +74,8 @@ def summarize(files: list[dict[str, Any]]) -> dict[str, Any]:
         counts[entry["status"]] = counts.get(entry["status"], 0) + 1
     succeeded = [entry for entry in files if entry["status"] == "ok"]
     means = {}
-    for metric in ("feature_distance", "cosine", "ssim_encrypted", "ssim_decrypted", "iterations"):
+    for metric in ("feature_distance", "cosine", "ssim_encrypted", "ssim_decrypted", "lowpass_correlation",
+                   "iterations"):
         values = [entry[metric] for entry in succeeded if isinstance(entry.get(metric), (int, float))]
         if values:
             means[f"mean_{metric}"] = sum(values) / len(values)

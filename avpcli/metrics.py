@@ -30,6 +30,45 @@ def _gaussian_filter_valid(images: torch.Tensor, kernel: torch.Tensor) -> torch.
     return F.conv2d(blurred, vertical, groups=channels)
 
 
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N,C,H,W) per channel, same size (reflect padding), taps to ±3σ."""
+    radius = max(1, int(round(3 * sigma)))
+    if radius >= min(images.shape[-2:]):
+        raise ValueError(f"a blur of sigma {sigma} needs images larger than {radius} pixels")
+    kernel = gaussian_kernel_1d(2 * radius + 1, sigma, dtype=images.dtype, device=images.device)
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    return _gaussian_filter_valid(padded, kernel)
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """Rec. 601 luma of (N,3,H,W) RGB images, (N,1,H,W)."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+    return (images * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+
+
+def lowpass_correlation(a: torch.Tensor, b: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
+    """Pearson correlation per sample, Tensor[N], of the Gaussian-blurred luminance of a and b.
+
+    A privacy measure for ciphertexts: blurring and stretching the contrast of x' shows the face
+    when its coarse brightness follows x's, even where SSIM(x', x) is tiny (docs/PRIVACY.md).
+    Near 0 means the coarse layout of x is not in x'; ±1 means it is (a negative image shows it too).
+    A flat image has no layout and correlates 0.
+    """
+    if a.shape != b.shape or a.dim() != 4 or a.shape[1] != 3:
+        raise ValueError(f"lowpass_correlation needs two (N,3,H,W) batches of one shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    first = gaussian_blur(luminance(a.float()), sigma).flatten(1)
+    second = gaussian_blur(luminance(b.float()), sigma).flatten(1)
+    first = first - first.mean(dim=1, keepdim=True)
+    second = second - second.mean(dim=1, keepdim=True)
+    spread_first, spread_second = first.std(dim=1), second.std(dim=1)
+    covariance = (first * second).mean(dim=1) * first.shape[1] / (first.shape[1] - 1)
+    # Below a thousandth of a grey level of spread an image is flat (float rounding, not layout).
+    flat = (spread_first < 1e-6) | (spread_second < 1e-6)
+    correlation = covariance / (spread_first * spread_second).clamp_min(1e-12)
+    return torch.where(flat, torch.zeros_like(correlation), correlation.clamp(-1, 1))
+
+
 def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """SSIM per pixel and channel, (N,C,H-10,W-10), for images in [0,1] (data range 1).
 

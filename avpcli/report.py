@@ -259,21 +259,26 @@ def quality_report(pairs: PairedImages, target: nn.Module, spec: TargetSpec, key
     rows = [["SSIM_e (x', x) ↓", summary["ssim_encrypted"]["mean"], summary["ssim_encrypted"]["max"]],
             ["SSIM_d (G(x'), x) ↑", summary["ssim_decrypted"]["mean"], summary["ssim_decrypted"]["min"]],
             ["feature distance ↓", summary["feature_distance"]["mean"], summary["feature_distance"]["max"]],
-            ["cosine ↑", summary["cosine"]["mean"], summary["cosine"]["min"]]]
+            ["cosine ↑", summary["cosine"]["mean"], summary["cosine"]["min"]],
+            ["|low-pass correlation (x', x)| ↓", summary["lowpass_correlation_abs"]["mean"],
+             summary["lowpass_correlation_abs"]["max"]]]
     if result.same_class is not None:
         rows.append(["same top-1 class ↑", summary["same_class"]["mean"], summary["same_class"]["min"]])
     markdown = (f"# Quality ({spec.name}, {len(result.names)} images)\n\n"
                 + markdown_table(["metric", "mean", "worst"], rows)
                 + ("" if threshold is None else f"\n{spec.name}'s same-person threshold: distance < {threshold}.\n")
                 + "\n" + markdown_table(
-                    ["image", "SSIM_e", "SSIM_d", "distance", "cosine"],
-                    [[name, e, d, f, c] for name, e, d, f, c in zip(result.names, result.ssim_encrypted,
-                                                                    result.ssim_decrypted,
-                                                                    result.feature_distance, result.cosine)]))
+                    ["image", "SSIM_e", "SSIM_d", "distance", "cosine", "low-pass corr."],
+                    [list(row) for row in zip(result.names, result.ssim_encrypted, result.ssim_decrypted,
+                                              result.feature_distance, result.cosine,
+                                              result.lowpass_correlation)])
+                + "\nLow-pass correlation: Pearson's r of the Gaussian-blurred (σ 3 px) brightness of x' and x; "
+                "near 0 means a blur does not show x in x' (docs/PRIVACY.md).\n")
     shown = min(sheet_rows, len(pairs.names))
     decrypted = decrypt_batch(pairs.encrypted[:shown], key).cpu()
-    columns = [pairs.originals[:shown], pairs.encrypted[:shown], decrypted]
-    caption = "original | encrypted | decrypted"
+    columns = [pairs.originals[:shown], pairs.encrypted[:shown], evaluate.blur_reveal(pairs.encrypted[:shown]),
+               decrypted]
+    caption = "original | encrypted | encrypted, blurred and contrast-stretched | decrypted"
     if wrong_key is not None:
         columns.append(decrypt_batch(pairs.encrypted[:shown], wrong_key).cpu())
         caption += " | decrypted with a wrong key"

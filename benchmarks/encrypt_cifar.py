@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument("--key-weight", type=float, default=CLASSIFIER_SETTINGS.key_weight)
+    parser.add_argument("--key-ssim-weight", type=float, default=CLASSIFIER_SETTINGS.key_ssim_weight)
     args = parser.parse_args()
     if not (data_folder() / "cifar10").is_dir():
         print(f"skipped: no CIFAR-10 data at {data_folder()} (set AVP_DATA)", file=sys.stderr)
@@ -66,14 +67,15 @@ def main() -> None:
     workspace = Path(tempfile.mkdtemp(prefix="avp-bench-cifar-"))
     key = load_key(args.key)
     target = load_target(args.target, args.weights or default_weights(args.target))
-    settings = dataclasses.replace(CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight)
+    settings = dataclasses.replace(CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight,
+                                   key_ssim_weight=args.key_ssim_weight)
     files, labels, classes = cifar_images(args.images)
     images = [to_tensor(load_rgb(path)) for path in files]
     print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
           f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks); torch {torch.__version__}, "
           f"{args.threads} threads, CPU; {len(files)} CIFAR-10 test images ({len(files) // len(classes)} per class); "
           f"batch {args.batch_size}; K={settings.iterations}, step {settings.step_size}, mu {settings.key_weight}, "
-          f"lambda {settings.variance_weight}, classifier scale {settings.classifier_scale}")
+          f"lambda {settings.variance_weight}, key SSIM weight {settings.key_ssim_weight}, classifier scale {settings.classifier_scale}")
     rows = encrypt_and_measure(images, [path.name for path in files], target, key.generator, settings, "classifier",
                                args.batch_size, workspace)
     with torch.no_grad():

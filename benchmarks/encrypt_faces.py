@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -33,7 +34,10 @@ sys.path.insert(0, str(REPO))
 from avpcli import __version__  # noqa: E402
 from benchmarks.common import data_folder, encrypt_and_measure  # noqa: E402
 from avpcli.align import align_faces  # noqa: E402
-from avpcli.engine import AttackSettings  # noqa: E402
+from avpcli.engine import FACE_SETTINGS, AttackSettings, StopCriteria  # noqa: E402
+from avpcli.evaluate import blur_reveal  # noqa: E402
+from avpcli.metrics import gaussian_blur, ssim  # noqa: E402
+from avpcli.report import sheet_picture  # noqa: E402
 from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
 from avpcli.key import load_key, save_key, train_key  # noqa: E402
 from avpcli.targets import get_spec, load_target  # noqa: E402
@@ -69,6 +73,12 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
         features = model((adversarial - mean) / std)
         loss_feature = torch.mean((features - reference) ** 2)
         loss_key = torch.mean((decrypted - original) ** 2)
+        # The same objective as avp's (the extra terms too), so that the ratio is the engine's, not the loss's.
+        if settings.key_ssim_weight:
+            loss_key = loss_key + settings.key_ssim_weight * (1 - ssim(decrypted, original).mean())
+        if settings.lowpass_weight:
+            loss_key = loss_key + settings.lowpass_weight / settings.key_weight * sum(
+                gaussian_blur(adversarial, settings.lowpass_sigma)[:, channel].reshape(-1).var() for channel in range(3))
         blocks = torch.nn.functional.avg_pool2d(adversarial, 4, stride=1) * 16
         loss_variance = sum(blocks[:, channel].reshape(-1).var() for channel in range(3))
         loss = loss_feature + settings.key_weight * loss_key + settings.variance_weight * loss_variance
@@ -110,11 +120,16 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=800)
-    parser.add_argument("--key-weight", type=float, default=1.0)
-    parser.add_argument("--variance-weight", type=float, default=0.001)
-    parser.add_argument("--step-size", type=float, default=0.01)
-    parser.add_argument("--check-every", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=FACE_SETTINGS.iterations)
+    parser.add_argument("--key-weight", type=float, default=FACE_SETTINGS.key_weight)
+    parser.add_argument("--key-ssim-weight", type=float, default=FACE_SETTINGS.key_ssim_weight)
+    parser.add_argument("--variance-weight", type=float, default=FACE_SETTINGS.variance_weight)
+    parser.add_argument("--lowpass-weight", type=float, default=FACE_SETTINGS.lowpass_weight)
+    parser.add_argument("--lowpass-bar", type=float, default=(FACE_SETTINGS.stop or StopCriteria()).max_lowpass_correlation,
+                        help="stop bar on |low-pass correlation|; a negative value turns it off")
+    parser.add_argument("--step-size", type=float, default=FACE_SETTINGS.step_size)
+    parser.add_argument("--check-every", type=int, default=FACE_SETTINGS.check_every)
+    parser.add_argument("--sheet", type=Path, help="write original | encrypted | blurred+stretched | decrypted here")
     parser.add_argument("--naive-faces", type=int, default=3)
     args = parser.parse_args()
     if not (data_folder() / "lfw.csv").is_file():
@@ -133,8 +148,11 @@ def main() -> None:
     key = load_key(key_path)
     spec = get_spec(args.target)
     target = load_target(args.target, args.weights)
-    settings = AttackSettings(iterations=args.iterations, key_weight=args.key_weight, step_size=args.step_size,
-                              variance_weight=args.variance_weight, check_every=args.check_every)
+    lowpass_bar = args.lowpass_bar if args.lowpass_bar is not None and args.lowpass_bar >= 0 else None
+    settings = dataclasses.replace(
+        FACE_SETTINGS, iterations=args.iterations, key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
+        step_size=args.step_size, variance_weight=args.variance_weight, lowpass_weight=args.lowpass_weight,
+        check_every=args.check_every, stop=StopCriteria(max_lowpass_correlation=lowpass_bar))
 
     files = lfw_faces(args.faces)
     chips = [to_tensor(align_faces(load_rgb(path), spec.alignment)[0].image) for path in files]
@@ -142,11 +160,21 @@ def main() -> None:
           f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, {key.metadata.get('steps')} steps); "
           f"torch {torch.__version__}, {args.threads} threads, CPU; {len(files)} LFW faces aligned by avp; "
           f"batch {args.batch_size}; K={args.iterations}, step {args.step_size}, mu {args.key_weight}, "
-          f"lambda {settings.variance_weight}, check every {args.check_every}")
+          f"lambda {settings.variance_weight}, key SSIM weight {settings.key_ssim_weight}, low-pass weight "
+          f"{settings.lowpass_weight} (sigma {settings.lowpass_sigma}), low-pass bar {lowpass_bar}, "
+          f"check every {args.check_every}")
 
     rows = encrypt_and_measure(chips, [path.name for path in files], target, key.generator, settings, spec.loss,
                                args.batch_size, workspace)
     seconds_per_face = [row["seconds"] for row in rows]
+
+    if args.sheet:
+        encrypted = torch.stack([read_png(row["png"]) for row in rows])
+        decrypted = key.generator(encrypted).clamp(0, 1)
+        reveal = blur_reveal(encrypted)
+        sheet_picture([[chip, cipher, shown, plain] for chip, cipher, shown, plain
+                       in zip(chips, encrypted, reveal, decrypted)]).save(args.sheet)
+        print(f"contact sheet (original | encrypted | encrypted blurred σ 3 and stretched | decrypted): {args.sheet}")
 
     dlib_distances = None
     if args.target == "dlib":
@@ -155,12 +183,13 @@ def main() -> None:
                                              [to_uint8(read_png(row["png"])) for row in rows])
 
     print()
-    print("| face | distance (avp) | distance (real dlib) | SSIM_e | SSIM_d | iterations | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| face | distance (avp) | distance (real dlib) | SSIM_e | SSIM_d | low-pass corr. | iterations | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for index, row in enumerate(rows):
         real = f"{dlib_distances[index]:.4f}" if dlib_distances else "n/a"
         print(f"| {row['file']} | {row['feature_distance']:.4f} | {real} | {row['ssim_encrypted']:.4f} | "
-              f"{row['ssim_decrypted']:.4f} | {row['iterations']} | {row['seconds']:.1f} |")
+              f"{row['ssim_decrypted']:.4f} | {row['lowpass_correlation']:+.2f} | {row['iterations']} | "
+              f"{row['seconds']:.1f} |")
     distances = [row["feature_distance"] for row in rows]
     print()
     print(f"feature distance on the PNGs: max {max(distances):.4f}, mean {statistics.mean(distances):.4f} "
@@ -175,6 +204,9 @@ def main() -> None:
     print(f"mean SSIM_e {ssim_e:.4f} (bar ≤ 0.05 → {'met' if ssim_e <= 0.05 else 'NOT met'}); "
           f"mean SSIM_d {ssim_d:.4f} (bar ≥ 0.90 → {'met' if ssim_d >= 0.90 else 'NOT met'}); "
           f"min SSIM_d {min(row['ssim_decrypted'] for row in rows):.4f}")
+    leaks = [abs(row["lowpass_correlation"]) for row in rows]
+    print(f"|low-pass correlation| (blurred brightness of x' vs x, docs/PRIVACY.md): mean {statistics.mean(leaks):.2f}, "
+          f"max {max(leaks):.2f}")
     met_all = sum(1 for row in rows if row["feature_distance"] <= 0.10 and row["ssim_encrypted"] <= 0.05
                   and row["ssim_decrypted"] >= 0.90)
     print(f"faces meeting all three bars: {met_all}/{len(rows)}")

@@ -220,3 +220,16 @@ def test_custom_model_options_are_refused_for_registered_targets(tmp_path, photo
     result = invoke("encrypt", photo_folder, "--target", "tiny-embedding", "--key", tiny_key_file,
                     "--out", tmp_path / "o", "--input-size", "32x32")
     assert result.exit_code == 2
+
+
+def test_lowpass_bar_is_checked_and_recorded(tmp_path, photo_folder, tiny_key_file):
+    refused = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "refused", "--max-lowpass-correlation", "1.5")
+    assert refused.exit_code == 2 and "--max-lowpass-correlation" in refused.stderr
+    accepted = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--max-lowpass-correlation", "0.3")
+    assert accepted.exit_code == 0, accepted.stderr
+    files = json.loads((tmp_path / "enc" / "avp-manifest.json").read_text())["files"]
+    for entry in files:
+        # Every ciphertext's low-pass correlation is in the manifest, and met_targets honours the bar.
+        assert -1 <= entry["lowpass_correlation"] <= 1
+        if abs(entry["lowpass_correlation"]) > 0.3:
+            assert entry["met_targets"] is False

@@ -147,3 +147,37 @@ def test_measure_images_agrees_with_the_engine_on_its_own_ciphertexts(embedding_
     for mine, theirs in zip(measured, result.metrics):
         assert mine["feature_distance"] == pytest.approx(theirs.feature_distance, abs=1e-5)
         assert mine["ssim_decrypted"] == pytest.approx(theirs.ssim_decrypted, abs=1e-5)
+
+
+def test_lowpass_term_hides_the_coarse_layout(embedding_target):
+    images = originals(3)
+    key = near_identity_key()
+    plain = encrypt_batch(images, embedding_target, key, FAST, "embedding", [1, 2, 3])
+    flattened = encrypt_batch(images, embedding_target, key, dataclasses.replace(FAST, lowpass_weight=100.0),
+                              "embedding", [1, 2, 3])
+    plain_leak = [abs(m.lowpass_correlation) for m in plain.metrics]
+    flat_leak = [abs(m.lowpass_correlation) for m in flattened.metrics]
+    assert sum(flat_leak) < 0.5 * sum(plain_leak), (plain_leak, flat_leak)
+
+
+def test_key_ssim_term_raises_decrypted_ssim(embedding_target):
+    images = originals(3)
+    key = near_identity_key()
+    settings = dataclasses.replace(FAST, iterations=40)
+    plain = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2, 3])
+    with_ssim = encrypt_batch(images, embedding_target, key, dataclasses.replace(settings, key_ssim_weight=1.0),
+                              "embedding", [1, 2, 3])
+    assert (sum(m.ssim_decrypted for m in with_ssim.metrics)
+            > sum(m.ssim_decrypted for m in plain.metrics)), (plain.metrics, with_ssim.metrics)
+
+
+def test_lowpass_bar_is_checked_only_when_set():
+    unset = StopCriteria()
+    strict = StopCriteria(max_lowpass_correlation=0.3)
+    assert unset.accepts(0.05, 0.01, 0.95, None, 0.9)
+    assert not strict.accepts(0.05, 0.01, 0.95, None, 0.9)
+    assert not strict.accepts(0.05, 0.01, 0.95, None, -0.5), "a negative image shows the face too"
+    assert strict.accepts(0.05, 0.01, 0.95, None, 0.1)
+    per_sample = strict.accepts(torch.tensor([0.05, 0.05]), torch.tensor([0.01, 0.01]), torch.tensor([0.95, 0.95]),
+                                None, torch.tensor([0.1, 0.6]))
+    assert per_sample.tolist() == [True, False]

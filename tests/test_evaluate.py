@@ -138,3 +138,21 @@ def test_attacker_has_the_keys_architecture_and_comes_back_frozen():
     assert len(evaluate.decryption_ssim(pairs, pairs, attacker)) == 3
     with pytest.raises(ValueError):
         evaluate.train_attacker(pairs, pairs[:2], key, steps=1)
+
+
+def test_blur_reveal_shows_a_scene_hidden_under_noise():
+    from avpcli.metrics import lowpass_correlation, ssim
+
+    rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    scene = (0.2 + 0.6 * ((rows - 32) ** 2 + (cols - 30) ** 2 < 14 ** 2).float()).expand(1, 3, 64, 64)
+    noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    hidden = (0.5 + 0.04 * (scene - 0.5) + 0.45 * (noise - 0.5)).clamp(0, 1)
+    revealed = evaluate.blur_reveal(hidden)
+    assert revealed.shape == hidden.shape and revealed.min() >= 0 and revealed.max() <= 1
+    assert torch.equal(revealed[:, 0], revealed[:, 1]), "a grey picture"
+    # Hardly any structure to SSIM in the ciphertext, yet the stretched blur looks like the scene.
+    assert ssim(hidden, scene).item() < 0.1
+    assert ssim(revealed, scene.contiguous()).item() > 3 * ssim(hidden, scene).item()
+    assert lowpass_correlation(revealed, scene.contiguous()).item() > 0.6
+    # A constant image stays a valid picture (no division by zero).
+    assert torch.isfinite(evaluate.blur_reveal(torch.full((1, 3, 32, 32), 0.5))).all()

@@ -83,3 +83,60 @@ def test_feature_distance_and_cosine_per_sample():
     assert feature_distance(a, b).tolist() == pytest.approx([5.0, 2 ** 0.5])
     assert cosine_similarity(a, a).tolist() == pytest.approx([1.0, 1.0])
     assert cosine_similarity(a[1:], b[1:]).tolist() == pytest.approx([0.0])
+
+
+def test_gaussian_blur_matches_scipy_mirror_mode():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from avpcli.metrics import gaussian_blur
+
+    images = torch.rand(2, 3, 40, 33, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours = gaussian_blur(images, 2.0)
+    for image, blurred in zip(images, ours):
+        for channel in range(3):
+            expected = ndimage.gaussian_filter(image[channel].numpy(), 2.0, mode="mirror", truncate=3.0)
+            assert torch.allclose(blurred[channel], torch.from_numpy(expected), atol=1e-10)
+
+
+def test_gaussian_blur_keeps_a_constant_and_rejects_tiny_images():
+    from avpcli.metrics import gaussian_blur
+
+    assert torch.allclose(gaussian_blur(torch.full((1, 3, 20, 20), 0.3), 3.0), torch.full((1, 3, 20, 20), 0.3))
+    with pytest.raises(ValueError):
+        gaussian_blur(torch.rand(1, 3, 8, 8), 3.0)
+
+
+def test_luminance_weights():
+    from avpcli.metrics import luminance
+
+    pixel = torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1)
+    assert luminance(pixel).item() == pytest.approx(0.299 + 0.5 * 0.587)
+    assert luminance(torch.ones(1, 3, 2, 2)).allclose(torch.ones(1, 1, 2, 2))
+
+
+def test_lowpass_correlation_known_answers():
+    from avpcli.metrics import lowpass_correlation
+
+    generator = torch.Generator().manual_seed(0)
+    # A smooth "scene": a bright disc on a dark background.
+    rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disc = ((rows - 30) ** 2 + (cols - 34) ** 2 < 15 ** 2).float()
+    scene = (0.2 + 0.6 * disc).expand(1, 3, 64, 64).contiguous()
+    noise = torch.rand(1, 3, 64, 64, generator=generator)
+    assert lowpass_correlation(scene, scene).item() == pytest.approx(1.0, abs=1e-5)
+    assert lowpass_correlation(1 - scene, scene).item() == pytest.approx(-1.0, abs=1e-5)
+    assert lowpass_correlation(torch.full_like(scene, 0.5), scene).item() == 0.0
+    assert abs(lowpass_correlation(noise, scene).item()) < 0.3
+    # The scene hidden under strong noise at a twentieth of its contrast: invisible to SSIM, not to a blur.
+    hidden = (0.5 + 0.05 * (scene - 0.5) + 0.45 * (noise - 0.5)).clamp(0, 1)
+    assert ssim(hidden, scene).item() < 0.1
+    assert lowpass_correlation(hidden, scene).item() > 0.6
+
+
+def test_lowpass_correlation_is_per_sample():
+    from avpcli.metrics import lowpass_correlation
+
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    others = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    together = lowpass_correlation(images, others)
+    alone = torch.cat([lowpass_correlation(images[i:i + 1], others[i:i + 1]) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-6)

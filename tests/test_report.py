@@ -98,7 +98,8 @@ def test_evaluate_end_to_end_on_tiny_embedding(tmp_path, tiny_key_file, other_ti
     quality_data = json.loads((quality / "quality.json").read_text())
     assert quality_data["images"] == 9 and len(quality_data["per_image"]["ssim_encrypted"]) == 9
     sheet = Image.open(quality / "quality-contact-sheet.png")
-    assert sheet.size == (4 * 36 + 4, 8 * 36 + 4)  # 4 columns, 8 rows of 32-pixel images, 4-pixel gaps
+    # original | encrypted | blurred | decrypted | wrong key: 5 columns, 8 rows of 32-pixel images, 4-pixel gaps
+    assert sheet.size == (5 * 36 + 4, 8 * 36 + 4)
 
     cross = tmp_path / "cross"
     _run("evaluate", "cross-key", originals, encrypted, "--target", "tiny-embedding", "--key", str(tiny_key_file),
