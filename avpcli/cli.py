@@ -590,6 +590,7 @@ def evaluate_identification(
     min_images: Annotated[int, typer.Option(help="Probe identities have more than this many images (paper: 12).")] = 12,
     turns: Annotated[Optional[int], typer.Option(help="Encrypted turns per probe identity (default: every image).")] = None,
     gallery_plain: Annotated[bool, typer.Option("--gallery-plain", help="Skip AVP-ALL (do not encrypt the gallery).")] = False,
+    gallery_size: Annotated[Optional[int], typer.Option("--gallery", help="Use only the first N gallery images (sorted by identity and file) to save time; the report states N (default: all).")] = None,
     iterations: IterationsOption = None,
     work: WorkOption = None,
     device: DeviceOption = "auto",
@@ -599,6 +600,10 @@ def evaluate_identification(
 
     with domain_errors():
         probes, gallery = split_identities(identities, min_images)
+        if gallery_size is not None:
+            if gallery_size < 1:
+                raise UsageError("--gallery must be at least 1")
+            gallery = gallery[:gallery_size]
         encryptor = _encryptor(target, key, weights, device, iterations)
         with _progress() as progress:
             report = identification_report(probes, gallery, encryptor, work or out, turns, not gallery_plain,

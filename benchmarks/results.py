@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from avpcli import report
-from avpcli.engine import CLASSIFIER_SETTINGS, AttackSettings
+from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS
 from avpcli.images import save_png
 from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key
 from avpcli.targets import get_spec, load_target
@@ -56,6 +56,9 @@ NOTES = """## How to read these numbers, and what is not measured here
   (ciphertext, original) pairs; with this few pairs and steps it is a weak attacker. Published
   attacks on AVIH (arXiv 2408.04261, 2407.06570) reconstruct ciphertexts far better: avp is
   obfuscation against people, not cryptography.
+- The low-pass correlation is Pearson's r of the Gaussian-blurred (σ 3 px) brightness of x' and x: the
+  contact sheets' third column shows that blur, contrast-stretched — the simplest attack there is
+  (docs/PRIVACY.md). SSIM_e does not see it.
 - Not run here: the paper's four face models (no weights in shared data besides dlib and the
   MobileFaceNets: add `--face-targets dlib,mobilefacenet`), ResNet-50 / VGG-19 on CIFAR-10 (no
   weights: cifar-resnet20 stands in), the full LFW protocol (every turn, 12,878 gallery images) and
@@ -132,7 +135,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=1, help="encrypted inserted-image turns per probe identity")
     parser.add_argument("--gallery", type=int, default=20, help="distractor images in the gallery")
     parser.add_argument("--iterations", type=int, default=300, help="most attack steps per image")
-    parser.add_argument("--key-weight", type=float, default=1.0, help="μ for faces (avp demo's setting)")
+    parser.add_argument("--key-weight", type=float, default=FACE_SETTINGS.key_weight,
+                        help="μ for faces (default: avp encrypt's)")
     parser.add_argument("--attack-other", type=int, default=4, help="probe-turn images encrypted again with key B")
     parser.add_argument("--attack-steps", type=int, default=300)
     parser.add_argument("--cifar-per-class", type=int, default=2, help="0 skips CIFAR-10")
@@ -151,7 +155,7 @@ def main() -> None:
         weights = FACE_WEIGHTS[target_name] and data / FACE_WEIGHTS[target_name]
         spec = get_spec(target_name)
         target = load_target(target_name, weights)
-        settings = AttackSettings(iterations=args.iterations, key_weight=args.key_weight)
+        settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations, key_weight=args.key_weight)
         encryptor = report.Encryptor(spec, target, loaded_a.generator, loaded_a.fingerprint, settings)
         folder = work / target_name
         began = time.perf_counter()
@@ -181,10 +185,13 @@ def main() -> None:
                 ["SSIM_d ↑", summary["ssim_decrypted"]["mean"], summary["ssim_decrypted"]["min"]],
                 ["feature distance ↓" + (f" (same person < {spec.match_threshold})" if spec.match_threshold else ""),
                  summary["feature_distance"]["mean"], summary["feature_distance"]["max"]],
-                ["cosine ↑", summary["cosine"]["mean"], summary["cosine"]["min"]]])
+                ["cosine ↑", summary["cosine"]["mean"], summary["cosine"]["min"]],
+                ["|low-pass correlation (x', x)| ↓", summary["lowpass_correlation_abs"]["mean"],
+                 summary["lowpass_correlation_abs"]["max"]]])
             + f"\n{met} of {len(pairs.names)} meet every engine bar (SSIM_e ≤ 0.05, SSIM_d ≥ 0.90, distance ≤ 0.10)."
             + f"\nPaper (SSIM_e / SSIM_d / cos): {PAPER_TABLE_1}.\n\n"
-            + "Original | encrypted | decrypted | decrypted with key B:\n\n" + "\n".join(picture_links(written, target_name)) + "\n")
+            + "Original | encrypted | encrypted, blurred (σ 3 px) and contrast-stretched | decrypted | decrypted "
+              "with key B:\n\n" + "\n".join(picture_links(written, target_name)) + "\n")
         if index > 0:
             continue
 
@@ -247,10 +254,12 @@ queries), {args.turns} encrypted turn(s) per probe identity, a gallery of the fi
 distractor images (the paper: 355 probe images, 12,878 gallery images, every turn). With so small a
 gallery, accuracies are near 100 % for any reasonable model: they show that encryption does not
 break identification, not the paper's absolute numbers. Encryption: at most {args.iterations}
-iterations per image, μ = {args.key_weight}, other settings avp's defaults (METHOD.md §1).
+iterations per image, μ = {args.key_weight}, other settings `avp encrypt`'s defaults for faces (SSIM and
+low-pass terms, docs/PRIVACY.md) and the research CIFAR settings plus an SSIM term for CIFAR-10.
 
-Keys: A — {key_a_note}; B — {key_b_note}. Default-preset keys are much smaller (ngf 16, 6 blocks)
-than the paper's (ngf 64, 9 blocks, CelebA), which bounds SSIM_d.
+Keys: A — {key_a_note}; B — {key_b_note}. Default-preset keys are much smaller (ngf
+{loaded_a.metadata.get('ngf')}, {loaded_a.metadata.get('blocks')} blocks) than the paper's (ngf 64, 9 blocks,
+CelebA), which bounds SSIM_d.
 
 Timings: {'; '.join(timings)}.
 

@@ -90,6 +90,12 @@ def test_evaluate_end_to_end_on_tiny_embedding(tmp_path, tiny_key_file, other_ti
     assert data["accuracy"]["original"]["total"] == 2 * 3 * 2
     assert "AVP-ONE" in (identification / "identification.md").read_text()
 
+    limited = tmp_path / "identification-limited"
+    _run("evaluate", "identification", str(people), *common, "--min-images", "2", "--iterations", "2",
+         "--gallery", "2", "--gallery-plain", "--out", str(limited))
+    limited_sizes = json.loads((limited / "identification.json").read_text())["sizes"]
+    assert limited_sizes["gallery"] == 2 and limited_sizes["probe_identities"] == 2
+
     # The same ciphertexts feed the other analyses: originals come from the folder that was encrypted.
     originals, encrypted = str(identification / "selection"), str(identification / "encrypted")
     quality = tmp_path / "quality"
