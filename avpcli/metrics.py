@@ -31,10 +31,15 @@ def _gaussian_filter_valid(images: torch.Tensor, kernel: torch.Tensor) -> torch.
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N,C,H,W) per channel, same size (reflect padding), taps to ±3σ."""
-    radius = max(1, int(round(3 * sigma)))
-    if radius >= min(images.shape[-2:]):
-        raise ValueError(f"a blur of sigma {sigma} needs images larger than {radius} pixels")
+    """Separable Gaussian blur of (N,C,H,W) per channel, same size (reflect padding), taps to ±3σ.
+
+    On images smaller than 3σ + 1 pixels the taps are cut at the image size (reflect padding
+    cannot reach further), so small images still work.
+    """
+    smallest = min(images.shape[-2:])
+    if smallest < 2:
+        raise ValueError(f"a blur needs images of at least 2×2 pixels, got {tuple(images.shape[-2:])}")
+    radius = min(max(1, int(round(3 * sigma))), smallest - 1)
     kernel = gaussian_kernel_1d(2 * radius + 1, sigma, dtype=images.dtype, device=images.device)
     padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
     return _gaussian_filter_valid(padded, kernel)

@@ -97,12 +97,14 @@ def test_gaussian_blur_matches_scipy_mirror_mode():
             assert torch.allclose(blurred[channel], torch.from_numpy(expected), atol=1e-10)
 
 
-def test_gaussian_blur_keeps_a_constant_and_rejects_tiny_images():
+def test_gaussian_blur_keeps_a_constant_also_on_small_images():
     from avpcli.metrics import gaussian_blur
 
     assert torch.allclose(gaussian_blur(torch.full((1, 3, 20, 20), 0.3), 3.0), torch.full((1, 3, 20, 20), 0.3))
+    # Smaller than the ±3σ taps: cut at the image size, still a weighted mean (a constant stays constant).
+    assert torch.allclose(gaussian_blur(torch.full((1, 3, 8, 8), 0.7), 3.0), torch.full((1, 3, 8, 8), 0.7))
     with pytest.raises(ValueError):
-        gaussian_blur(torch.rand(1, 3, 8, 8), 3.0)
+        gaussian_blur(torch.rand(1, 3, 1, 8), 3.0)
 
 
 def test_luminance_weights():
@@ -140,3 +142,10 @@ def test_lowpass_correlation_is_per_sample():
     together = lowpass_correlation(images, others)
     alone = torch.cat([lowpass_correlation(images[i:i + 1], others[i:i + 1]) for i in range(3)])
     assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_lowpass_correlation_works_on_images_smaller_than_the_blur():
+    from avpcli.metrics import lowpass_correlation
+
+    images = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    assert lowpass_correlation(images, images).allclose(torch.ones(2), atol=1e-5)
