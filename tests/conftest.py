@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
@@ -22,12 +24,37 @@ def data_root() -> Path:
     return DATA_ROOT
 
 
-@pytest.fixture(scope="session")
-def tiny_key_file(tmp_path_factory) -> Path:
+def _tiny_key(tmp_path_factory, name: str, seed: int) -> Path:
     """A key of the smallest preset trained for a few steps: enough to exercise every code path."""
     from avpcli.key import KeyPreset, save_key, train_key
 
     preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=32, learning_rate=1e-3)
-    path = tmp_path_factory.mktemp("keys") / "tiny.safetensors"
-    save_key(train_key(preset, seed=2**70 + 1), path)
+    path = tmp_path_factory.mktemp("keys") / name
+    save_key(train_key(preset, seed=seed), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_key_file(tmp_path_factory) -> Path:
+    return _tiny_key(tmp_path_factory, "tiny.safetensors", 2**70 + 1)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_key_file(tmp_path_factory) -> Path:
+    """A second tiny key that differs from tiny_key_file only by its seed."""
+    return _tiny_key(tmp_path_factory, "tiny-other.safetensors", 2**70 + 2)
+
+
+def write_noise_photos(folder: Path, names: list[str], height: int, width: int, seed: int) -> Path:
+    """Random-pixel RGB photos at folder/name (JPEG or PNG by suffix, sub-folders created); returns folder."""
+    rng = np.random.default_rng(seed)
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return folder
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    """Every file under folder by relative path: what two runs must agree on byte for byte."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}

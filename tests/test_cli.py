@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from avpcli.cli import app
+from conftest import write_noise_photos
 
 runner = CliRunner()
 
@@ -24,13 +24,7 @@ def invoke(*args: str, env: dict | None = None):
 
 @pytest.fixture
 def photo_folder(tmp_path) -> Path:
-    folder = tmp_path / "photos"
-    rng = np.random.default_rng(4)
-    for name in ("a.jpg", "nested/b.png", "c.png"):
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(path)
-    return folder
+    return write_noise_photos(tmp_path / "photos", ["a.jpg", "nested/b.png", "c.png"], 48, 40, seed=4)
 
 
 def encrypt_tiny(photos: Path, key: Path, out: Path, *extra: str):

@@ -11,13 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from avpcli.cli import app
 from avpcli.images import find_images, output_names
+from conftest import folder_contents, write_noise_photos
 
 runner = CliRunner()
 SETTINGS = ["--target", "tiny-embedding", "--iterations", "20", "--batch-size", "3", "--device", "cpu",
@@ -26,12 +26,8 @@ SETTINGS = ["--target", "tiny-embedding", "--iterations", "20", "--batch-size", 
 
 @pytest.fixture
 def photos(tmp_path) -> Path:
-    folder = tmp_path / "photos"
-    rng = np.random.default_rng(9)
-    for index in range(12):
-        path = folder / ("nested" if index % 4 == 0 else "") / f"p{index:02d}.{'jpg' if index % 3 else 'png'}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (44, 36, 3), dtype=np.uint8)).save(path)
+    names = [f"{'nested/' if index % 4 == 0 else ''}p{index:02d}.{'jpg' if index % 3 else 'png'}" for index in range(12)]
+    folder = write_noise_photos(tmp_path / "photos", names, 44, 36, seed=9)
     (folder / "broken.jpg").write_bytes(b"not a photo")
     return folder
 
@@ -39,10 +35,6 @@ def photos(tmp_path) -> Path:
 def encrypt_in_process(photos: Path, key: Path, out: Path, *extra: str):
     return runner.invoke(app, ["encrypt", str(photos), "--key", str(key), "--out", str(out), *SETTINGS, *extra],
                          catch_exceptions=False)
-
-
-def contents(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def assert_no_partial_file(out: Path) -> None:
@@ -66,7 +58,7 @@ def outputs_written(out: Path) -> int:
 def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_result(tmp_path, photos, tiny_key_file):
     reference = tmp_path / "reference"
     assert encrypt_in_process(photos, tiny_key_file, reference).exit_code == 1  # broken.jpg fails
-    expected = contents(reference)
+    expected = folder_contents(reference)
 
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "avpcli", "encrypt", str(photos), "--key", str(tiny_key_file),
@@ -92,7 +84,7 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_result(tmp
     resumed = encrypt_in_process(photos, tiny_key_file, out)
     assert resumed.exit_code == 1 and "broken.jpg" in resumed.stderr
     assert not list(out.rglob("*.part")), "the rerun must clean up the temporaries the kills left"
-    assert contents(out) == expected
+    assert folder_contents(out) == expected
 
 
 def test_temporaries_are_not_outputs_and_the_next_run_removes_them(tmp_path, photos, tiny_key_file):
@@ -120,7 +112,7 @@ def test_temporaries_are_not_outputs_and_the_next_run_removes_them(tmp_path, pho
 def test_rerun_redoes_outputs_that_changed_or_lost_their_entry(tmp_path, photos, tiny_key_file):
     out = tmp_path / "enc"
     encrypt_in_process(photos, tiny_key_file, out)
-    expected = contents(out)
+    expected = folder_contents(out)
     (out / "p01.png").write_bytes(b"tampered")
     manifest = json.loads((out / "avp-manifest.json").read_text())
     manifest["files"] = [entry for entry in manifest["files"] if entry["source"] != "p02.jpg"]
@@ -128,7 +120,7 @@ def test_rerun_redoes_outputs_that_changed_or_lost_their_entry(tmp_path, photos,
     # nested/p08 shares a batch with p01 and p02, so it is recomputed, but not rewritten.
     before = {name: (out / name).stat().st_mtime_ns for name in ("p03.png", "p05.png", "nested/p08.png")}
     result = encrypt_in_process(photos, tiny_key_file, out)
-    assert contents(out) == expected
+    assert folder_contents(out) == expected
     for name, mtime in before.items():
         assert (out / name).stat().st_mtime_ns == mtime, "finished outputs are not rewritten"
     assert len(result.stdout.splitlines()) == 12
@@ -137,12 +129,12 @@ def test_rerun_redoes_outputs_that_changed_or_lost_their_entry(tmp_path, photos,
 def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, photos, tiny_key_file):
     out = tmp_path / "enc"
     encrypt_in_process(photos, tiny_key_file, out)
-    expected = contents(out)
+    expected = folder_contents(out)
     refused = runner.invoke(app, ["encrypt", str(photos), "--key", str(tiny_key_file), "--out", str(out),
                                   *SETTINGS[:-2], "--seed", "8"], catch_exceptions=False)
     assert refused.exit_code == 2 and "--overwrite" in " ".join(refused.stderr.split())
-    assert contents(out) == expected
+    assert folder_contents(out) == expected
     # Without --seed a rerun takes the earlier run's seed, so it resumes instead.
     resumed = runner.invoke(app, ["encrypt", str(photos), "--key", str(tiny_key_file), "--out", str(out),
                                   *SETTINGS[:-2]], catch_exceptions=False)
-    assert resumed.exit_code == 1 and contents(out) == expected
+    assert resumed.exit_code == 1 and folder_contents(out) == expected

@@ -15,17 +15,6 @@ from avpcli.cli import app
 from avpcli.images import save_png
 
 
-@pytest.fixture(scope="module")
-def other_tiny_key_file(tmp_path_factory) -> Path:
-    """A second tiny key that differs from conftest's only by its seed."""
-    from avpcli.key import KeyPreset, save_key, train_key
-
-    preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=32, learning_rate=1e-3)
-    path = tmp_path_factory.mktemp("keys") / "tiny-other.safetensors"
-    save_key(train_key(preset, seed=2**70 + 2), path)
-    return path
-
-
 def _pictures(folder: Path, names: list[str], seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     for index, name in enumerate(names):

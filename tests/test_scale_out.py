@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import avpcli
 from avpcli.cli import app
+from conftest import folder_contents, write_noise_photos
 
 runner = CliRunner()
 # Batch size 1: the engine's floating-point results can differ (by one 8-bit level) with an image's
@@ -21,17 +22,9 @@ runner = CliRunner()
 SETTINGS = ["--target", "tiny-embedding", "--iterations", "15", "--batch-size", "1", "--device", "cpu", "--seed", "4"]
 
 
-def contents(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
 def test_torchrun_two_processes_match_one_process_and_decrypt_reads_the_parts(tmp_path, tiny_key_file):
-    photos = tmp_path / "photos"
-    rng = np.random.default_rng(2)
-    for index in range(7):
-        path = photos / ("sub" if index % 3 == 0 else "") / f"img{index}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(path)
+    names = [f"{'sub/' if index % 3 == 0 else ''}img{index}.png" for index in range(7)]
+    photos = write_noise_photos(tmp_path / "photos", names, 36, 36, seed=2)
     (photos / "img9.jpg").write_bytes(b"broken")
 
     single = tmp_path / "single"
@@ -50,11 +43,11 @@ def test_torchrun_two_processes_match_one_process_and_decrypt_reads_the_parts(tm
     assert completed.returncode == 1 and "exitcode  : 1" in completed.stderr, completed.stderr[-3000:]
     assert f'File "{Path(avpcli.__file__).parent}' not in completed.stderr, completed.stderr[-3000:]
     assert (sharded / "avp-manifest.part-1-of-2.json").is_file() and (sharded / "avp-manifest.part-2-of-2.json").is_file()
-    merged = contents(sharded)
+    merged = folder_contents(sharded)
     parts = {name: merged.pop(name) for name in list(merged) if ".part-" in name}
     assert len(parts) == 2
     # The last shard to finish merged the parts: the folder is byte for byte the single process's.
-    assert merged == contents(single)
+    assert merged == folder_contents(single)
 
     decrypted_single = tmp_path / "decrypted-single"
     assert runner.invoke(app, ["decrypt", str(single), "--key", str(tiny_key_file), "--out", str(decrypted_single),
@@ -65,7 +58,7 @@ def test_torchrun_two_processes_match_one_process_and_decrypt_reads_the_parts(tm
     result = runner.invoke(app, ["decrypt", str(sharded), "--key", str(tiny_key_file), "--out", str(decrypted_parts),
                                  "--device", "cpu"], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
-    assert contents(decrypted_parts) == contents(decrypted_single)
+    assert folder_contents(decrypted_parts) == folder_contents(decrypted_single)
 
 
 def test_shards_run_one_after_another_merge_when_the_last_finishes(tmp_path, tiny_key_file):
