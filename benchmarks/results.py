@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from avpcli import report
-from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS
+from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, StopCriteria
 from avpcli.images import save_png
 from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key
 from avpcli.targets import get_spec, load_target
@@ -177,7 +177,7 @@ def main() -> None:
         met = sum(1 for e, d, f in zip(quality.data["per_image"]["ssim_encrypted"],
                                        quality.data["per_image"]["ssim_decrypted"],
                                        quality.data["per_image"]["feature_distance"])
-                  if e <= 0.05 and d >= 0.90 and f <= 0.10)
+                  if StopCriteria().accepts(f, e, d))
         sections.append(
             f"## {target_name}: Table 1, quality of {len(pairs.names)} ciphertexts (read back from PNG)\n\n"
             + report.markdown_table(["metric", "mean", "worst"], [

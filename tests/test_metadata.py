@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import stat
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
