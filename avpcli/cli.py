@@ -218,18 +218,6 @@ def _autocast_dtype(precision: str, device: str):
     return choices[precision] if device.startswith("cuda") else None
 
 
-def _tune_for_cuda(target, key, compile_models: bool):
-    """NHWC weights, cuDNN autotuning and, on request, torch.compile: settings that only pay on a GPU."""
-    import torch
-
-    torch.backends.cudnn.benchmark = True
-    target = target.to(memory_format=torch.channels_last)
-    key = key.to(memory_format=torch.channels_last)
-    if compile_models:
-        target, key = torch.compile(target), torch.compile(key)
-    return target, key
-
-
 def _encrypt_device(device: str) -> str:
     resolved = resolve_device(device)
     # Under torchrun each process takes its own GPU.
@@ -280,7 +268,7 @@ def encrypt(
     loss: Annotated[str, typer.Option(help="Own models: 'embedding' (feature vector) or 'classifier' (logits).")] = "embedding",
 ) -> None:
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
-    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, AttackSettings, StopCriteria
+    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, AttackSettings, StopCriteria, prepare_for_cuda
     from avpcli.jobs import EncryptJob, encrypt_folder
     from avpcli.manifest import summarize
     from avpcli.targets import get_spec, load_target
@@ -323,7 +311,7 @@ def encrypt(
                                                         max_lowpass_correlation=max_lowpass_correlation)
         overrides["autocast_dtype"] = _autocast_dtype(precision, resolved_device)
         if resolved_device.startswith("cuda"):
-            target_model, loaded_key.generator = _tune_for_cuda(target_model, loaded_key.generator, compile_models)
+            target_model, loaded_key.generator = prepare_for_cuda(target_model, loaded_key.generator, compile_models)
         settings = dataclasses.replace(base, **overrides)
         job = EncryptJob(
             inputs=list(inputs), output=output, spec=spec, target=target_model, key=loaded_key.generator,

@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 from avpcli.engine import AttackSettings, encrypt_batch, measure_images  # noqa: E402
 from avpcli.images import read_png, save_png  # noqa: E402
+from avpcli.key import load_key  # noqa: E402
+from avpcli.metrics import gaussian_blur, ssim  # noqa: E402
 
 
 def data_folder() -> Path:
@@ -23,29 +25,82 @@ def data_folder() -> Path:
 
 
 def encrypt_and_measure(images: list[torch.Tensor], names: list[str], target: nn.Module, key: nn.Module,
-                        settings: AttackSettings, loss: str, batch_size: int, workspace: Path) -> list[dict[str, Any]]:
+                        settings: AttackSettings, loss: str, batch_size: int, workspace: Path,
+                        device: str = "cpu") -> list[dict[str, Any]]:
     """Encrypt in batches, save each ciphertext as PNG, read it back and measure it (never the float tensor).
 
     Each row: name, the metrics of engine.measure_images, iterations, seconds (the batch's time
-    shared equally among its images) and the PNG's path. Progress lines go to stderr.
+    shared equally among its images) and the PNG's path. Progress lines go to stderr. `target` and
+    `key` must already be on `device`.
     """
     rows: list[dict[str, Any]] = []
     for start in range(0, len(images), batch_size):
-        batch = torch.stack(images[start:start + batch_size])
+        batch = torch.stack(images[start:start + batch_size]).to(device)
         began = time.perf_counter()
         result = encrypt_batch(batch, target, key, settings, loss, noise_seeds=list(range(start, start + len(batch))))
         seconds = (time.perf_counter() - began) / len(batch)
         written, paths = [], []
         for offset, image in enumerate(result.encrypted):
             path = workspace / f"{start + offset:04d}.png"
-            save_png(image, path)
+            save_png(image.cpu(), path)
             written.append(read_png(path))
             paths.append(path)
-        measured = measure_images(batch, torch.stack(written), target, key, loss)
+        measured = measure_images(batch, torch.stack(written).to(device), target, key, loss)
         for offset, metrics in enumerate(measured):
             rows.append({"file": names[start + offset], **metrics, "iterations": result.metrics[offset].iterations,
-                         "seconds": seconds, "png": paths[offset]})
+                         "seconds": seconds, "batch_seconds": seconds * len(batch), "png": paths[offset]})
             row = rows[-1]
             print(f"  {row['file']}: distance {row['feature_distance']:.4f}, SSIM_e {row['ssim_encrypted']:.4f}, "
                   f"SSIM_d {row['ssim_decrypted']:.4f}, {row['iterations']} iterations, {seconds:.1f} s", file=sys.stderr)
     return rows
+
+
+def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: AttackSettings, noise_seed: int,
+                  device: str = "cpu") -> float:
+    """The research code's loop, for timing: batch 1, fp32, fresh unfrozen modules, fixed K, sync per step.
+
+    `original` is one image (1, 3, H, W); `target` a TargetModel on `device`. Computes the same
+    objective as `settings` asks of avp's engine, so the ratio measures the engine, not the loss.
+    Returns the seconds taken.
+    """
+    # Weight gradients on, as in the research code: a fresh copy whose parameters require grad.
+    key = load_key(key_path, device=device).generator
+    for parameter in key.parameters():
+        parameter.requires_grad_(True)
+    model = target.model
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    original = original.to(device)
+    started = time.perf_counter()
+    reference = target(original).detach()
+    adversarial = torch.randn(original.shape, generator=torch.Generator().manual_seed(noise_seed)).to(device)
+    momentum = torch.zeros_like(adversarial)
+    step, rises, losses = settings.step_size, 0, []
+    for _ in range(settings.iterations):
+        adversarial = adversarial.detach().clone().requires_grad_(True)
+        decrypted = key(adversarial).clamp(0, 1)
+        features = target(adversarial)
+        loss_feature = torch.mean((features - reference) ** 2)
+        loss_key = torch.mean((decrypted - original) ** 2)
+        if settings.key_ssim_weight:
+            loss_key = loss_key + settings.key_ssim_weight * (1 - ssim(decrypted, original).mean())
+        blocks = torch.nn.functional.avg_pool2d(adversarial, 4, stride=1) * 16
+        loss_variance = sum(blocks[:, channel].reshape(-1).var() for channel in range(3))
+        loss = loss_feature + settings.key_weight * loss_key + settings.variance_weight * loss_variance
+        if settings.lowpass_weight:
+            coarse = gaussian_blur(adversarial, settings.lowpass_sigma)
+            loss = loss + settings.lowpass_weight * sum(coarse[:, channel].reshape(-1).var() for channel in range(3))
+        key.zero_grad()
+        model.zero_grad()
+        loss.backward()
+        gradient = adversarial.grad / adversarial.grad.abs().mean()
+        momentum = settings.momentum * momentum + gradient
+        adversarial = (adversarial - step * momentum).clamp(0, 1)
+        losses.append(loss.item())  # the per-step host sync
+        if len(losses) > 2 and losses[-1] > losses[-2]:
+            rises += 1
+            if rises == settings.decay_patience:
+                step, rises = step * settings.step_decay, 0
+    for parameter in list(key.parameters()) + list(model.parameters()):
+        parameter.requires_grad_(False)
+    return time.perf_counter() - started

@@ -22,7 +22,6 @@ import dataclasses
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from benchmarks.common import data_folder, encrypt_and_measure  # noqa: E402
+from benchmarks.common import data_folder, encrypt_and_measure, naive_encrypt  # noqa: E402
 from avpcli.align import align_faces  # noqa: E402
-from avpcli.engine import FACE_SETTINGS, AttackSettings, StopCriteria  # noqa: E402
+from avpcli.engine import FACE_SETTINGS, StopCriteria  # noqa: E402
 from avpcli.evaluate import blur_reveal  # noqa: E402
-from avpcli.metrics import gaussian_blur, ssim  # noqa: E402
 from avpcli.report import sheet_picture  # noqa: E402
 from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
 from avpcli.key import load_key, save_key, train_key  # noqa: E402
@@ -50,52 +48,6 @@ def lfw_faces(count: int) -> list[Path]:
             if row["role"] == "multi" and row["identity"] not in seen:
                 seen[row["identity"]] = data_folder() / row["path"]
     return [seen[name] for name in sorted(seen)][:count]
-
-
-def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: AttackSettings, noise_seed: int) -> float:
-    """The research code's loop, for timing: batch 1, fp32, fresh unfrozen modules, fixed K, sync per step."""
-    # Weight gradients on, as in the research code: a fresh copy whose parameters require grad.
-    key = load_key(key_path).generator
-    for parameter in key.parameters():
-        parameter.requires_grad_(True)
-    model = target.model
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    mean, std = target.mean, target.std
-    started = time.perf_counter()
-    reference = model((original - mean) / std).detach()
-    adversarial = torch.randn(original.shape, generator=torch.Generator().manual_seed(noise_seed))
-    momentum = torch.zeros_like(adversarial)
-    step, rises, losses = settings.step_size, 0, []
-    for _ in range(settings.iterations):
-        adversarial = adversarial.detach().clone().requires_grad_(True)
-        decrypted = key(adversarial).clamp(0, 1)
-        features = model((adversarial - mean) / std)
-        loss_feature = torch.mean((features - reference) ** 2)
-        loss_key = torch.mean((decrypted - original) ** 2)
-        # The same objective as avp's (the extra terms too), so that the ratio is the engine's, not the loss's.
-        if settings.key_ssim_weight:
-            loss_key = loss_key + settings.key_ssim_weight * (1 - ssim(decrypted, original).mean())
-        blocks = torch.nn.functional.avg_pool2d(adversarial, 4, stride=1) * 16
-        loss_variance = sum(blocks[:, channel].reshape(-1).var() for channel in range(3))
-        loss = loss_feature + settings.key_weight * loss_key + settings.variance_weight * loss_variance
-        if settings.lowpass_weight:
-            coarse = gaussian_blur(adversarial, settings.lowpass_sigma)
-            loss = loss + settings.lowpass_weight * sum(coarse[:, channel].reshape(-1).var() for channel in range(3))
-        key.zero_grad()
-        model.zero_grad()
-        loss.backward()
-        gradient = adversarial.grad / adversarial.grad.abs().mean()
-        momentum = settings.momentum * momentum + gradient
-        adversarial = (adversarial - step * momentum).clamp(0, 1)
-        losses.append(loss.item())  # the per-step host sync
-        if len(losses) > 2 and losses[-1] > losses[-2]:
-            rises += 1
-            if rises == settings.decay_patience:
-                step, rises = step * settings.step_decay, 0
-    for parameter in list(key.parameters()) + list(model.parameters()):
-        parameter.requires_grad_(False)
-    return time.perf_counter() - started
 
 
 def real_dlib_distances(originals: list[np.ndarray], encrypted: list[np.ndarray]) -> list[float] | None:
@@ -215,8 +167,7 @@ def main() -> None:
           f"{statistics.mean(row['iterations'] for row in rows):.0f}, {len(rows) / sum(seconds_per_face):.3f} faces/s")
 
     if args.naive_faces:
-        naive_settings = AttackSettings(iterations=args.iterations, key_weight=args.key_weight, step_size=args.step_size,
-                                        variance_weight=args.variance_weight)
+        naive_settings = dataclasses.replace(settings, stop=None)
         naive_seconds = [naive_encrypt(chips[index][None], target, key_path, naive_settings, index)
                          for index in range(min(args.naive_faces, len(chips)))]
         naive_median = statistics.median(naive_seconds)

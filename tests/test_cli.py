@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -227,3 +228,18 @@ def test_lowpass_bar_is_checked_and_recorded(tmp_path, photo_folder, tiny_key_fi
         assert -1 <= entry["lowpass_correlation"] <= 1
         if abs(entry["lowpass_correlation"]) > 0.3:
             assert entry["met_targets"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+@pytest.mark.parametrize("extra", [(), ("--precision", "fp32"), ("--compile",)])
+def test_encrypt_and_decrypt_on_cuda(tmp_path, photo_folder, tiny_key_file, extra):
+    out = tmp_path / "encrypted"
+    result = invoke("encrypt", photo_folder, "--target", "tiny-embedding", "--key", tiny_key_file, "--out", out,
+                    "--iterations", "6", "--device", "cuda", "--seed", "3", *extra)
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / "avp-manifest.json").read_text())
+    assert [entry["status"] for entry in manifest["files"]] == ["ok"] * 3
+    decrypted = tmp_path / "decrypted"
+    result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cuda")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3

@@ -14,6 +14,7 @@ from avpcli.engine import (
     decrypt_batch,
     encrypt_batch,
     measure_images,
+    prepare_for_cuda,
     quantize,
     variance_consistency,
 )
@@ -181,3 +182,50 @@ def test_lowpass_bar_is_checked_only_when_set():
     per_sample = strict.accepts(torch.tensor([0.05, 0.05]), torch.tensor([0.01, 0.01]), torch.tensor([0.95, 0.95]),
                                 None, torch.tensor([0.1, 0.6]))
     assert per_sample.tolist() == [True, False]
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", [None, torch.bfloat16, torch.float16])
+def test_cuda_path_optimizes_and_keeps_the_8bit_contract(embedding_target, precision):
+    target = load_target("tiny-embedding").cuda()
+    key = near_identity_key().cuda()
+    target, key = prepare_for_cuda(target, key)
+    settings = dataclasses.replace(FAST, autocast_dtype=precision)
+    images = originals().cuda()
+    short = encrypt_batch(images, target, key, dataclasses.replace(settings, iterations=2), "embedding", [1, 2, 3])
+    long = encrypt_batch(images, target, key, settings, "embedding", [1, 2, 3])
+    assert long.encrypted.device.type == "cuda"
+    assert torch.equal(long.encrypted, quantize(long.encrypted))
+    for before, after in zip(short.metrics, long.metrics):
+        assert after.feature_distance < before.feature_distance
+    # The reported figures are full-precision measurements of the 8-bit images, whatever the forwards ran in.
+    remeasured = measure_images(images.float(), long.encrypted, target, key, "embedding")
+    for metrics, again in zip(long.metrics, remeasured):
+        assert metrics.feature_distance == pytest.approx(again["feature_distance"], abs=1e-5)
+        assert metrics.ssim_decrypted == pytest.approx(again["ssim_decrypted"], abs=1e-5)
+
+
+@needs_cuda
+def test_cuda_fp32_result_matches_the_cpu_result(embedding_target):
+    # Same seeds, same objective: the GPU may differ from the CPU by float rounding only, so the
+    # figures reached agree closely (the images can drift by a few 8-bit levels over 60 steps).
+    settings = dataclasses.replace(FAST, iterations=30)
+    on_cpu = encrypt_batch(originals(), embedding_target, near_identity_key(), settings, "embedding", [1, 2, 3])
+    target = load_target("tiny-embedding").cuda()
+    on_gpu = encrypt_batch(originals().cuda(), target, near_identity_key().cuda(), settings, "embedding", [1, 2, 3])
+    for cpu_metrics, gpu_metrics in zip(on_cpu.metrics, on_gpu.metrics):
+        assert gpu_metrics.feature_distance == pytest.approx(cpu_metrics.feature_distance, abs=0.02)
+        assert gpu_metrics.ssim_decrypted == pytest.approx(cpu_metrics.ssim_decrypted, abs=0.02)
+    assert (on_gpu.encrypted.cpu() - on_cpu.encrypted).abs().mean() < 0.02
+
+
+@needs_cuda
+def test_cuda_decryption_matches_cpu_decryption_to_one_level():
+    key = near_identity_key()
+    images = quantize(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4)))
+    on_cpu = decrypt_batch(images, key)
+    on_gpu = decrypt_batch(images.cuda(), key.cuda()).cpu()
+    assert (on_gpu - on_cpu).abs().max() <= 1 / 255 + 1e-6
