@@ -118,13 +118,18 @@ def _invert(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.inv(full)[:2]
 
 
-def warp_affine(image: Image.Image, to_chip: np.ndarray, size: tuple[int, int]) -> Image.Image:
+def warp_affine(image: Image.Image, to_chip: np.ndarray, size: tuple[int, int], fill: str = "edge") -> Image.Image:
     """Resample `image` into a (height, width) chip; `to_chip` (2x3) maps image to chip coordinates.
 
-    Bilinear sampling; pixels outside the image are black. When the chip is much smaller than the
-    region it covers, the image is first shrunk by a power of 2 (box filter), like dlib's pyramid,
-    so that the result is not aliased.
+    Bilinear sampling. Chip pixels that fall outside the photo repeat its nearest edge pixel
+    (fill "edge"), or are black (fill "black", as in dlib's and insightface's chips). avp uses the
+    edge: a key gives a continued edge back, but decrypts a black band as a brown one, and a face
+    at the photo's border would lose a third of its SSIM_d to that band. When the chip is much smaller than
+    the region it covers, the image is first shrunk by a power of 2 (box filter), like dlib's
+    pyramid, so that the result is not aliased.
     """
+    if fill not in ("edge", "black"):
+        raise ValueError(f"fill is 'edge' or 'black', not {fill!r}")
     height, width = size
     source_pixels_per_chip_pixel = 1.0 / math.sqrt(abs(np.linalg.det(to_chip[:, :2])))
     factor = 2 ** int(math.floor(math.log2(max(source_pixels_per_chip_pixel, 1.0))))
@@ -136,11 +141,31 @@ def warp_affine(image: Image.Image, to_chip: np.ndarray, size: tuple[int, int]) 
         offset = (factor - 1) / 2
         enlarge = np.array([[factor, 0.0, offset], [0.0, factor, offset], [0.0, 0.0, 1.0]])
         to_chip = to_chip @ enlarge
+    if fill == "edge":
+        image, to_chip = _pad_to_cover(image, to_chip, size)
     # PIL maps output to input in its own convention (pixel centres at +0.5): shift in and out.
     a, b, c = _invert(to_chip)[0]
     d, e, f = _invert(to_chip)[1]
     coefficients = (a, b, c + 0.5 - 0.5 * (a + b), d, e, f + 0.5 - 0.5 * (d + e))
     return image.transform((width, height), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+
+
+def _pad_to_cover(image: Image.Image, to_chip: np.ndarray, size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
+    """Extend `image` by repeating its edge pixels until it covers the chip's footprint (plus the
+    bilinear sampler's reach); returns the padded image and `to_chip` for its coordinates."""
+    height, width = size
+    corners = np.array([[0.0, 0.0], [width - 1.0, 0.0], [0.0, height - 1.0], [width - 1.0, height - 1.0]])
+    footprint = corners @ _invert(to_chip)[:, :2].T + _invert(to_chip)[:, 2]
+    margin = 2
+    left = max(0, math.ceil(-footprint[:, 0].min()) + margin)
+    top = max(0, math.ceil(-footprint[:, 1].min()) + margin)
+    right = max(0, math.ceil(footprint[:, 0].max() - (image.width - 1)) + margin)
+    bottom = max(0, math.ceil(footprint[:, 1].max() - (image.height - 1)) + margin)
+    if not (left or top or right or bottom):
+        return image, to_chip
+    pixels = np.pad(np.asarray(image.convert("RGB")), ((top, bottom), (left, right), (0, 0)), mode="edge")
+    shift = np.array([[1.0, 0.0, -left], [0.0, 1.0, -top], [0.0, 0.0, 1.0]])
+    return Image.fromarray(pixels), to_chip @ shift
 
 
 def warp_to_template(image: Image.Image, landmarks: np.ndarray, template: str) -> Image.Image:

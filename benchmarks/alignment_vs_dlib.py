@@ -140,7 +140,7 @@ def evaluate(rows: list[dict[str, str]], reference: DlibReference) -> None:
         used.append(row["path"])
         dlib_chips.append(result[0])
         avp_chips.append(np.asarray(align.warp_to_template(image, face[2], "dlib")))
-        resampled_chips.append(np.asarray(align.warp_affine(image, result[1], (CHIP, CHIP))))
+        resampled_chips.append(np.asarray(align.warp_affine(image, result[1], (CHIP, CHIP), fill="black")))
 
     def descriptors(chips: list[np.ndarray]) -> torch.Tensor:
         with torch.no_grad():

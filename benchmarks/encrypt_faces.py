@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from avpcli import __version__  # noqa: E402
 from benchmarks.common import data_folder, encrypt_and_measure, naive_encrypt  # noqa: E402
 from avpcli.align import align_faces  # noqa: E402
-from avpcli.engine import FACE_SETTINGS, StopCriteria  # noqa: E402
+from avpcli.engine import (FACE_SETTINGS, AttackSettings, StopCriteria, default_autocast_dtype,  # noqa: E402
+                           prepare_models)
 from avpcli.evaluate import blur_reveal  # noqa: E402
 from avpcli.report import sheet_picture  # noqa: E402
 from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
@@ -75,6 +76,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=FACE_SETTINGS.iterations)
     parser.add_argument("--key-weight", type=float, default=FACE_SETTINGS.key_weight)
     parser.add_argument("--key-ssim-weight", type=float, default=FACE_SETTINGS.key_ssim_weight)
+    parser.add_argument("--key-weight-growth", type=float, default=FACE_SETTINGS.key_weight_growth)
+    parser.add_argument("--growth-lowpass-ceiling", type=float, default=FACE_SETTINGS.growth_lowpass_ceiling,
+                        help="the key weight grows only while |low-pass correlation| is at most this; negative: no ceiling")
     parser.add_argument("--variance-weight", type=float, default=FACE_SETTINGS.variance_weight)
     parser.add_argument("--lowpass-weight", type=float, default=FACE_SETTINGS.lowpass_weight)
     parser.add_argument("--lowpass-bar", type=float, default=(FACE_SETTINGS.stop or StopCriteria()).max_lowpass_correlation,
@@ -82,7 +86,11 @@ def main() -> None:
     parser.add_argument("--step-size", type=float, default=FACE_SETTINGS.step_size)
     parser.add_argument("--check-every", type=int, default=FACE_SETTINGS.check_every)
     parser.add_argument("--sheet", type=Path, help="write original | encrypted | blurred+stretched | decrypted here")
+    parser.add_argument("--naive-iterations", type=int, default=AttackSettings().iterations,
+                        help="the naive loop's fixed K (the research code's 800)")
     parser.add_argument("--naive-faces", type=int, default=3)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="model forwards of avp's engine, as avp encrypt's --precision (the naive loop is always fp32)")
     args = parser.parse_args()
     if not (data_folder() / "lfw.csv").is_file():
         print(f"skipped: no LFW data at {data_folder()} (set AVP_DATA)", file=sys.stderr)
@@ -103,8 +111,12 @@ def main() -> None:
     lowpass_bar = args.lowpass_bar if args.lowpass_bar is not None and args.lowpass_bar >= 0 else None
     settings = dataclasses.replace(
         FACE_SETTINGS, iterations=args.iterations, key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
+        key_weight_growth=args.key_weight_growth,
+        growth_lowpass_ceiling=None if args.growth_lowpass_ceiling is None or args.growth_lowpass_ceiling < 0
+        else args.growth_lowpass_ceiling,
         step_size=args.step_size, variance_weight=args.variance_weight, lowpass_weight=args.lowpass_weight,
-        check_every=args.check_every, stop=StopCriteria(max_lowpass_correlation=lowpass_bar))
+        check_every=args.check_every, stop=StopCriteria(max_lowpass_correlation=lowpass_bar),
+        autocast_dtype={"auto": default_autocast_dtype("cpu"), "bf16": torch.bfloat16, "fp32": None}[args.precision])
 
     files = lfw_faces(args.faces)
     chips = [to_tensor(align_faces(load_rgb(path), spec.alignment)[0].image) for path in files]
@@ -114,9 +126,11 @@ def main() -> None:
           f"batch {args.batch_size}; K={args.iterations}, step {args.step_size}, mu {args.key_weight}, "
           f"lambda {settings.variance_weight}, key SSIM weight {settings.key_ssim_weight}, low-pass weight "
           f"{settings.lowpass_weight} (sigma {settings.lowpass_sigma}), low-pass bar {lowpass_bar}, "
-          f"check every {args.check_every}")
+          f"check every {args.check_every}, key-weight growth {settings.key_weight_growth}, "
+          f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")
 
-    rows = encrypt_and_measure(chips, [path.name for path in files], target, key.generator, settings, spec.loss,
+    target_model, key_model = prepare_models(target, key.generator, "cpu")
+    rows = encrypt_and_measure(chips, [path.name for path in files], target_model, key_model, settings, spec.loss,
                                args.batch_size, workspace)
     seconds_per_face = [row["seconds"] for row in rows]
 
@@ -167,11 +181,14 @@ def main() -> None:
           f"{statistics.mean(row['iterations'] for row in rows):.0f}, {len(rows) / sum(seconds_per_face):.3f} faces/s")
 
     if args.naive_faces:
-        naive_settings = dataclasses.replace(settings, stop=None)
-        naive_seconds = [naive_encrypt(chips[index][None], target, key_path, naive_settings, index)
+        naive_settings = dataclasses.replace(settings, iterations=args.naive_iterations, stop=None,
+                                         autocast_dtype=None)
+        # A fresh target in the default memory format, as the research code has it.
+        naive_target = load_target(args.target, args.weights)
+        naive_seconds = [naive_encrypt(chips[index][None], naive_target, key_path, naive_settings, index)
                          for index in range(min(args.naive_faces, len(chips)))]
         naive_median = statistics.median(naive_seconds)
-        print(f"naive reference loop (batch 1, fp32, weight gradients, K={args.iterations} fixed, sync every step), "
+        print(f"naive reference loop (batch 1, fp32, weight gradients, K={args.naive_iterations} fixed, sync every step), "
               f"first {len(naive_seconds)} faces: median {naive_median:.1f} s per face")
         print(f"speed-up of avp over the naive loop: {naive_median / median:.1f}x")
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
 from benchmarks.common import encrypt_and_measure, naive_encrypt  # noqa: E402
-from avpcli.engine import FACE_SETTINGS, StopCriteria, encrypt_batch, prepare_for_cuda  # noqa: E402
+from avpcli.engine import FACE_SETTINGS, AttackSettings, StopCriteria, encrypt_batch, prepare_models  # noqa: E402
 from avpcli.images import read_png, save_png  # noqa: E402
 from avpcli.key import load_key, save_key, train_key  # noqa: E402
 from avpcli.targets import TargetModel, get_spec  # noqa: E402
@@ -96,6 +96,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=sorted(PRECISIONS), default="bf16")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--iterations", type=int, default=FACE_SETTINGS.iterations)
+    parser.add_argument("--key-weight-growth", type=float, default=FACE_SETTINGS.key_weight_growth)
+    parser.add_argument("--naive-iterations", type=int, default=AttackSettings().iterations,
+                        help="the naive loop's fixed K (the research code's 800)")
     parser.add_argument("--naive-faces", type=int, default=2)
     parser.add_argument("--device", default="cuda", help="cuda (cpu only to try the script on tiny settings)")
     args = parser.parse_args()
@@ -122,27 +125,28 @@ def main() -> None:
         save_key(trained, key_path)
         print(f"paper-size key trained for {args.key_steps} steps in {time.perf_counter() - began:.0f} s")
     target = iresnet50_target(chips, device)
-    settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations,
+    settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations, key_weight_growth=args.key_weight_growth,
                                    autocast_dtype=PRECISIONS[args.precision])
     key = load_key(key_path, device=device)
     print(f"avp {__version__}; torch {torch.__version__}; GPU {gpu}; {len(chips)} LFW faces "
           f"aligned to 112×112; target iresnet50 (random weights, arcface spec); key {key.metadata.get('preset')} "
           f"preset (ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, "
           f"{key.metadata.get('steps')} steps); batch {args.batch_size}; precision {args.precision}; "
-          f"compile {args.compile}; K={args.iterations}; μ {settings.key_weight}, key SSIM weight "
+          f"compile {args.compile}; K={args.iterations}; μ {settings.key_weight} (growth {settings.key_weight_growth}), key SSIM weight "
           f"{settings.key_ssim_weight}, λ {settings.variance_weight}, ν {settings.lowpass_weight}; "
           f"check every {settings.check_every}")
 
-    # The naive loop first, with cuDNN's defaults, before prepare_for_cuda changes them.
+    # The naive loop first, with cuDNN's defaults, before prepare_models changes them.
     naive_seconds = []
-    naive_settings = dataclasses.replace(settings, stop=None, autocast_dtype=None)
+    naive_settings = dataclasses.replace(settings, iterations=args.naive_iterations, stop=None,
+                                         autocast_dtype=None)
     for index in range(min(args.naive_faces, len(chips))):
         naive_seconds.append(naive_encrypt(chips[index][None], target, key_path, naive_settings, index, device))
         print(f"  naive face {index}: {naive_seconds[-1]:.1f} s", file=sys.stderr)
 
     target_model, key_model = target, key.generator
     if device.startswith("cuda"):
-        target_model, key_model = prepare_for_cuda(target, key.generator, args.compile)
+        target_model, key_model = prepare_models(target, key.generator, device, args.compile)
     began = time.perf_counter()
     warm = torch.stack(chips[:args.batch_size]).to(device)
     encrypt_batch(warm, target_model, key_model, dataclasses.replace(settings, iterations=5, stop=None), "embedding",
@@ -173,7 +177,7 @@ def main() -> None:
           f"/{len(rows)}")
     if naive_seconds:
         naive_median = statistics.median(naive_seconds)
-        print(f"naive loop (batch 1, fp32, weight gradients, K={args.iterations} fixed, sync every step), "
+        print(f"naive loop (batch 1, fp32, weight gradients, K={args.naive_iterations} fixed, sync every step), "
               f"{len(naive_seconds)} faces: median {naive_median:.1f} s per face")
         print(f"speed-up of avp over the naive loop: {naive_median / per_face:.1f}x")
 

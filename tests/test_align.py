@@ -61,11 +61,40 @@ def test_warp_puts_landmarks_on_the_template():
         assert np.allclose(centroid, (x, y), atol=0.15)
 
 
-def test_warp_outside_the_image_is_black():
+def test_warp_outside_the_image_is_black_on_request():
     photo = Image.new("RGB", (40, 40), (200, 150, 100))
-    chip = np.asarray(align.warp_affine(photo, _similarity(1.0, 0.0, 30.0, 0.0), (40, 80)))
+    chip = np.asarray(align.warp_affine(photo, _similarity(1.0, 0.0, 30.0, 0.0), (40, 80), fill="black"))
     # Photo columns 0..39 land on chip columns 30..69.
     assert (chip[:, :29] == 0).all() and (chip[:, 31:69] == (200, 150, 100)).all() and (chip[:, 71:] == 0).all()
+
+
+def test_warp_outside_the_image_repeats_the_edge_by_default():
+    rows = np.linspace(0, 255, 40).astype(np.uint8)
+    photo = np.stack([np.tile(rows[:, None], (1, 40))] * 3, axis=-1)  # brightness grows downwards
+    photo[:, 0] = (10, 20, 30)  # a distinct left column
+    photo[:, -1] = (200, 210, 220)  # a distinct right column
+    chip = np.asarray(align.warp_affine(Image.fromarray(photo), _similarity(1.0, 0.0, 30.0, 0.0), (40, 80)))
+    # Photo columns 0..39 land on chip columns 30..69; outside, each row repeats its edge pixel.
+    assert (chip[:, :30] == photo[:, :1]).all() and (chip[:, 70:] == photo[:, -1:]).all()
+    assert (chip[:, 30:70] == photo).all()
+
+
+def test_edge_fill_leaves_pixels_inside_the_photo_unchanged():
+    photo = Image.fromarray(np.random.default_rng(2).integers(0, 256, (90, 70, 3), dtype=np.uint8))
+    to_chip = _similarity(1.3, 17.0, -20.5, 9.25)  # rotated, scaled, shifted so part falls outside
+    edge = np.asarray(align.warp_affine(photo, to_chip, (100, 100))).astype(int)
+    black = np.asarray(align.warp_affine(photo, to_chip, (100, 100), fill="black")).astype(int)
+    inside = (black.sum(axis=-1) > 0)
+    assert 0.2 < inside.mean() < 0.9, "the test needs chip pixels both inside and outside the photo"
+    # Bilinear sampling mixes in the fill only within a pixel of the border.
+    inner = inside & np.roll(inside, 2, 0) & np.roll(inside, -2, 0) & np.roll(inside, 2, 1) & np.roll(inside, -2, 1)
+    assert np.abs(edge - black)[inner].max() <= 1
+    assert (edge[~inside].sum(axis=-1) > 0).mean() > 0.95, "outside the photo the edge fill is not black"
+
+
+def test_unknown_fill_is_refused():
+    with pytest.raises(ValueError, match="edge"):
+        align.warp_affine(Image.new("RGB", (4, 4)), _similarity(1.0, 0.0, 0.0, 0.0), (4, 4), fill="mirror")
 
 
 def test_large_downscale_is_antialiased():

@@ -243,3 +243,13 @@ def test_encrypt_and_decrypt_on_cuda(tmp_path, photo_folder, tiny_key_file, extr
     result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cuda")
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == 3
+
+
+def test_precision_bf16_runs_on_cpu_and_fp16_needs_cuda(tmp_path, photo_folder, tiny_key_file):
+    result = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "bf16", "--precision", "bf16")
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((tmp_path / "bf16" / "avp-manifest.json").read_text())
+    assert manifest["settings"]["autocast_dtype"] == "bfloat16"
+    refused = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "fp16", "--precision", "fp16")
+    assert refused.exit_code == 2 and "fp16" in refused.stderr
+    assert not (tmp_path / "fp16").exists()

@@ -14,7 +14,7 @@ from avpcli.engine import (
     decrypt_batch,
     encrypt_batch,
     measure_images,
-    prepare_for_cuda,
+    prepare_models,
     quantize,
     variance_consistency,
 )
@@ -95,6 +95,49 @@ def test_unreachable_bars_run_every_iteration_and_say_so(embedding_target):
     result = encrypt_batch(originals(1), embedding_target, near_identity_key(), settings, "embedding", [1])
     assert result.metrics[0].iterations == 20
     assert not result.metrics[0].met_targets
+
+
+def test_an_image_that_never_meets_ssim_d_ends_on_its_best_checked_state(embedding_target):
+    # Every bar but SSIM_d is easy: the result must be the checked 8-bit state with the highest
+    # SSIM_d, not the last one. The trajectory does not depend on the stop bars, so runs without
+    # them, cut at each check, show every state that was checked.
+    images, key = originals(2), near_identity_key()
+    out_of_reach = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=1.0, min_ssim_decrypted=2.0)
+    settings = AttackSettings(iterations=40, key_weight=1.0, stop=out_of_reach, check_every=5, repair_steps=0)
+    result = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2])
+    checked = [encrypt_batch(images, embedding_target, key, dataclasses.replace(settings, iterations=steps, stop=None),
+                             "embedding", [1, 2]) for steps in range(5, 41, 5)]
+    for index, metrics in enumerate(result.metrics):
+        assert not metrics.met_targets and metrics.iterations == 40
+        seen = [run.metrics[index].ssim_decrypted for run in checked
+                if run.metrics[index].feature_distance <= out_of_reach.max_feature_distance]
+        assert seen, "the feature bar is easy: some checked state must meet it"
+        assert metrics.ssim_decrypted == pytest.approx(max(seen), abs=1e-6)
+
+
+def test_key_weight_grows_while_only_ssim_d_is_short(embedding_target):
+    # With slack in the feature bar, a growing key weight spends it on SSIM_d.
+    images, key = originals(3), near_identity_key()
+    out_of_reach = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=1.0, min_ssim_decrypted=2.0)
+    settings = AttackSettings(iterations=40, key_weight=0.05, stop=out_of_reach, check_every=5, repair_steps=0)
+    fixed = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2, 3])
+    growing = encrypt_batch(images, embedding_target, key, dataclasses.replace(settings, key_weight_growth=2.0),
+                            "embedding", [1, 2, 3])
+    assert (sum(m.ssim_decrypted for m in growing.metrics)
+            > sum(m.ssim_decrypted for m in fixed.metrics) + 0.03), (fixed.metrics, growing.metrics)
+    assert all(m.feature_distance <= 0.5 for m in growing.metrics)
+
+
+def test_key_weight_does_not_grow_past_the_lowpass_ceiling(embedding_target):
+    # A ceiling of 0 counts every image as leaking, so μ never grows: the same result as no growth.
+    images, key = originals(2), near_identity_key()
+    out_of_reach = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=1.0, min_ssim_decrypted=2.0)
+    settings = AttackSettings(iterations=30, key_weight=0.05, stop=out_of_reach, check_every=5, repair_steps=0)
+    fixed = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2])
+    capped = encrypt_batch(images, embedding_target, key,
+                           dataclasses.replace(settings, key_weight_growth=2.0, growth_lowpass_ceiling=0.0),
+                           "embedding", [1, 2])
+    assert torch.equal(fixed.encrypted, capped.encrypted)
 
 
 def test_classifier_target_keeps_the_top1_class():
@@ -192,7 +235,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_cuda_path_optimizes_and_keeps_the_8bit_contract(embedding_target, precision):
     target = load_target("tiny-embedding").cuda()
     key = near_identity_key().cuda()
-    target, key = prepare_for_cuda(target, key)
+    target, key = prepare_models(target, key, "cuda")
     settings = dataclasses.replace(FAST, autocast_dtype=precision)
     images = originals().cuda()
     short = encrypt_batch(images, target, key, dataclasses.replace(settings, iterations=2), "embedding", [1, 2, 3])
