@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from avpcli.engine import CLASSIFIER_SETTINGS  # noqa: E402
+from avpcli.engine import CLASSIFIER_SETTINGS, default_autocast_dtype, prepare_models  # noqa: E402
 from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.targets import load_target  # noqa: E402
@@ -56,9 +56,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--iterations", type=int, default=800)
+    parser.add_argument("--iterations", type=int, default=CLASSIFIER_SETTINGS.iterations)
     parser.add_argument("--key-weight", type=float, default=CLASSIFIER_SETTINGS.key_weight)
     parser.add_argument("--key-ssim-weight", type=float, default=CLASSIFIER_SETTINGS.key_ssim_weight)
+    parser.add_argument("--key-weight-growth", type=float, default=CLASSIFIER_SETTINGS.key_weight_growth)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="model forwards, as avp encrypt's --precision")
     args = parser.parse_args()
     if not (data_folder() / "cifar10").is_dir():
         print(f"skipped: no CIFAR-10 data at {data_folder()} (set AVP_DATA)", file=sys.stderr)
@@ -67,16 +70,20 @@ def main() -> None:
     workspace = Path(tempfile.mkdtemp(prefix="avp-bench-cifar-"))
     key = load_key(args.key)
     target = load_target(args.target, args.weights or default_weights(args.target))
-    settings = dataclasses.replace(CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight,
-                                   key_ssim_weight=args.key_ssim_weight)
+    settings = dataclasses.replace(
+        CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight,
+        key_ssim_weight=args.key_ssim_weight, key_weight_growth=args.key_weight_growth,
+        autocast_dtype={"auto": default_autocast_dtype("cpu"), "bf16": torch.bfloat16, "fp32": None}[args.precision])
+    target_model, key_model = prepare_models(target, key.generator, "cpu")
     files, labels, classes = cifar_images(args.images)
     images = [to_tensor(load_rgb(path)) for path in files]
     print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
           f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks); torch {torch.__version__}, "
           f"{args.threads} threads, CPU; {len(files)} CIFAR-10 test images ({len(files) // len(classes)} per class); "
           f"batch {args.batch_size}; K={settings.iterations}, step {settings.step_size}, mu {settings.key_weight}, "
-          f"lambda {settings.variance_weight}, key SSIM weight {settings.key_ssim_weight}, classifier scale {settings.classifier_scale}")
-    rows = encrypt_and_measure(images, [path.name for path in files], target, key.generator, settings, "classifier",
+          f"lambda {settings.variance_weight}, key SSIM weight {settings.key_ssim_weight}, classifier scale {settings.classifier_scale}, "
+          f"key-weight growth {settings.key_weight_growth}, forwards in {settings.autocast_dtype or torch.float32}, NHWC")
+    rows = encrypt_and_measure(images, [path.name for path in files], target_model, key_model, settings, "classifier",
                                args.batch_size, workspace)
     with torch.no_grad():
         original_top1 = target(torch.stack(images)).argmax(1)
