@@ -74,7 +74,8 @@ class AttackSettings:
         has its own μ multiplied by key_weight_growth (at most max_key_weight_scale × key_weight), and
         one whose feature match broke has it divided (never below key_weight); 1.0 keeps μ fixed.
     growth_lowpass_ceiling: μ grows only while |low-pass correlation| ≤ this, and shrinks above it
-        (None: no ceiling).
+        (None: no ceiling). Growth, like the best-state rule below, works at the checks, so it does
+        nothing when `stop` is None.
     key_ssim_weight: adds this times (1 − SSIM(G(x'), x)) to the key's squared error (both under μ):
         the stop bar is an SSIM, and optimizing it directly reaches it in far fewer steps.
     lowpass_weight, lowpass_sigma: ν·Σ_c var(blur_σ(x'_c)), the variance of the Gaussian-blurred
@@ -115,6 +116,10 @@ class AttackSettings:
     repair_steps: int = 20
     autocast_dtype: torch.dtype | None = None
 
+    def __post_init__(self):
+        if self.key_weight_growth < 1 or self.max_key_weight_scale < 1:
+            raise ValueError("key_weight_growth and max_key_weight_scale must be at least 1 (1: off)")
+
 
 # The research code's CIFAR-10 settings (METHOD.md §1), for classifier targets, plus an SSIM term in the
 # key loss: on 200 CIFAR-10 images and the default key (docs/BENCHMARKS.md) it lifts SSIM_d from 0.671
@@ -135,7 +140,7 @@ CLASSIFIER_SETTINGS = AttackSettings(
 # its low-pass correlation stays ≤ 0.4: without that ceiling the growth pulls the face back into x'
 # (correlation 0.3 → 0.5 mean on 20 faces). An image that never meets SSIM_d ends on its best state
 # that met the other bars. The 1,600-step cap lets the hardest faces get there (one needed 1,400)
-# without touching the others, which stop after 150–600 steps. Checked every 10 steps.
+# without touching the others, which stop after 130–610 steps. Checked every 10 steps.
 # Measured in docs/BENCHMARKS.md.
 FACE_SETTINGS = AttackSettings(iterations=1600, key_weight=0.1, key_weight_growth=1.1, growth_lowpass_ceiling=0.4,
                                key_ssim_weight=0.2, variance_weight=1e-4, lowpass_weight=20.0, check_every=10)
@@ -382,8 +387,10 @@ def encrypt_batch(
         elif progress is not None and last:
             progress(iteration, batch)
 
-    # Images that never met every bar end on their best state that met all the others; the rest on
-    # their final state, whose feature match is made to survive the rounding to 8 bits.
+    # Images that never met every bar end on their best state that met all the others, even where
+    # their final state has a higher SSIM_d but breaks a bar (a ciphertext never leaves the privacy
+    # bars for the sake of SSIM_d); the rest on their final state, whose feature match is made to
+    # survive the rounding to 8 bits.
     has_best = torch.isfinite(best_ssim_decrypted[active])
     results[active[has_best]] = best[active[has_best]]
     lacking = active[~has_best]
@@ -429,7 +436,10 @@ def prepare_models(target: nn.Module, key: nn.Module, device: str | torch.device
 
 def default_autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     """bf16 where it pays (CUDA, and CPUs with bf16 instructions), else None (full precision)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" or cpu_has_bf16() else None
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if kind == "cpu" and cpu_has_bf16() else None
 
 
 def cpu_has_bf16() -> bool:

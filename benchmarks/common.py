@@ -71,9 +71,11 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     original = original.to(device)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)  # start the clock on an idle GPU
     started = time.perf_counter()
     reference = target(original).detach()
-    adversarial = torch.randn(original.shape, generator=torch.Generator().manual_seed(noise_seed)).to(device)
+    adversarial = torch.randn(original.shape, generator=torch.Generator().manual_seed(noise_seed)).to(device).clamp(0, 1)
     momentum = torch.zeros_like(adversarial)
     step, rises, losses = settings.step_size, 0, []
     for _ in range(settings.iterations):

@@ -140,6 +140,33 @@ def test_key_weight_does_not_grow_past_the_lowpass_ceiling(embedding_target):
     assert torch.equal(fixed.encrypted, capped.encrypted)
 
 
+def test_autocast_runs_the_forwards_in_bf16_on_cpu_and_measures_in_full_precision(embedding_target):
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return self.inner(images)
+
+    settings = dataclasses.replace(FAST, iterations=4, autocast_dtype=torch.bfloat16,
+                                   stop=StopCriteria(max_feature_distance=0.0), check_every=2, repair_steps=0)
+    result = encrypt_batch(originals(1), Recorder(embedding_target), near_identity_key(), settings, "embedding", [1])
+    assert True in seen, "the optimization forwards must run under CPU autocast"
+    assert False in seen, "the 8-bit checks must run in full precision"
+    assert torch.equal(result.encrypted, quantize(result.encrypted))
+
+
+def test_growth_settings_below_one_are_refused():
+    with pytest.raises(ValueError, match="at least 1"):
+        AttackSettings(key_weight_growth=0.9)
+    with pytest.raises(ValueError, match="at least 1"):
+        AttackSettings(max_key_weight_scale=0.5)
+
+
 def test_classifier_target_keeps_the_top1_class():
     target = load_target("tiny-classifier")
     settings = AttackSettings(iterations=80, key_weight=1.0, classifier_scale=1.0, stop=None)

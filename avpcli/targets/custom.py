@@ -101,12 +101,25 @@ def load_torchscript_model(path: Path, target: str) -> nn.Module:
         raise TargetError(f"{target}: cannot load TorchScript model {path}: {type(error).__name__}: {str(error)[:300]}") from None
 
 
+class _ContiguousInput(nn.Module):
+    """Hands a user's model NCHW-contiguous input: avp runs NHWC for speed, and a model written for
+    NCHW tensors (one that calls `.view` on a feature map, say) may fail on anything else."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.contiguous())
+
+
 def load_custom_model(reference: str) -> nn.Module:
-    """The bare model behind `onnx:PATH` / `torchscript:PATH`."""
+    """The model behind `onnx:PATH` / `torchscript:PATH`, fed NCHW-contiguous input."""
     kind, path = _split_reference(reference)
     if not path.is_file():
         raise TargetError(f"{reference}: model file {path} does not exist")
-    return load_onnx_model(path, reference) if kind == "onnx" else load_torchscript_model(path, reference)
+    model = load_onnx_model(path, reference) if kind == "onnx" else load_torchscript_model(path, reference)
+    return _ContiguousInput(model)
 
 
 def custom_target(
