@@ -1,8 +1,11 @@
-"""Pieces the benchmark scripts share: where the data is, and encrypt → write PNG → read back → measure."""
+"""Pieces the benchmark scripts share: where the data is, encrypt → write PNG → read back → measure,
+`--precision` as avp encrypt reads it, and the naive research-style loop the speed-ups are taken against."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -13,7 +16,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
-from avpcli.engine import AttackSettings, encrypt_batch, measure_images  # noqa: E402
+from avpcli.engine import AttackSettings, default_autocast_dtype, encrypt_batch, measure_images  # noqa: E402
 from avpcli.images import read_png, save_png  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.metrics import gaussian_blur, ssim  # noqa: E402
@@ -22,6 +25,12 @@ from avpcli.metrics import gaussian_blur, ssim  # noqa: E402
 def data_folder() -> Path:
     """../shared/data beside the repo, or $AVP_DATA."""
     return Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
+
+
+def autocast_dtype_for(precision: str, device: str) -> torch.dtype | None:
+    """avp encrypt's --precision: 'auto' is avp's default for the device, the others name a dtype."""
+    return {"auto": default_autocast_dtype(device), "bf16": torch.bfloat16, "fp16": torch.float16,
+            "fp32": None}[precision]
 
 
 def encrypt_and_measure(images: list[torch.Tensor], names: list[str], target: nn.Module, key: nn.Module,
@@ -106,3 +115,22 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
     for parameter in list(key.parameters()) + list(model.parameters()):
         parameter.requires_grad_(False)
     return time.perf_counter() - started
+
+
+def time_naive_loop(images: list[torch.Tensor], target, key_path: Path, settings: AttackSettings, iterations: int,
+                    device: str = "cpu") -> list[float]:
+    """Seconds of naive_encrypt on each image, one after another, at a fixed K of `iterations`."""
+    fixed = dataclasses.replace(settings, iterations=iterations)
+    seconds = []
+    for index, image in enumerate(images):
+        seconds.append(naive_encrypt(image[None], target, key_path, fixed, index, device))
+        print(f"  naive face {index}: {seconds[-1]:.1f} s", file=sys.stderr)
+    return seconds
+
+
+def print_speedup(naive_seconds: list[float], iterations: int, avp_seconds_per_face: float) -> None:
+    """The naive loop's median seconds per face and avp's speed-up over it, on stdout."""
+    naive_median = statistics.median(naive_seconds)
+    print(f"naive reference loop (batch 1, fp32, weight gradients, K={iterations} fixed, sync every step), "
+          f"first {len(naive_seconds)} faces: median {naive_median:.1f} s per face")
+    print(f"speed-up of avp over the naive loop: {naive_median / avp_seconds_per_face:.1f}x")

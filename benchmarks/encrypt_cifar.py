@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from avpcli.engine import CLASSIFIER_SETTINGS, default_autocast_dtype, prepare_models  # noqa: E402
+from avpcli.engine import CLASSIFIER_SETTINGS, prepare_models  # noqa: E402
 from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.targets import load_target  # noqa: E402
-from benchmarks.common import data_folder, encrypt_and_measure  # noqa: E402
+from benchmarks.common import autocast_dtype_for, data_folder, encrypt_and_measure  # noqa: E402
 
 
 def cifar_images(count: int) -> tuple[list[Path], list[int], list[str]]:
@@ -73,7 +73,7 @@ def main() -> None:
     settings = dataclasses.replace(
         CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight,
         key_ssim_weight=args.key_ssim_weight, key_weight_growth=args.key_weight_growth,
-        autocast_dtype={"auto": default_autocast_dtype("cpu"), "bf16": torch.bfloat16, "fp32": None}[args.precision])
+        autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
     target_model, key_model = prepare_models(target, key.generator, "cpu")
     files, labels, classes = cifar_images(args.images)
     images = [to_tensor(load_rgb(path)) for path in files]

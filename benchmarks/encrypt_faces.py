@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from benchmarks.common import data_folder, encrypt_and_measure, naive_encrypt  # noqa: E402
+from benchmarks.common import (autocast_dtype_for, data_folder, encrypt_and_measure, print_speedup,  # noqa: E402
+                               time_naive_loop)
 from avpcli.align import align_faces  # noqa: E402
-from avpcli.engine import (FACE_SETTINGS, AttackSettings, StopCriteria, default_autocast_dtype,  # noqa: E402
-                           prepare_models)
+from avpcli.engine import FACE_SETTINGS, AttackSettings, StopCriteria, prepare_models  # noqa: E402
 from avpcli.evaluate import blur_reveal  # noqa: E402
 from avpcli.report import sheet_picture  # noqa: E402
 from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> None:
         else args.growth_lowpass_ceiling,
         step_size=args.step_size, variance_weight=args.variance_weight, lowpass_weight=args.lowpass_weight,
         check_every=args.check_every, stop=StopCriteria(max_lowpass_correlation=lowpass_bar),
-        autocast_dtype={"auto": default_autocast_dtype("cpu"), "bf16": torch.bfloat16, "fp32": None}[args.precision])
+        autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
 
     files = lfw_faces(args.faces)
     chips = [to_tensor(align_faces(load_rgb(path), spec.alignment)[0].image) for path in files]
@@ -181,17 +181,11 @@ def main() -> None:
           f"{statistics.mean(row['iterations'] for row in rows):.0f}, {len(rows) / sum(seconds_per_face):.3f} faces/s")
 
     if args.naive_faces:
-        naive_settings = dataclasses.replace(settings, iterations=args.naive_iterations, stop=None,
-                                         autocast_dtype=None)
         # A fresh target in the default memory format, as the research code has it.
         naive_target = load_target(args.target, args.weights)
-        naive_seconds = [naive_encrypt(chips[index][None], naive_target, key_path, naive_settings, index)
-                         for index in range(min(args.naive_faces, len(chips)))]
-        naive_median = statistics.median(naive_seconds)
-        print(f"naive reference loop (batch 1, fp32, weight gradients, K={args.naive_iterations} fixed, sync every step), "
-              f"first {len(naive_seconds)} faces: median {naive_median:.1f} s per face")
-        print(f"speed-up of avp over the naive loop: {naive_median / median:.1f}x")
-
+        naive_seconds = time_naive_loop(chips[:args.naive_faces], naive_target, key_path, settings,
+                                        args.naive_iterations)
+        print_speedup(naive_seconds, args.naive_iterations, median)
 
 if __name__ == "__main__":
     main()

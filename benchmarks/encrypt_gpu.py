@@ -41,14 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from benchmarks.common import encrypt_and_measure, naive_encrypt  # noqa: E402
+from benchmarks.common import autocast_dtype_for, encrypt_and_measure, print_speedup, time_naive_loop  # noqa: E402
 from avpcli.engine import FACE_SETTINGS, AttackSettings, StopCriteria, encrypt_batch, prepare_models  # noqa: E402
 from avpcli.images import read_png, save_png  # noqa: E402
 from avpcli.key import load_key, save_key, train_key  # noqa: E402
 from avpcli.targets import TargetModel, get_spec  # noqa: E402
 from avpcli.targets.iresnet import IResNet  # noqa: E402
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def save_chips(folder: Path, count: int) -> None:
@@ -93,7 +92,7 @@ def main() -> None:
     parser.add_argument("--key", type=Path)
     parser.add_argument("--key-steps", type=int, default=3000, help="without --key: train a paper-size key this long")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="bf16")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--iterations", type=int, default=FACE_SETTINGS.iterations)
     parser.add_argument("--key-weight-growth", type=float, default=FACE_SETTINGS.key_weight_growth)
@@ -126,7 +125,7 @@ def main() -> None:
         print(f"paper-size key trained for {args.key_steps} steps in {time.perf_counter() - began:.0f} s")
     target = iresnet50_target(chips, device)
     settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations, key_weight_growth=args.key_weight_growth,
-                                   autocast_dtype=PRECISIONS[args.precision])
+                                   autocast_dtype=autocast_dtype_for(args.precision, device))
     key = load_key(key_path, device=device)
     print(f"avp {__version__}; torch {torch.__version__}; GPU {gpu}; {len(chips)} LFW faces "
           f"aligned to 112×112; target iresnet50 (random weights, arcface spec); key {key.metadata.get('preset')} "
@@ -137,12 +136,7 @@ def main() -> None:
           f"check every {settings.check_every}")
 
     # The naive loop first, with cuDNN's defaults, before prepare_models changes them.
-    naive_seconds = []
-    naive_settings = dataclasses.replace(settings, iterations=args.naive_iterations, stop=None,
-                                         autocast_dtype=None)
-    for index in range(min(args.naive_faces, len(chips))):
-        naive_seconds.append(naive_encrypt(chips[index][None], target, key_path, naive_settings, index, device))
-        print(f"  naive face {index}: {naive_seconds[-1]:.1f} s", file=sys.stderr)
+    naive_seconds = time_naive_loop(chips[:args.naive_faces], target, key_path, settings, args.naive_iterations, device)
 
     target_model, key_model = target, key.generator
     if device.startswith("cuda"):
@@ -176,11 +170,7 @@ def main() -> None:
           f"{sum(1 for row in rows if StopCriteria().accepts(row['feature_distance'], row['ssim_encrypted'], row['ssim_decrypted']))}"
           f"/{len(rows)}")
     if naive_seconds:
-        naive_median = statistics.median(naive_seconds)
-        print(f"naive loop (batch 1, fp32, weight gradients, K={args.naive_iterations} fixed, sync every step), "
-              f"{len(naive_seconds)} faces: median {naive_median:.1f} s per face")
-        print(f"speed-up of avp over the naive loop: {naive_median / per_face:.1f}x")
-
+        print_speedup(naive_seconds, args.naive_iterations, per_face)
 
 if __name__ == "__main__":
     main()
