@@ -359,17 +359,18 @@ def encrypt_batch(
             measured = objective.measure(candidate, originals[active], reference[active],
                                          reference_class[active] if reference_class is not None else None)
             finished = objective.meets(measured)
+            _, _, _, ssim_decrypted, _, lowpass = measured
             short_of_key = objective.only_short_of_key(measured)
-            improved = short_of_key & (measured[3] > best_ssim_decrypted[active])
+            improved = short_of_key & (ssim_decrypted > best_ssim_decrypted[active])
             best[active[improved]] = candidate[improved]
-            best_ssim_decrypted[active[improved]] = measured[3][improved]
+            best_ssim_decrypted[active[improved]] = ssim_decrypted[improved]
             if settings.key_weight_growth != 1.0:
                 shrink = ~objective.feature_ok(measured)
                 grow = short_of_key & ~shrink
                 if settings.growth_lowpass_ceiling is not None:
                     # A larger μ pulls x' toward what the key needs, which is the face: past the
                     # ceiling, what a blur shows matters more than SSIM_d.
-                    leaking = measured[5].abs() > settings.growth_lowpass_ceiling
+                    leaking = lowpass.abs() > settings.growth_lowpass_ceiling
                     grow, shrink = grow & ~leaking, shrink | leaking
                 scale = key_scale[active]
                 scale = torch.where(grow, scale * settings.key_weight_growth, scale)
