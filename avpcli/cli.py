@@ -246,13 +246,13 @@ def encrypt(
     key: Annotated[Path, typer.Option(help="Key file from `avp keygen`.")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <input>-encrypted beside the input).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="The target's weights file, where it needs one.")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Most optimization steps per image (default: the recipe's, 1,600 tuned, 800 research; most images stop far sooner).")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Most optimization steps per image (default: 800, the research code's K; most images stop far sooner).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images optimized together.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     no_align: Annotated[bool, typer.Option("--no-align", help="Centre-crop and resize instead of detecting and aligning faces.")] = False,
     all_faces: Annotated[bool, typer.Option(help="Encrypt every face found, not only the largest.")] = False,
     early_stop: Annotated[bool, typer.Option(help="Stop each image once its 8-bit version meets every bar.")] = True,
-    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (μ 0.1 with an SSIM term, λ 1e-4, low-pass weight 20, checks every 10 steps: docs/PRIVACY.md) or 'research' (the AVIH code's μ 0.2, λ 0.001; a blur shows the face in its ciphertexts). Classifiers use the research CIFAR settings.")] = "tuned",
+    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (momentum 0.9, μ 0.1 with an SSIM term, λ 1e-4, low-pass weight 20, checks every 10 steps: docs/PRIVACY.md) or 'research' (the AVIH code's momentum 0.3, μ 0.2, λ 0.001; a blur shows the face in its ciphertexts). Classifiers use the research CIFAR settings.")] = "tuned",
     key_weight: Annotated[Optional[float], typer.Option(help="μ: weight of the reconstruction loss through the key.")] = None,
     variance_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the variance-consistency loss.")] = None,
     lowpass_weight: Annotated[Optional[float], typer.Option(help="ν: weight of the variance of the blurred (σ 3 px) ciphertext, which hides the coarse layout a blur would show.")] = None,
@@ -496,7 +496,7 @@ KeyOption = Annotated[Path, typer.Option(help="Key file the images are (or will 
 WeightsOption = Annotated[Optional[Path], typer.Option(help="The target's weights file, where it needs one.")]
 ReportOption = Annotated[Path, typer.Option("--out", help="Report folder.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-IterationsOption = Annotated[Optional[int], typer.Option(help="Most optimization steps per image (default: avp encrypt's, 1,600 for faces and 800 for classifiers; most images stop far sooner).")]
+IterationsOption = Annotated[Optional[int], typer.Option(help="Most optimization steps per image (default: avp encrypt's, 800; most images stop far sooner).")]
 WorkOption = Annotated[Optional[Path], typer.Option(
     help="Where the selection, its ciphertexts and aligned originals go (default: --out); ciphertexts "
          "already there are reused.")]

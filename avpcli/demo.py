@@ -17,7 +17,6 @@ from avpcli.key import load_key, new_seed, save_key, train_key
 from avpcli.targets import get_spec, load_target
 
 SAMPLES = Path(__file__).parent / "samples"
-DEMO_ITERATIONS = 800
 DEMO_TARGET = "dlib"
 DEMO_PRESET = "demo"
 
@@ -60,10 +59,7 @@ def run_demo(
     key, trained = ensure_demo_key(key_path or demo_key_path(), device, on_training_step)
     spec = get_spec(DEMO_TARGET)
     target, generator = prepare_models(load_target(DEMO_TARGET).to(device), key.generator, device)
-    # The demo key (600 training steps) rarely lets a face reach SSIM_d 0.90, so its faces would run to
-    # the cap: 800 steps instead of 1,600 keeps the demo at a few minutes.
-    settings = dataclasses.replace(FACE_SETTINGS, iterations=DEMO_ITERATIONS,
-                                   autocast_dtype=default_autocast_dtype(device))
+    settings = dataclasses.replace(FACE_SETTINGS, autocast_dtype=default_autocast_dtype(device))
     encrypted_folder, decrypted_folder, aligned_folder = output / "encrypted", output / "decrypted", output / "aligned"
     manifest = encrypt_folder(
         EncryptJob(inputs=[images], output=encrypted_folder, spec=spec, target=target, key=generator,

@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=CLASSIFIER_SETTINGS.iterations)
     parser.add_argument("--key-weight", type=float, default=CLASSIFIER_SETTINGS.key_weight)
     parser.add_argument("--key-ssim-weight", type=float, default=CLASSIFIER_SETTINGS.key_ssim_weight)
+    parser.add_argument("--momentum", type=float, default=CLASSIFIER_SETTINGS.momentum)
     parser.add_argument("--key-weight-growth", type=float, default=CLASSIFIER_SETTINGS.key_weight_growth)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="model forwards, as avp encrypt's --precision")
@@ -73,14 +74,14 @@ def main() -> None:
     settings = dataclasses.replace(
         CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight,
         key_ssim_weight=args.key_ssim_weight, key_weight_growth=args.key_weight_growth,
-        autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
+        momentum=args.momentum, autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
     target_model, key_model = prepare_models(target, key.generator, "cpu")
     files, labels, classes = cifar_images(args.images)
     images = [to_tensor(load_rgb(path)) for path in files]
     print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
           f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks); torch {torch.__version__}, "
           f"{args.threads} threads, CPU; {len(files)} CIFAR-10 test images ({len(files) // len(classes)} per class); "
-          f"batch {args.batch_size}; K={settings.iterations}, step {settings.step_size}, mu {settings.key_weight}, "
+          f"batch {args.batch_size}; K={settings.iterations}, step {settings.step_size}, momentum {settings.momentum}, mu {settings.key_weight}, "
           f"lambda {settings.variance_weight}, key SSIM weight {settings.key_ssim_weight}, classifier scale {settings.classifier_scale}, "
           f"key-weight growth {settings.key_weight_growth}, forwards in {settings.autocast_dtype or torch.float32}, NHWC")
     rows = encrypt_and_measure(images, [path.name for path in files], target_model, key_model, settings, "classifier",

@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--lowpass-bar", type=float, default=(FACE_SETTINGS.stop or StopCriteria()).max_lowpass_correlation,
                         help="stop bar on |low-pass correlation|; a negative value turns it off")
     parser.add_argument("--step-size", type=float, default=FACE_SETTINGS.step_size)
+    parser.add_argument("--momentum", type=float, default=FACE_SETTINGS.momentum)
     parser.add_argument("--check-every", type=int, default=FACE_SETTINGS.check_every)
     parser.add_argument("--sheet", type=Path, help="write original | encrypted | blurred+stretched | decrypted here")
     parser.add_argument("--naive-iterations", type=int, default=AttackSettings().iterations,
@@ -114,7 +115,7 @@ def main() -> None:
         key_weight_growth=args.key_weight_growth,
         growth_lowpass_ceiling=None if args.growth_lowpass_ceiling is None or args.growth_lowpass_ceiling < 0
         else args.growth_lowpass_ceiling,
-        step_size=args.step_size, variance_weight=args.variance_weight, lowpass_weight=args.lowpass_weight,
+        step_size=args.step_size, momentum=args.momentum, variance_weight=args.variance_weight, lowpass_weight=args.lowpass_weight,
         check_every=args.check_every, stop=StopCriteria(max_lowpass_correlation=lowpass_bar),
         autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
 
@@ -123,7 +124,7 @@ def main() -> None:
     print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
           f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, {key.metadata.get('steps')} steps); "
           f"torch {torch.__version__}, {args.threads} threads, CPU; {len(files)} LFW faces aligned by avp; "
-          f"batch {args.batch_size}; K={args.iterations}, step {args.step_size}, mu {args.key_weight}, "
+          f"batch {args.batch_size}; K={args.iterations}, step {args.step_size}, momentum {settings.momentum}, mu {args.key_weight}, "
           f"lambda {settings.variance_weight}, key SSIM weight {settings.key_ssim_weight}, low-pass weight "
           f"{settings.lowpass_weight} (sigma {settings.lowpass_sigma}), low-pass bar {lowpass_bar}, "
           f"check every {args.check_every}, key-weight growth {settings.key_weight_growth}, "

@@ -10,6 +10,7 @@ from torch import nn
 
 from avpcli.engine import (
     AttackSettings,
+    _StepDecay,
     StopCriteria,
     decrypt_batch,
     encrypt_batch,
@@ -158,6 +159,26 @@ def test_autocast_runs_the_forwards_in_bf16_on_cpu_and_measures_in_full_precisio
     assert True in seen, "the optimization forwards must run under CPU autocast"
     assert False in seen, "the 8-bit checks must run in full precision"
     assert torch.equal(result.encrypted, quantize(result.encrypted))
+
+
+def test_step_shrinks_after_patience_rises_of_each_images_own_loss():
+    decay = _StepDecay(2, step_size=1.0, decay=0.5, patience=2, device="cpu")
+    both = torch.tensor([0, 1])
+    for losses in ([5.0, 5.0], [6.0, 4.0], [7.0, 3.0]):  # image 0 rises twice, image 1 falls
+        decay.update(both, torch.tensor(losses))
+    assert decay.step.tolist() == [0.5, 1.0]
+    assert decay.rises.tolist() == [0, 0]
+    decay.update(torch.tensor([1]), torch.tensor([9.0]))  # only the active image is touched
+    assert decay.rises.tolist() == [0, 1]
+
+
+def test_a_changed_key_weight_does_not_count_as_a_loss_rise():
+    decay = _StepDecay(2, step_size=1.0, decay=0.5, patience=1, device="cpu")
+    both = torch.tensor([0, 1])
+    decay.update(both, torch.tensor([1.0, 1.0]))
+    decay.forget_loss(torch.tensor([0]))  # image 0's μ grew: its loss jumps by itself
+    decay.update(both, torch.tensor([2.0, 2.0]))
+    assert decay.step.tolist() == [1.0, 0.5]
 
 
 def test_growth_settings_below_one_are_refused():
