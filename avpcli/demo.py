@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from avpcli.images import contact_sheet, read_png, save_png
 from avpcli.jobs import DecryptJob, EncryptJob, EventCallback, decrypt_folder, encrypt_folder
 from avpcli.key import load_key, new_seed, save_key, train_key
 from avpcli.targets import get_spec, load_target
+from avpcli.weights import user_cache_home
 
 SAMPLES = Path(__file__).parent / "samples"
 DEMO_TARGET = "dlib"
@@ -23,8 +23,7 @@ DEMO_PRESET = "demo"
 
 def demo_key_path() -> Path:
     """Where the demo keeps its key between runs: $XDG_CACHE_HOME/avp (or ~/.cache/avp)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "avp" / "demo-key.safetensors"
+    return user_cache_home() / "avp" / "demo-key.safetensors"
 
 
 @dataclass

@@ -50,12 +50,19 @@ class RemoteWeights:
     licence: str = ""
 
 
+def user_cache_home() -> Path:
+    """$XDG_CACHE_HOME, or ~/.cache where it is unset, empty or relative (as the XDG spec says: a
+    relative value would put the cache wherever the command happens to run)."""
+    configured = os.environ.get("XDG_CACHE_HOME", "")
+    if configured and Path(configured).expanduser().is_absolute():
+        return Path(configured).expanduser()
+    return Path.home() / ".cache"
+
+
 def default_cache_dir() -> Path:
     """$TORCH_HOME/checkpoints (default ~/.cache/torch/checkpoints), where facenet-pytorch caches too."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch"
-    )
-    return Path(torch_home).expanduser() / "checkpoints"
+    torch_home = os.environ.get("TORCH_HOME")
+    return (Path(torch_home).expanduser() if torch_home else user_cache_home() / "torch") / "checkpoints"
 
 
 def sha256_of(path: Path) -> str:

@@ -8,8 +8,10 @@ offline, so this builds arcface_torch's iresnet50 architecture (avp's IResNet, s
 arcface_torch writes them) with seeded random weights and BatchNorm statistics, exports it with
 torch.onnx as arcface_torch's torch2onnx.py does (opset 11, eval mode, batch 1 traced) and loads the
 file through avp's arcface target, which converts it with onnx2torch. The reference is the same
-network run directly on the same normalization ((x − 0.5)/0.5, L2-normalized output). What it shows:
-the converted graph is the same function with the same input gradient at full size. What it cannot
+network run directly on the same normalization ((x − 0.5)/0.5, L2-normalized output). Input gradients
+are compared against the yardstick of fp32 rounding: how far the reference's own gradient moves when
+it is computed in fp64. What it shows: the converted graph is the same function with the same input
+gradient, up to rounding, at full size. What it cannot
 show: anything about the real weights or insightface's own export.
 """
 
@@ -57,6 +59,10 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float((value - reference).abs().max() / reference.abs().max())
 
 
+def relative_l2_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value - reference).norm() / reference.norm())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -92,16 +98,26 @@ def main() -> None:
         (output * direction).sum().backward()
         return output.detach(), inputs.grad
 
+    def reference(inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(network((inputs - 0.5) / 0.5), dim=1)
+
     converted_output, converted_gradient = output_and_gradient(target)
-    reference_output, reference_gradient = output_and_gradient(
-        lambda inputs: nn.functional.normalize(network((inputs - 0.5) / 0.5), dim=1))
+    reference_output, reference_gradient = output_and_gradient(reference)
+    # The yardstick: how far the reference's own input gradient moves between fp32 and fp64. A deep
+    # random network with PReLUs is so sensitive that rounding alone moves single gradient entries.
+    network.double()
+    images, direction = images.double(), direction.double()
+    _, exact_gradient = output_and_gradient(reference)
     output_error = relative_error(converted_output, reference_output)
-    gradient_error = relative_error(converted_gradient, reference_gradient)
     cosine = nn.functional.cosine_similarity(converted_output, reference_output, dim=1).min().item()
     print(f"{args.images} random 112×112 images: embedding max relative error {output_error:.2e} "
-          f"(min cosine {cosine:.6f}); input-gradient max relative error {gradient_error:.2e} (bar ≤ 1e-4 each → "
-          f"{'met' if max(output_error, gradient_error) <= 1e-4 else 'NOT met'})")
-
+          f"(min cosine {cosine:.6f}; bar ≤ 1e-4 → {'met' if output_error <= 1e-4 else 'NOT met'})")
+    for name, error in (("max relative", relative_error), ("relative L2", relative_l2_error)):
+        converted = error(converted_gradient.double(), reference_gradient.double())
+        rounding = error(reference_gradient.double(), exact_gradient)
+        print(f"input gradient, {name} error: converted vs reference {converted:.2e}; the reference's own fp32 "
+              f"rounding (fp32 vs fp64) {rounding:.2e} → conversion {'within' if converted <= rounding else 'BEYOND'} "
+              "fp32 rounding")
 
 if __name__ == "__main__":
     main()

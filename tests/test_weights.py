@@ -15,11 +15,13 @@ from torch import nn
 from avpcli.errors import TargetError, WeightsUnavailableError
 from avpcli.weights import (
     RemoteWeights,
+    default_cache_dir,
     fetch_weights,
     load_checkpoint_into,
     load_torch_file,
     resolve_weights,
     unwrap_state_dict,
+    user_cache_home,
 )
 
 PAYLOAD = b"pretend these are weights"
@@ -123,3 +125,21 @@ def test_architecture_mismatch_says_which_keys(tmp_path):
         load_checkpoint_into(nn.Linear(2, 3), path, "demo")
     message = str(error.value)
     assert "missing (e.g. bias)" in message and "unexpected (e.g. extra)" in message and "(4, 2)" in message
+
+
+@pytest.mark.parametrize("configured", ["", "relative/cache"])
+def test_an_empty_or_relative_xdg_cache_home_means_the_home_cache(monkeypatch, tmp_path, configured):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", configured)
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    assert user_cache_home() == tmp_path / ".cache"
+    assert default_cache_dir() == tmp_path / ".cache" / "torch" / "checkpoints"
+
+
+def test_an_absolute_xdg_cache_home_and_torch_home_are_honoured(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    assert user_cache_home() == tmp_path / "xdg"
+    assert default_cache_dir() == tmp_path / "xdg" / "torch" / "checkpoints"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    assert default_cache_dir() == tmp_path / "torch-home" / "checkpoints"
