@@ -209,6 +209,9 @@ def _custom_options(target: str, input_size, mean, std, channels: str, loss: str
     )
 
 
+PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
+
+
 def _autocast_dtype(precision: str, device: str):
     import torch
 
@@ -265,7 +268,7 @@ def encrypt(
     anonymize: Annotated[bool, typer.Option(help="Name outputs by random ids; the id → name map goes beside the key, not into --out.")] = False,
     names_map: Annotated[Optional[Path], typer.Option(help="With --anonymize: where to write the id → name map (default: <key>.names-<run>.json).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
-    precision: Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")] = "auto",
+    precision: PrecisionOption = "auto",
     compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile the target and key (CUDA; slow start, faster steps).")] = False,
     input_size: Annotated[Optional[str], typer.Option(help="Own models (onnx:/torchscript:): input HxW, e.g. 112x112.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Own models: per-channel mean on the [0,1] scale, in the model's channel order, e.g. 0.5,0.5,0.5.")] = None,
@@ -517,9 +520,9 @@ def _report_events(progress: Progress, description: str):
 
 
 def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, iterations: Optional[int],
-               seed: int = 0):
+               precision: str = "auto", seed: int = 0):
     """Target, key and attack settings (as `avp encrypt` uses them) for analyses that encrypt what they need."""
-    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, default_autocast_dtype, prepare_models
+    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, prepare_models
     from avpcli.report import Encryptor
     from avpcli.targets import get_spec, load_target
 
@@ -529,7 +532,7 @@ def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, ite
     resolved = resolve_device(device)
     loaded = _load_key_or_fail(key, resolved)
     base = CLASSIFIER_SETTINGS if spec.loss == "classifier" else FACE_SETTINGS
-    settings = dataclasses.replace(base, autocast_dtype=default_autocast_dtype(resolved),
+    settings = dataclasses.replace(base, autocast_dtype=_autocast_dtype(precision, resolved),
                                    **({"iterations": iterations} if iterations is not None else {}))
     target_model, key_model = prepare_models(load_target(target, weights).to(resolved), loaded.generator, resolved)
     return Encryptor(spec=spec, target=target_model, key=key_model,
@@ -587,6 +590,7 @@ def evaluate_identification(
     gallery_plain: Annotated[bool, typer.Option("--gallery-plain", help="Skip AVP-ALL (do not encrypt the gallery).")] = False,
     gallery_size: Annotated[Optional[int], typer.Option("--gallery", help="Use only the first N gallery images (sorted by identity and file) to save time; the report states N (default: all).")] = None,
     iterations: IterationsOption = None,
+    precision: PrecisionOption = "auto",
     work: WorkOption = None,
     device: DeviceOption = "auto",
 ) -> None:
@@ -599,7 +603,7 @@ def evaluate_identification(
             if gallery_size < 1:
                 raise UsageError("--gallery must be at least 1")
             gallery = gallery[:gallery_size]
-        encryptor = _encryptor(target, key, weights, device, iterations)
+        encryptor = _encryptor(target, key, weights, device, iterations, precision)
         with _progress() as progress:
             report = identification_report(probes, gallery, encryptor, work or out, turns, not gallery_plain,
                                            _report_events(progress, f"encrypting for {target}"))
@@ -616,6 +620,7 @@ def evaluate_classification(
     weights: WeightsOption = None,
     per_class: Annotated[Optional[int], typer.Option(help="Images per class (default: all).")] = None,
     iterations: IterationsOption = None,
+    precision: PrecisionOption = "auto",
     work: WorkOption = None,
     device: DeviceOption = "auto",
 ) -> None:
@@ -623,7 +628,7 @@ def evaluate_classification(
     from avpcli.report import classification_report
 
     with domain_errors():
-        encryptor = _encryptor(target, key, weights, device, iterations)
+        encryptor = _encryptor(target, key, weights, device, iterations, precision)
         with _progress() as progress:
             report = classification_report(dataset, encryptor, work or out, per_class,
                                            _report_events(progress, f"encrypting for {target}"))
@@ -663,13 +668,14 @@ def evaluate_attack(
     held_out: Annotated[int, typer.Option(help="Pairs kept out of training (the last ones in file order).")] = 2,
     steps: Annotated[int, typer.Option(help="Attacker training steps.")] = 200,
     iterations: IterationsOption = None,
+    precision: PrecisionOption = "auto",
     device: DeviceOption = "auto",
 ) -> None:
     """Fig. 6: train a key-shaped generator on key-A pairs; SSIM on held-out key-A and on key-B ciphertexts."""
     from avpcli.report import attack_report, encrypt_selection, read_pairs
 
     with domain_errors():
-        encryptor_b = _encryptor(target, other_key, weights, device, iterations)
+        encryptor_b = _encryptor(target, other_key, weights, device, iterations, precision)
         pairs = read_pairs(originals, encrypted, encryptor_b.spec, encryptor_b.device)
         if not 1 <= held_out < len(pairs.names):
             raise UsageError(f"--held-out must be between 1 and {len(pairs.names) - 1} (there are {len(pairs.names)} pairs)")

@@ -255,7 +255,8 @@ distractor images (the paper: 355 probe images, 12,878 gallery images, every tur
 gallery, accuracies are near 100 % for any reasonable model: they show that encryption does not
 break identification, not the paper's absolute numbers. Encryption: at most {args.iterations}
 iterations per image, μ = {args.key_weight}, other settings `avp encrypt`'s defaults for faces (SSIM and
-low-pass terms, docs/PRIVACY.md) and the research CIFAR settings plus an SSIM term for CIFAR-10.
+low-pass terms, momentum 0.9, docs/PRIVACY.md) and `CLASSIFIER_SETTINGS` for CIFAR-10 (the research
+CIFAR settings plus an SSIM term, momentum 0.9 and a growing key weight).
 
 Keys: A — {key_a_note}; B — {key_b_note}. Default-preset keys are much smaller (ngf
 {loaded_a.metadata.get('ngf')}, {loaded_a.metadata.get('blocks')} blocks) than the paper's (ngf 64, 9 blocks,

@@ -143,3 +143,32 @@ def test_evaluate_reports_a_folder_without_probe_identities_as_a_usage_error(tmp
                                       "tiny-embedding", "--key", str(tiny_key_file), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "more than 12 images" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", None), ("bf16", torch.bfloat16)])
+def test_evaluate_commands_that_encrypt_take_precision(tmp_path, tiny_key_file, monkeypatch, precision, expected):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(**fields):
+        seen.append(fields["settings"].autocast_dtype)
+        raise Stop
+
+    monkeypatch.setattr("avpcli.report.Encryptor", capture)
+    _pictures(tmp_path / "classes" / "cat", ["a.png"], seed=1)
+    result = CliRunner().invoke(app, ["evaluate", "classification", str(tmp_path / "classes"), "--target",
+                                      "tiny-classifier", "--key", str(tiny_key_file), "--device", "cpu",
+                                      "--precision", precision, "--out", str(tmp_path / "r")])
+    assert isinstance(result.exception, Stop)
+    assert seen == [expected]
+
+
+def test_evaluate_refuses_fp16_on_a_cpu(tmp_path, tiny_key_file):
+    _pictures(tmp_path / "classes" / "cat", ["a.png"], seed=1)
+    result = CliRunner().invoke(app, ["evaluate", "classification", str(tmp_path / "classes"), "--target",
+                                      "tiny-classifier", "--key", str(tiny_key_file), "--device", "cpu",
+                                      "--precision", "fp16", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "needs a CUDA device" in " ".join(result.output.split())
