@@ -255,7 +255,7 @@ def encrypt(
     no_align: Annotated[bool, typer.Option("--no-align", help="Centre-crop and resize instead of detecting and aligning faces.")] = False,
     all_faces: Annotated[bool, typer.Option(help="Encrypt every face found, not only the largest.")] = False,
     early_stop: Annotated[bool, typer.Option(help="Stop each image once its 8-bit version meets every bar.")] = True,
-    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (momentum 0.9, μ 0.1 with an SSIM term, λ 1e-4, low-pass weight 20, checks every 10 steps: docs/PRIVACY.md) or 'research' (the AVIH code's momentum 0.3, μ 0.2, λ 0.001; a blur shows the face in its ciphertexts). Classifiers use the research CIFAR settings.")] = "tuned",
+    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (momentum 0.9, μ 0.1 with an SSIM term, λ 1e-4, low-pass weight 20, checks every 10 steps: docs/PRIVACY.md) or 'research' (the AVIH code's momentum 0.3, μ 0.2, λ 0.001; a blur shows the face in its ciphertexts). Classifiers always use CLASSIFIER_SETTINGS (the research CIFAR settings plus an SSIM term, momentum 0.9 and a growing μ).")] = "tuned",
     key_weight: Annotated[Optional[float], typer.Option(help="μ: weight of the reconstruction loss through the key.")] = None,
     variance_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the variance-consistency loss.")] = None,
     lowpass_weight: Annotated[Optional[float], typer.Option(help="ν: weight of the variance of the blurred (σ 3 px) ciphertext, which hides the coarse layout a blur would show.")] = None,

@@ -137,7 +137,7 @@ CLASSIFIER_SETTINGS = AttackSettings(
 # correlation 0.9). The low-pass term removes that layout; the SSIM term wins back the SSIM_d the
 # low-pass term costs; the small weights keep the feature match (the target's loss has weight 1).
 # Momentum 0.9 instead of the research code's 0.3: averaging the normalized per-pixel gradients over
-# more steps cuts the median steps to the bars 4× (280 → 70 on 20 dlib faces) and lets every
+# more steps cuts the median steps to the bars 3.7× (280 → 75 on 20 dlib faces) and lets every
 # face reach them, where three of the 20 stalled below SSIM_d 0.90 at 1,600 steps with 0.3. The key
 # weight of an image that meets every bar but SSIM_d grows by 1.1 per check (up to 16×), spending the
 # feature bar's slack on SSIM_d, but only while its low-pass correlation stays ≤ 0.4: past that the

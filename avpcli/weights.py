@@ -60,7 +60,8 @@ def user_cache_home() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """$TORCH_HOME/checkpoints (default ~/.cache/torch/checkpoints), where facenet-pytorch caches too."""
+    """$TORCH_HOME/checkpoints (default ~/.cache/torch/checkpoints), where facenet-pytorch caches too
+    (torch takes an empty or relative $XDG_CACHE_HOME literally, avp does not: only then do they differ)."""
     torch_home = os.environ.get("TORCH_HOME")
     return (Path(torch_home).expanduser() if torch_home else user_cache_home() / "torch") / "checkpoints"
 

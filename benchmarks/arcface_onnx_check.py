@@ -10,7 +10,7 @@ torch.onnx as arcface_torch's torch2onnx.py does (opset 11, eval mode, batch 1 t
 file through avp's arcface target, which converts it with onnx2torch. The reference is the same
 network run directly on the same normalization ((x − 0.5)/0.5, L2-normalized output). Input gradients
 are compared against the yardstick of fp32 rounding: how far the reference's own gradient moves when
-it is computed in fp64. What it shows: the converted graph is the same function with the same input
+it is computed in fp64; a conversion error within twice that counts as the same order. What it shows: the converted graph is the same function with the same input
 gradient, up to rounding, at full size. What it cannot
 show: anything about the real weights or insightface's own export.
 """
@@ -74,20 +74,22 @@ def main() -> None:
     network = seeded_iresnet50()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
-    path = Path(tempfile.mkdtemp(prefix="avp-arcface-onnx-")) / "w600k_r50_like.onnx"
-    began = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(network, (torch.rand(1, 3, 112, 112),), str(path), dynamo=False, opset_version=args.opset,
-                          input_names=["input.1"], dynamic_axes={"input.1": {0: "batch"}})
-    exported = time.perf_counter() - began
-    began = time.perf_counter()
-    target = load_target("arcface", path)
-    converted = time.perf_counter() - began
+    with tempfile.TemporaryDirectory(prefix="avp-arcface-onnx-") as scratch:
+        path = Path(scratch) / "w600k_r50_like.onnx"
+        began = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(network, (torch.rand(1, 3, 112, 112),), str(path), dynamo=False,
+                              opset_version=args.opset, input_names=["input.1"], dynamic_axes={"input.1": {0: "batch"}})
+        exported = time.perf_counter() - began
+        size_mib = path.stat().st_size / 2**20
+        began = time.perf_counter()
+        target = load_target("arcface", path)
+        converted = time.perf_counter() - began
     parameters = sum(parameter.numel() for parameter in network.parameters())
     print(f"avp {__version__}; torch {torch.__version__}; {args.threads} threads, CPU; iresnet50 "
           f"({parameters / 1e6:.2f} M parameters, seeded random weights), exported at opset {args.opset} "
-          f"({path.stat().st_size / 2**20:.0f} MiB) in {exported:.1f} s, loaded by `--target arcface` in {converted:.1f} s")
+          f"({size_mib:.0f} MiB) in {exported:.1f} s, loaded by `--target arcface` in {converted:.1f} s")
 
     images = torch.rand(args.images, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     direction = torch.randn(args.images, 512, generator=torch.Generator().manual_seed(2))
@@ -114,10 +116,14 @@ def main() -> None:
           f"(min cosine {cosine:.6f}; bar ≤ 1e-4 → {'met' if output_error <= 1e-4 else 'NOT met'})")
     for name, error in (("max relative", relative_error), ("relative L2", relative_l2_error)):
         converted = error(converted_gradient.double(), reference_gradient.double())
+        converted_exact = error(converted_gradient.double(), exact_gradient)
         rounding = error(reference_gradient.double(), exact_gradient)
-        print(f"input gradient, {name} error: converted vs reference {converted:.2e}; the reference's own fp32 "
-              f"rounding (fp32 vs fp64) {rounding:.2e} → conversion {'within' if converted <= rounding else 'BEYOND'} "
-              "fp32 rounding")
+        # The converted graph runs other fp32 kernels (BatchNorm folded into the convolutions by the
+        # export), so its own rounding error is of the same size as the reference's, not below it.
+        print(f"input gradient, {name} error: converted vs reference {converted:.2e}, converted vs fp64 "
+              f"reference {converted_exact:.2e}; the reference's own fp32 rounding (fp32 vs fp64) {rounding:.2e} "
+              f"→ conversion error {max(converted, converted_exact) / rounding:.2f}× fp32 rounding "
+              f"({'the same order' if max(converted, converted_exact) <= 2 * rounding else 'LARGER than rounding'})")
 
 if __name__ == "__main__":
     main()

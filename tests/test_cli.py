@@ -253,3 +253,17 @@ def test_precision_bf16_runs_on_cpu_and_fp16_needs_cuda(tmp_path, photo_folder, 
     refused = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "fp16", "--precision", "fp16")
     assert refused.exit_code == 2 and "fp16" in refused.stderr
     assert not (tmp_path / "fp16").exists()
+
+
+def test_encrypt_help_states_the_engines_actual_defaults():
+    from avpcli.engine import FACE_SETTINGS, AttackSettings
+
+    result = runner.invoke(app, ["encrypt", "--help"], env={"COLUMNS": "300", "NO_COLOR": "1"})
+    text = " ".join(result.output.replace("│", " ").split())
+    research = AttackSettings()
+    assert f"(default: {FACE_SETTINGS.iterations}, the research code's K;" in text
+    assert research.iterations == FACE_SETTINGS.iterations
+    assert (f"'tuned' (momentum {FACE_SETTINGS.momentum}, μ {FACE_SETTINGS.key_weight} with an SSIM term, "
+            f"λ {FACE_SETTINGS.variance_weight:.0e}".replace("e-0", "e-") + f", low-pass weight {FACE_SETTINGS.lowpass_weight:g}, "
+            f"checks every {FACE_SETTINGS.check_every} steps") in text
+    assert f"momentum {research.momentum}, μ {research.key_weight}, λ {research.variance_weight}" in text

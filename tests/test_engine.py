@@ -129,6 +129,32 @@ def test_key_weight_grows_while_only_ssim_d_is_short(embedding_target):
     assert all(m.feature_distance <= 0.5 for m in growing.metrics)
 
 
+def test_only_images_whose_key_weight_changed_forget_their_last_loss(embedding_target, monkeypatch):
+    from avpcli import engine
+
+    scales, forgotten = [], []
+    spied_loss, spied_forget = engine._Objective.loss, engine._StepDecay.forget_loss
+
+    def loss(self, images, originals, reference, reference_class, key_scale=None):
+        scales.append(key_scale.clone())
+        return spied_loss(self, images, originals, reference, reference_class, key_scale)
+
+    def forget_loss(self, indices):
+        forgotten.append(sorted(indices.tolist()))
+        spied_forget(self, indices)
+
+    monkeypatch.setattr(engine._Objective, "loss", loss)
+    monkeypatch.setattr(engine._StepDecay, "forget_loss", forget_loss)
+    out_of_reach = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=1.0, min_ssim_decrypted=2.0)
+    settings = AttackSettings(iterations=30, key_weight=0.05, key_weight_growth=2.0, max_key_weight_scale=4.0,
+                              stop=out_of_reach, check_every=5, repair_steps=0)
+    encrypt_batch(originals(3), embedding_target, near_identity_key(), settings, "embedding", [1, 2, 3])
+    # The check after step s sets the μ that step s + 1 uses (loss call s, counting from 0).
+    changed = [sorted(torch.nonzero(scales[step] != scales[step - 1]).flatten().tolist()) for step in (5, 10, 15, 20, 25)]
+    assert forgotten[:5] == changed
+    assert any(changed) and [] in changed  # μ grew for some checks and stayed (at its cap) for others
+
+
 def test_key_weight_does_not_grow_past_the_lowpass_ceiling(embedding_target):
     # A ceiling of 0 counts every image as leaking, so μ never grows: the same result as no growth.
     images, key = originals(2), near_identity_key()

@@ -145,8 +145,10 @@ def test_evaluate_reports_a_folder_without_probe_identities_as_a_usage_error(tmp
     assert "more than 12 images" in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("command", ["classification", "identification", "attack"])
 @pytest.mark.parametrize(("precision", "expected"), [("fp32", None), ("bf16", torch.bfloat16)])
-def test_evaluate_commands_that_encrypt_take_precision(tmp_path, tiny_key_file, monkeypatch, precision, expected):
+def test_evaluate_commands_that_encrypt_take_precision(tmp_path, tiny_key_file, other_tiny_key_file, monkeypatch,
+                                                       command, precision, expected):
     seen = []
 
     class Stop(Exception):
@@ -157,11 +159,15 @@ def test_evaluate_commands_that_encrypt_take_precision(tmp_path, tiny_key_file, 
         raise Stop
 
     monkeypatch.setattr("avpcli.report.Encryptor", capture)
-    _pictures(tmp_path / "classes" / "cat", ["a.png"], seed=1)
-    result = CliRunner().invoke(app, ["evaluate", "classification", str(tmp_path / "classes"), "--target",
-                                      "tiny-classifier", "--key", str(tiny_key_file), "--device", "cpu",
-                                      "--precision", precision, "--out", str(tmp_path / "r")])
-    assert isinstance(result.exception, Stop)
+    folder = tmp_path / "people"
+    for person in ("ann", "bob"):
+        _pictures(folder / person, [f"{person}_{i}.png" for i in range(3)], seed=len(person))
+    target = "tiny-classifier" if command == "classification" else "tiny-embedding"
+    arguments = {"classification": [str(folder)], "identification": [str(folder), "--min-images", "2"],
+                 "attack": [str(folder), str(tmp_path / "encrypted"), "--other-key", str(other_tiny_key_file)]}[command]
+    result = CliRunner().invoke(app, ["evaluate", command, *arguments, "--target", target, "--key", str(tiny_key_file),
+                                      "--device", "cpu", "--precision", precision, "--out", str(tmp_path / "r")])
+    assert isinstance(result.exception, Stop), result.output
     assert seen == [expected]
 
 
