@@ -1,4 +1,5 @@
-"""Train a key on CPU and measure how well it reproduces LFW faces: SSIM(G(x), x) and colour error.
+"""Train a key on CPU and measure how well it reproduces LFW faces (and CIFAR-10 test images, where
+present): SSIM(G(x), x) and colour error.
 
     python benchmarks/key_quality.py [--steps N] [--threads N] [--preset default] [--seed 1]
 
@@ -26,7 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
+from avpcli.images import load_rgb, to_tensor  # noqa: E402
 from benchmarks.common import data_folder  # noqa: E402
+from benchmarks.encrypt_cifar import cifar_images  # noqa: E402
 from avpcli.key import KEY_PRESETS, count_parameters, load_key, resolve_preset, save_key, train_key  # noqa: E402
 from avpcli.metrics import colour_error, mean_absolute_error, ssim  # noqa: E402
 
@@ -125,6 +128,13 @@ def main() -> int:
         print(f"{label} ({len(faces)} LFW faces, G(x) at 8 bits): SSIM mean {result['ssim_mean']:.4f} "
               f"median {result['ssim_median']:.4f} min {result['ssim_min']:.4f}; "
               f"colour cast |mean diff| RGB {result['colour_cast_rgb']}; MAE RGB {result['mae_rgb']}")
+    if (data_folder() / "cifar10").is_dir():
+        # The images benchmarks/encrypt_cifar.py encrypts: what the key gives back of a plain image
+        # bounds what the attack can reach through it.
+        files, _, _ = cifar_images(200)
+        result = evaluate(generator, torch.stack([to_tensor(load_rgb(path)) for path in files]))
+        print(f"32x32 CIFAR-10 ({len(files)} test images, as encrypt_cifar.py, G(x) at 8 bits): SSIM mean "
+              f"{result['ssim_mean']:.4f} median {result['ssim_median']:.4f} min {result['ssim_min']:.4f}")
     print(f"mean-SSIM {statistics.fmean([result_150['ssim_mean'], result_112['ssim_mean']]):.4f}")
     return 0
 
