@@ -213,18 +213,14 @@ PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the at
 
 
 def _autocast_dtype(precision: str, device: str):
-    import torch
+    """engine.autocast_dtype_for, with what a user may not ask for as usage errors."""
+    from avpcli.engine import PRECISIONS, autocast_dtype_for
 
-    from avpcli.engine import default_autocast_dtype
-
-    choices = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-    if precision not in (*choices, "auto"):
-        raise UsageError("--precision is one of auto, bf16, fp16, fp32")
-    if precision == "auto":
-        return default_autocast_dtype(device)
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision is one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and not device.startswith("cuda"):
         raise UsageError("--precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
-    return choices[precision]
+    return autocast_dtype_for(precision, device)
 
 
 def _encrypt_device(device: str) -> str:

@@ -454,6 +454,18 @@ def prepare_models(target: nn.Module, key: nn.Module, device: str | torch.device
     return target, key
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def autocast_dtype_for(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The forwards' dtype that `--precision` names: 'auto' is default_autocast_dtype(device), 'fp32' None."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision is one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return default_autocast_dtype(device)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
 def default_autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     """bf16 where it pays (CUDA, and CPUs with bf16 instructions), else None (full precision)."""
     kind = torch.device(device).type

@@ -1,5 +1,5 @@
 """Pieces the benchmark scripts share: where the data is, encrypt → write PNG → read back → measure,
-`--precision` as avp encrypt reads it, and the naive research-style loop the speed-ups are taken against."""
+and the naive research-style loop the speed-ups are taken against."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
-from avpcli.engine import AttackSettings, default_autocast_dtype, encrypt_batch, measure_images  # noqa: E402
+from avpcli.engine import AttackSettings, encrypt_batch, measure_images  # noqa: E402
 from avpcli.images import read_png, save_png  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.metrics import gaussian_blur, ssim  # noqa: E402
@@ -25,12 +25,6 @@ from avpcli.metrics import gaussian_blur, ssim  # noqa: E402
 def data_folder() -> Path:
     """../shared/data beside the repo, or $AVP_DATA."""
     return Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
-
-
-def autocast_dtype_for(precision: str, device: str) -> torch.dtype | None:
-    """avp encrypt's --precision: 'auto' is avp's default for the device, the others name a dtype."""
-    return {"auto": default_autocast_dtype(device), "bf16": torch.bfloat16, "fp16": torch.float16,
-            "fp32": None}[precision]
 
 
 def encrypt_and_measure(images: list[torch.Tensor], names: list[str], target: nn.Module, key: nn.Module,

@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from avpcli.engine import CLASSIFIER_SETTINGS, prepare_models  # noqa: E402
+from avpcli.engine import CLASSIFIER_SETTINGS, autocast_dtype_for, prepare_models  # noqa: E402
 from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.targets import load_target  # noqa: E402
-from benchmarks.common import autocast_dtype_for, data_folder, encrypt_and_measure  # noqa: E402
+from benchmarks.common import data_folder, encrypt_and_measure  # noqa: E402
 
 
 def cifar_images(count: int) -> tuple[list[Path], list[int], list[str]]:

@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from benchmarks.common import (autocast_dtype_for, data_folder, encrypt_and_measure, print_speedup,  # noqa: E402
+from benchmarks.common import (data_folder, encrypt_and_measure, print_speedup,  # noqa: E402
                                time_naive_loop)
 from avpcli.align import align_faces  # noqa: E402
-from avpcli.engine import FACE_SETTINGS, AttackSettings, StopCriteria, prepare_models  # noqa: E402
+from avpcli.engine import FACE_SETTINGS, AttackSettings, StopCriteria, autocast_dtype_for, prepare_models  # noqa: E402
 from avpcli.evaluate import blur_reveal  # noqa: E402
 from avpcli.report import sheet_picture  # noqa: E402
 from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402

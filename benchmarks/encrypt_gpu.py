@@ -41,8 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from benchmarks.common import autocast_dtype_for, encrypt_and_measure, print_speedup, time_naive_loop  # noqa: E402
-from avpcli.engine import FACE_SETTINGS, AttackSettings, StopCriteria, encrypt_batch, prepare_models  # noqa: E402
+from benchmarks.common import encrypt_and_measure, print_speedup, time_naive_loop  # noqa: E402
+from avpcli.engine import (FACE_SETTINGS, AttackSettings, StopCriteria, autocast_dtype_for, encrypt_batch,  # noqa: E402
+                           prepare_models)
 from avpcli.images import read_png, save_png  # noqa: E402
 from avpcli.key import load_key, save_key, train_key  # noqa: E402
 from avpcli.targets import TargetModel, get_spec  # noqa: E402

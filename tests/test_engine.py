@@ -11,6 +11,8 @@ from torch import nn
 from avpcli.engine import (
     AttackSettings,
     _StepDecay,
+    autocast_dtype_for,
+    default_autocast_dtype,
     StopCriteria,
     decrypt_batch,
     encrypt_batch,
@@ -205,6 +207,16 @@ def test_a_changed_key_weight_does_not_count_as_a_loss_rise():
     decay.forget_loss(torch.tensor([0]))  # image 0's μ grew: its loss jumps by itself
     decay.update(both, torch.tensor([2.0, 2.0]))
     assert decay.step.tolist() == [1.0, 0.5]
+
+
+def test_precision_names_map_to_autocast_dtypes():
+    assert autocast_dtype_for("auto", "cpu") == default_autocast_dtype("cpu")
+    assert autocast_dtype_for("auto", "cuda") is torch.bfloat16
+    assert autocast_dtype_for("bf16", "cpu") is torch.bfloat16
+    assert autocast_dtype_for("fp16", "cuda") is torch.float16
+    assert autocast_dtype_for("fp32", "cuda") is None
+    with pytest.raises(ValueError, match="precision is one of"):
+        autocast_dtype_for("half", "cpu")
 
 
 def test_growth_settings_below_one_are_refused():
