@@ -144,8 +144,7 @@ def warp_affine(image: Image.Image, to_chip: np.ndarray, size: tuple[int, int], 
     if fill == "edge":
         image, to_chip = _pad_to_cover(image, to_chip, size)
     # PIL maps output to input in its own convention (pixel centres at +0.5): shift in and out.
-    a, b, c = _invert(to_chip)[0]
-    d, e, f = _invert(to_chip)[1]
+    (a, b, c), (d, e, f) = _invert(to_chip)
     coefficients = (a, b, c + 0.5 - 0.5 * (a + b), d, e, f + 0.5 - 0.5 * (d + e))
     return image.transform((width, height), Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
 
@@ -155,7 +154,8 @@ def _pad_to_cover(image: Image.Image, to_chip: np.ndarray, size: tuple[int, int]
     bilinear sampler's reach); returns the padded image and `to_chip` for its coordinates."""
     height, width = size
     corners = np.array([[0.0, 0.0], [width - 1.0, 0.0], [0.0, height - 1.0], [width - 1.0, height - 1.0]])
-    footprint = corners @ _invert(to_chip)[:, :2].T + _invert(to_chip)[:, 2]
+    to_image = _invert(to_chip)
+    footprint = corners @ to_image[:, :2].T + to_image[:, 2]
     margin = 2
     left = max(0, math.ceil(-footprint[:, 0].min()) + margin)
     top = max(0, math.ceil(-footprint[:, 1].min()) + margin)
