@@ -98,16 +98,17 @@ def main_options(
 @app.command()
 def keygen(
     *,
-    seed: Annotated[Optional[int], typer.Option(help="Training seed: THE SECRET. Default: 64 random bits from `secrets`.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Training seed: THE SECRET. Default: 256 random bits from `secrets`.")] = None,
     preset: Annotated[str, typer.Option(help="Key recipe: 'default' (trains on 2 CPU cores in minutes), 'small' (the same on 32-pixel crops, for images of about 32×32 such as CIFAR-10), 'demo' (shorter, for avp demo) or 'paper' (ngf 64, 9 blocks; GPU).")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="Train on this folder of images instead of the built-in procedural source.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Key file to write (default: keys/key-<fingerprint>.safetensors).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing key file.")] = False,
+    scramble: Annotated[Optional[bool], typer.Option("--scramble/--no-scramble", help="Put a secret scramble (derived from the seed) in front of G, so that ciphertexts hide the image's layout and colour from every filter (docs/PRIVACY.md). Default: on, except for the 'paper' preset, which reproduces the paper's plain G.")] = None,
 ) -> None:
     """Train a key (the generator G that decrypts) and save it as safetensors, mode 0600. Prints its path."""
-    from avpcli.key import KEY_PRESETS, key_fingerprint, new_seed, save_key, seed_is_guessable, train_key
+    from avpcli.key import KEY_PRESETS, new_seed, save_key, seed_is_guessable, train_key
 
     with domain_errors():
         if preset not in KEY_PRESETS:
@@ -118,16 +119,17 @@ def keygen(
             seed = new_seed()
         elif seed_is_guessable(seed):
             stderr.print("[yellow]warning:[/] this seed is small enough to be guessed by trying them all; "
-                         "anyone who guesses it can train your key. Omit --seed for a random 64-bit one.")
+                         "anyone who guesses it can train your key. Omit --seed for a random 256-bit one.")
         resolved_device = resolve_device(device)
+        if scramble is None:
+            scramble = preset != "paper"
         total_steps = steps or KEY_PRESETS[preset].steps
         with _progress() as progress:
             task = progress.add_task("training key", total=total_steps)
             trained = train_key(preset, seed, data_dir=data, steps=steps, device=resolved_device,
-                                progress=lambda step, total, loss: progress.update(task, completed=step))
+                                progress=lambda step, total, loss: progress.update(task, completed=step), scramble=scramble)
         if out is None:
-            fingerprint = key_fingerprint(trained.generator.state_dict())
-            out = default_key_folder() / f"key-{fingerprint[:16]}.safetensors"
+            out = default_key_folder() / f"key-{trained.fingerprint[:16]}.safetensors"
         out.parent.mkdir(parents=True, exist_ok=True)
         path = save_key(trained, out, overwrite=overwrite)
     stderr.print(f"key trained in {trained.seconds:.0f} s; keep it secret: whoever holds it can decrypt")
@@ -315,11 +317,12 @@ def encrypt(
                 overrides["stop"] = dataclasses.replace(base.stop or StopCriteria(),
                                                         max_lowpass_correlation=max_lowpass_correlation)
         overrides["autocast_dtype"] = _autocast_dtype(precision, resolved_device)
-        target_model, loaded_key.generator = prepare_models(target_model, loaded_key.generator, resolved_device,
-                                                            compile_models)
+        # The research recipe reproduces the paper, whose key is G alone; the manifest records which.
+        key_model = loaded_key.model_for(scramble=loaded_key.scrambles and recipe == "tuned")
+        target_model, key_model = prepare_models(target_model, key_model, resolved_device, compile_models)
         settings = dataclasses.replace(base, **overrides)
         job = EncryptJob(
-            inputs=list(inputs), output=output, spec=spec, target=target_model, key=loaded_key.generator,
+            inputs=list(inputs), output=output, spec=spec, target=target_model, key=key_model,
             key_fingerprint=loaded_key.fingerprint, settings=settings, batch_size=batch_size,
             device=resolved_device, align="never" if no_align else "auto", all_faces=all_faces,
             noise_seed=seed, overwrite=overwrite,
@@ -406,7 +409,9 @@ def decrypt(
         else:
             loaded = find_key(manifest.key_fingerprint, [default_key_folder()], resolved_device)
         output = out if out is not None else encrypted.with_name(encrypted.name + "-decrypted")
-        job = DecryptJob(encrypted=encrypted, output=output, key=loaded.generator, key_fingerprint=loaded.fingerprint,
+        # Ciphertexts of `--recipe research` were made for G alone (the manifest says so).
+        key_model = loaded.model_for(scramble=loaded.scrambles and manifest.settings.get("key_scramble", True) is not False)
+        job = DecryptJob(encrypted=encrypted, output=output, key=key_model, key_fingerprint=loaded.fingerprint,
                          batch_size=batch_size, device=resolved_device, manifest=manifest)
         failures = 0
 
@@ -530,7 +535,7 @@ def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, ite
     base = CLASSIFIER_SETTINGS if spec.loss == "classifier" else FACE_SETTINGS
     settings = dataclasses.replace(base, autocast_dtype=_autocast_dtype(precision, resolved),
                                    **({"iterations": iterations} if iterations is not None else {}))
-    target_model, key_model = prepare_models(load_target(target, weights).to(resolved), loaded.generator, resolved)
+    target_model, key_model = prepare_models(load_target(target, weights).to(resolved), loaded.model, resolved)
     return Encryptor(spec=spec, target=target_model, key=key_model,
                      key_fingerprint=loaded.fingerprint, settings=settings, device=resolved, noise_seed=seed)
 
@@ -566,10 +571,10 @@ def evaluate_quality(
 
     with domain_errors():
         resolved, pairs = _read_pairs(originals, encrypted, target, device)
-        other = _load_key_or_fail(wrong_key, resolved).generator if wrong_key else None
+        other = _load_key_or_fail(wrong_key, resolved).model if wrong_key else None
         target_model = load_target(target, weights).to(resolved)
         report = quality_report(pairs, target_model, target_model.spec,
-                                _load_key_or_fail(key, resolved).generator, other)
+                                _load_key_or_fail(key, resolved).model, other)
         _finish(report, out)
 
 
@@ -647,8 +652,8 @@ def evaluate_cross_key(
 
     with domain_errors():
         resolved, pairs = _read_pairs(originals, encrypted, target, device)
-        others = {path.stem: _load_key_or_fail(path, resolved).generator for path in other_key}
-        _finish(cross_key_report(pairs, _load_key_or_fail(key, resolved).generator, others), out)
+        others = {path.stem: _load_key_or_fail(path, resolved).model for path in other_key}
+        _finish(cross_key_report(pairs, _load_key_or_fail(key, resolved).model, others), out)
 
 
 @evaluate_app.command("attack")
@@ -688,7 +693,7 @@ def evaluate_attack(
             other_pairs = encrypt_selection(files, out / "key-b", encryptor_b,
                                             _report_events(progress, "encrypting with key B"))
             training_task = progress.add_task("training the attacker", total=steps)
-            report = attack_report(training, testing, other_pairs, _load_key_or_fail(key, encryptor_b.device).generator,
+            report = attack_report(training, testing, other_pairs, _load_key_or_fail(key, encryptor_b.device).model,
                                    steps=steps, progress=lambda step, total: progress.update(training_task, completed=step))
         _finish(report, out)
 

@@ -57,7 +57,7 @@ def run_demo(
     started = time.perf_counter()
     key, trained = ensure_demo_key(key_path or demo_key_path(), device, on_training_step)
     spec = get_spec(DEMO_TARGET)
-    target, generator = prepare_models(load_target(DEMO_TARGET).to(device), key.generator, device)
+    target, generator = prepare_models(load_target(DEMO_TARGET).to(device), key.model, device)
     settings = dataclasses.replace(FACE_SETTINGS, autocast_dtype=default_autocast_dtype(device))
     encrypted_folder, decrypted_folder, aligned_folder = output / "encrypted", output / "decrypted", output / "aligned"
     manifest = encrypt_folder(
@@ -66,7 +66,7 @@ def run_demo(
                    device=device, noise_seed=0, overwrite=True, aligned_output=aligned_folder),
         on_event,
     )
-    decrypt_folder(DecryptJob(encrypted=encrypted_folder, output=decrypted_folder, key=key.generator,
+    decrypt_folder(DecryptJob(encrypted=encrypted_folder, output=decrypted_folder, key=key.model,
                               key_fingerprint=key.fingerprint, device=device), on_event)
     result = DemoResult(key_trained=trained)
     sheet_rows = []

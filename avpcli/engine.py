@@ -26,7 +26,7 @@ from avpcli.metrics import (box_filter_sum, cosine_similarity, feature_distance,
 
 LossKind = Literal["embedding", "classifier"]
 Smoothness = Literal["variance", "distance"]
-Initialization = Literal["noise", "original"]
+Initialization = Literal["noise", "original", "preimage"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ class AttackSettings:
     classifier_scale: the factor on the top-1 logit for classifier targets (research code: 0.001).
     smoothness: "variance" (L_v, paper Eq. 12–13) or "distance" (L_d = −||x − x'||², the ablation).
     block_size: the box size of L_v.
-    initialization: "noise" (x'_0 = N(0, 1), clamped to [0, 1]) or "original" (x'_0 = x).
+    initialization: "noise" (x'_0 = N(0, 1), clamped to [0, 1]), "original" (x'_0 = x) or "preimage"
+        (x'_0 = key.preimage(x), an input the key maps close to x: S⁻¹(x) for a scrambling key; for
+        a key without preimage, noise).
     stop: early-stopping criteria, or None to always run `iterations` steps.
     check_every: how often (in steps) the 8-bit image is checked against `stop`.
     repair_steps: at most this many 1/255 steps that restore the feature match if 8-bit rounding
@@ -191,9 +193,14 @@ def _autocast(images: torch.Tensor, dtype: torch.dtype | None):
     return torch.autocast(device_type=images.device.type, dtype=dtype)
 
 
-def _initial_images(originals: torch.Tensor, settings: AttackSettings, noise_seeds: Sequence[int]) -> torch.Tensor:
+def _initial_images(originals: torch.Tensor, settings: AttackSettings, noise_seeds: Sequence[int],
+                    key: nn.Module) -> torch.Tensor:
     if settings.initialization == "original":
         return originals.clone()
+    preimage = getattr(key, "preimage", None)
+    if settings.initialization == "preimage" and preimage is not None and getattr(key, "scrambles", True):
+        with torch.no_grad():
+            return preimage(originals).clamp(0, 1).contiguous(memory_format=torch.channels_last)
     if len(noise_seeds) != originals.shape[0]:
         raise ValueError("one noise seed per image is needed")
     # One generator per image so an image's noise does not depend on its position in the batch.
@@ -342,7 +349,7 @@ def encrypt_batch(
     objective = _Objective(originals, target, key, settings, loss_kind)
     reference, reference_class = objective.reference, objective.reference_class
 
-    images = _initial_images(originals, settings, noise_seeds)
+    images = _initial_images(originals, settings, noise_seeds, key)
     velocity = torch.zeros_like(images)
     decay = _StepDecay(batch, settings.step_size, settings.step_decay, settings.decay_patience, device)
     key_scale = torch.ones(batch, device=device)

@@ -216,11 +216,13 @@ def train_attacker(
 ) -> nn.Module:
     """Train a generator of the key's architecture to map ciphertexts to originals (L1 loss, Adam).
 
-    `like` is the key whose architecture the attacker copies (a KeyGenerator: its ngf, blocks and
-    norm); the attacker knows the architecture and the training recipe, not the seed. Returns the
-    attacker frozen, in eval mode.
+    `like` is the key whose architecture the attacker copies (a KeyGenerator, or a KeyModel whose G
+    is one: its ngf, blocks and norm); the attacker knows the architecture and the training recipe,
+    not the seed or the scramble. Returns the attacker frozen, in eval mode.
     """
     from avpcli.key import KeyGenerator
+
+    like = getattr(like, "generator", like)
 
     if encrypted.shape != originals.shape or encrypted.shape[0] == 0:
         raise ValueError("the attacker needs (encrypted, original) pairs of one shape")

@@ -23,9 +23,14 @@ from PIL import Image, ImageOps
 from avpcli import __version__
 from avpcli.errors import KeyFileError, UsageError
 from avpcli.metrics import ssim
+from avpcli.scramble import SCHEME as SCRAMBLE_SCHEME, SECRET_BYTES, Scramble
 
 KEY_FORMAT = "avp-key"
-KEY_FORMAT_VERSION = "1"
+KEY_FORMAT_VERSION = "2"
+# Format 1 keys (a plain G, no scramble) still load, encrypt and decrypt.
+READABLE_FORMAT_VERSIONS = ("1", "2")
+NO_SCRAMBLE = "none"
+SCRAMBLE_SECRET_TENSOR = "scramble.secret"
 ARCHITECTURE = "resnet-generator"
 PROCEDURAL_SOURCE = "procedural-v1"
 NORMS = ("batch", "instance", "none")
@@ -136,6 +141,37 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+class KeyModel(nn.Module):
+    """The key as encryption and decryption use it: x′ ↦ G(S(x′)), or G(x′) for a key without scramble.
+
+    Args:
+        generator: the frozen G.
+        scramble: the key's secret scramble S (avpcli.scramble), or None for the paper's plain G.
+    """
+
+    def __init__(self, generator: KeyGenerator, scramble: Scramble | None) -> None:
+        super().__init__()
+        self.generator = generator
+        self.scramble = scramble
+
+    @property
+    def scrambles(self) -> bool:
+        return self.scramble is not None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.generator(self.scramble(images) if self.scramble is not None else images)
+
+    def preimage(self, originals: torch.Tensor) -> torch.Tensor:
+        """An input that the key maps close to `originals`: S⁻¹(x), since G is trained to copy its input."""
+        return self.scramble.inverse(originals) if self.scramble is not None else originals.clone()
+
+    def freeze(self) -> KeyModel:
+        self.eval()
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        return self
+
+
 # --------------------------------------------------------------------------------------------
 # Presets and seeds
 # --------------------------------------------------------------------------------------------
@@ -205,9 +241,12 @@ KEY_PRESETS: dict[str, KeyPreset] = {
 GUESSABLE_SEED_LIMIT = 2 ** 32
 
 
+SEED_BITS = 256
+
+
 def new_seed() -> int:
-    """A fresh secret seed: 128 random bits from the OS."""
-    return secrets.randbits(128)
+    """A fresh secret seed: 256 random bits from the OS (as many as the scramble secret holds)."""
+    return secrets.randbits(SEED_BITS)
 
 
 def seed_is_guessable(seed: int) -> bool:
@@ -219,6 +258,11 @@ def _derived_seed(seed: int, purpose: str) -> int:
     """A 63-bit torch seed for one random stream (init, data) derived from the user's seed of any size."""
     digest = hashlib.sha256(f"avp-key:{purpose}:{seed}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
+
+
+def scramble_secret(seed: int) -> bytes:
+    """The 256-bit scramble secret of a key, derived from its seed so that a seed gives one key."""
+    return hashlib.sha256(f"avp-key:scramble:{seed}".encode()).digest()
 
 
 def resolve_preset(preset: str | KeyPreset) -> tuple[str, KeyPreset]:
@@ -397,16 +441,29 @@ class _FolderCrops:
 
 @dataclasses.dataclass
 class TrainedKey:
-    """A freshly trained key: the frozen generator and the metadata its file will carry."""
+    """A freshly trained key: the frozen generator, its scramble (None: none), the metadata its file will carry."""
 
     generator: KeyGenerator
     metadata: dict[str, str]
     seconds: float
+    scramble: Scramble | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything the key file stores: G's weights and, for a scrambling key, the scramble secret."""
+        return _key_tensors(self.generator, self.scramble)
+
+    @property
+    def fingerprint(self) -> str:
+        return key_fingerprint(self.tensors())
+
+    @property
+    def model(self) -> KeyModel:
+        return KeyModel(self.generator, self.scramble).freeze()
 
 
 def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLike[str] | None = None,
               steps: int | None = None, device: str | torch.device = "cpu",
-              progress: ProgressCallback | None = None) -> TrainedKey:
+              progress: ProgressCallback | None = None, scramble: bool = True) -> TrainedKey:
     """Train G to reproduce its input (L1, plus (1 − SSIM) where the preset asks for it).
 
     Args:
@@ -418,6 +475,8 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
         steps: overrides the preset's step count (the learning-rate schedule follows it).
         device: where to train.
         progress: called as progress(step, total, loss) after every step (step counts from 1).
+        scramble: give the key a secret scramble S, derived from the seed (avpcli.scramble); False
+            keeps the paper's plain G. G's training is the same either way.
 
     No adversarial (PatchGAN) loss: at CPU budgets it only slows the identity fit (docs/KEY.md).
     The global torch RNG state is left as it was.
@@ -470,9 +529,11 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
         "training_data": data_fingerprint,
         "steps": str(preset.steps),
         "preset": name,
+        "scramble": SCRAMBLE_SCHEME if scramble else NO_SCRAMBLE,
         "avp_version": __version__,
     }
-    return TrainedKey(model.cpu(), metadata, time.perf_counter() - started)
+    scrambler = Scramble(scramble_secret(seed)) if scramble else None
+    return TrainedKey(model.cpu(), metadata, time.perf_counter() - started, scrambler)
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,12 +542,35 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
 
 @dataclasses.dataclass
 class LoadedKey:
-    """A key read from disk: the frozen generator in eval mode, its metadata and fingerprint."""
+    """A key read from disk: the frozen generator in eval mode, its scramble, metadata and fingerprint.
+
+    `model` is the key as encryption and decryption use it (G∘S); `plain_model` is G alone, the
+    paper's key, which `--recipe research` encrypts for.
+    """
 
     generator: KeyGenerator
     metadata: dict[str, str]
     fingerprint: str
     path: Path
+    scramble: Scramble | None = None
+
+    @property
+    def scrambles(self) -> bool:
+        return self.scramble is not None
+
+    @property
+    def model(self) -> KeyModel:
+        return KeyModel(self.generator, self.scramble).freeze()
+
+    @property
+    def plain_model(self) -> KeyModel:
+        return KeyModel(self.generator, None).freeze()
+
+    def model_for(self, scramble: bool) -> KeyModel:
+        """G∘S when `scramble` (a key without scramble refuses), else G alone."""
+        if scramble and self.scramble is None:
+            raise KeyFileError(f"{self.path} has no scramble (a format-1 or --no-scramble key)")
+        return self.model if scramble else self.plain_model
 
 
 def key_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -499,8 +583,11 @@ def key_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _state_tensors(generator: KeyGenerator) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in generator.state_dict().items()}
+def _key_tensors(generator: KeyGenerator, scramble: Scramble | None) -> dict[str, torch.Tensor]:
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in generator.state_dict().items()}
+    if scramble is not None:
+        tensors[SCRAMBLE_SECRET_TENSOR] = scramble.secret.detach().cpu().contiguous()
+    return tensors
 
 
 def _canonical_header(payload: bytes) -> bytes:
@@ -528,7 +615,7 @@ def save_key(trained: TrainedKey, path: str | os.PathLike[str], overwrite: bool 
     target = Path(path)
     if target.exists() and not overwrite:
         raise KeyFileError(f"key file already exists: {target} (refusing to overwrite a secret)")
-    payload = _canonical_header(save(_state_tensors(trained.generator), metadata=dict(trained.metadata)))
+    payload = _canonical_header(save(trained.tensors(), metadata=dict(trained.metadata)))
     folder = target.parent if str(target.parent) else Path(".")
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
@@ -599,9 +686,14 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
         raise KeyFileError(f"{source} is not a safetensors file (corrupt, truncated or another kind of file)") from None
     if metadata.get("format") != KEY_FORMAT:
         raise KeyFileError(f"{source} is a safetensors file but not an avp key (no '{KEY_FORMAT}' metadata)")
-    if metadata.get("format_version") != KEY_FORMAT_VERSION:
-        raise KeyFileError(f"{source} is an avp key of format version {metadata.get('format_version')!r}; "
-                           f"this avp ({__version__}) reads version {KEY_FORMAT_VERSION}")
+    version = metadata.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise KeyFileError(f"{source} is an avp key of format version {version!r}; "
+                           f"this avp ({__version__}) reads versions {', '.join(READABLE_FORMAT_VERSIONS)}")
+    scheme = metadata.get("scramble", NO_SCRAMBLE) if version != "1" else NO_SCRAMBLE
+    if scheme not in (NO_SCRAMBLE, SCRAMBLE_SCHEME):
+        raise KeyFileError(f"{source} has a scramble this avp does not know: {scheme!r}")
+    scrambles = scheme != NO_SCRAMBLE
     if metadata.get("architecture") != ARCHITECTURE:
         raise KeyFileError(f"{source} has unknown architecture {metadata.get('architecture')!r}")
     ngf = _metadata_int(metadata, "ngf", source, largest=512)
@@ -610,7 +702,9 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     if norm not in NORMS:
         raise KeyFileError(f"{source} has unknown norm {norm!r}")
     generator = KeyGenerator(ngf, blocks, norm)
-    expected = generator.state_dict()
+    expected = dict(generator.state_dict())
+    if scrambles:
+        expected[SCRAMBLE_SECRET_TENSOR] = torch.zeros(SECRET_BYTES, dtype=torch.uint8)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -622,6 +716,8 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
                                f"expected {tuple(expected[name].shape)} {expected[name].dtype}")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise KeyFileError(f"{source} is damaged: tensor {name} holds NaN or infinite values")
+    fingerprint = key_fingerprint(tensors)
+    scramble = Scramble(bytes(tensors.pop(SCRAMBLE_SECRET_TENSOR).tolist())).to(device) if scrambles else None
     generator.load_state_dict(tensors)
     generator.to(device).freeze()
-    return LoadedKey(generator, dict(metadata), key_fingerprint(tensors), source)
+    return LoadedKey(generator, dict(metadata), fingerprint, source, scramble)

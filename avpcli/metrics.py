@@ -51,27 +51,96 @@ def luminance(images: torch.Tensor) -> torch.Tensor:
     return (images * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
 
 
-def lowpass_correlation(a: torch.Tensor, b: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
-    """Pearson correlation per sample, Tensor[N], of the Gaussian-blurred luminance of a and b.
+def pearson_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation per sample, Tensor[N], of two (N, ...) batches of one shape.
 
-    A privacy measure for ciphertexts: blurring and stretching the contrast of x' shows the face
-    when its coarse brightness follows x's, even where SSIM(x', x) is tiny (docs/PRIVACY.md).
-    Near 0 means the coarse layout of x is not in x'; ±1 means it is (a negative image shows it too).
-    A flat image has no layout and correlates 0.
+    A flat sample (spread below a thousandth of a grey level: float rounding, not content) has
+    nothing to correlate and scores 0.
     """
-    if a.shape != b.shape or a.dim() != 4 or a.shape[1] != 3:
-        raise ValueError(f"lowpass_correlation needs two (N,3,H,W) batches of one shape, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
-    first = gaussian_blur(luminance(a.float()), sigma).flatten(1)
-    second = gaussian_blur(luminance(b.float()), sigma).flatten(1)
+    if a.shape != b.shape:
+        raise ValueError(f"correlation needs two batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    first = a.float().flatten(1)
+    second = b.float().flatten(1)
     first = first - first.mean(dim=1, keepdim=True)
     second = second - second.mean(dim=1, keepdim=True)
-    spread_first, spread_second = first.std(dim=1), second.std(dim=1)
-    covariance = (first * second).mean(dim=1) * first.shape[1] / (first.shape[1] - 1)
-    # Below a thousandth of a grey level of spread an image is flat (float rounding, not layout).
+    spread_first = first.pow(2).mean(dim=1).sqrt()
+    spread_second = second.pow(2).mean(dim=1).sqrt()
+    covariance = (first * second).mean(dim=1)
     flat = (spread_first < 1e-6) | (spread_second < 1e-6)
     correlation = covariance / (spread_first * spread_second).clamp_min(1e-12)
     return torch.where(flat, torch.zeros_like(correlation), correlation.clamp(-1, 1))
+
+
+def _check_rgb_pair(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.dim() != 4 or a.shape[1] != 3:
+        raise ValueError(f"{name} needs two (N,3,H,W) batches of one shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+
+
+# The leak measures below compare a ciphertext x' with its original x on luma, each at the scale a
+# person with an image editor would look at (docs/PRIVACY.md): near 0 means that view of x' shows
+# nothing of x; ±1 means it shows x (a negative shows it too). `avp evaluate privacy` reports them.
+LOWPASS_SIGMA = 3.0
+BANDPASS_SIGMAS = (1.0, 4.0)
+EDGE_SIGMA = 2.0
+
+
+def lowpass_correlation(a: torch.Tensor, b: torch.Tensor, sigma: float = LOWPASS_SIGMA) -> torch.Tensor:
+    """Pearson correlation per sample, Tensor[N], of the Gaussian-blurred (σ 3) luma of a and b.
+
+    A blur and a contrast stretch of x' show the face when its coarse brightness follows x's, even
+    where SSIM(x', x) is tiny. A flat image has no layout and correlates 0.
+    """
+    _check_rgb_pair("lowpass_correlation", a, b)
+    return pearson_correlation(gaussian_blur(luminance(a.float()), sigma), gaussian_blur(luminance(b.float()), sigma))
+
+
+def difference_of_gaussians(images: torch.Tensor, sigmas: tuple[float, float] = BANDPASS_SIGMAS) -> torch.Tensor:
+    """Band-pass of (N,C,H,W): blur σ_small minus blur σ_large (the scale of eyes, mouth and glasses)."""
+    small, large = sigmas
+    return gaussian_blur(images, small) - gaussian_blur(images, large)
+
+
+def bandpass_correlation(a: torch.Tensor, b: torch.Tensor, sigmas: tuple[float, float] = BANDPASS_SIGMAS) -> torch.Tensor:
+    """Pearson correlation per sample of the difference of Gaussians (σ 1 − σ 4) of the luma of a and b."""
+    _check_rgb_pair("bandpass_correlation", a, b)
+    return pearson_correlation(difference_of_gaussians(luminance(a.float()), sigmas),
+                               difference_of_gaussians(luminance(b.float()), sigmas))
+
+
+def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
+    """Gradient magnitude √(gx² + gy²) of (N,C,H,W) with 3×3 Sobel kernels, reflect borders, same size."""
+    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype,
+                            device=images.device)
+    kernels = torch.stack([kernel_x, kernel_x.T])[:, None]  # (2,1,3,3): d/dx, d/dy
+    batch, channels, height, width = images.shape
+    padded = F.pad(images.reshape(batch * channels, 1, height, width), (1, 1, 1, 1), mode="reflect")
+    gradients = F.conv2d(padded, kernels)
+    return gradients.pow(2).sum(dim=1).sqrt().reshape(batch, channels, height, width)
+
+
+def edge_correlation(a: torch.Tensor, b: torch.Tensor, sigma: float = EDGE_SIGMA) -> torch.Tensor:
+    """Pearson correlation per sample of the edge magnitude (Sobel of a σ 2 blur) of the luma of a and b.
+
+    Signed: edges are magnitudes, so only a positive correlation means x's outlines are in x'.
+    """
+    _check_rgb_pair("edge_correlation", a, b)
+    return pearson_correlation(sobel_magnitude(gaussian_blur(luminance(a.float()), sigma)),
+                               sobel_magnitude(gaussian_blur(luminance(b.float()), sigma)))
+
+
+def colour_mean_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Across a set: Pearson correlation between the per-image mean R, G and B of a and of b.
+
+    The 3·N pairs (image, channel) are pooled. Near 1 means a ciphertext's average colour tells the
+    original's (skin tone, background); needs at least two images.
+    """
+    _check_rgb_pair("colour_mean_correlation", a, b)
+    if a.shape[0] < 2:
+        raise ValueError("colour_mean_correlation needs at least two images")
+    means_a = a.float().flatten(2).mean(dim=2).reshape(1, -1)
+    means_b = b.float().flatten(2).mean(dim=2).reshape(1, -1)
+    return float(pearson_correlation(means_a, means_b)[0])
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -139,6 +208,7 @@ def mean_absolute_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "ssim", "ssim_map", "box_filter_sum", "feature_distance", "cosine_similarity",
+    "pearson_correlation", "lowpass_correlation", "bandpass_correlation", "edge_correlation",
+    "colour_mean_correlation", "difference_of_gaussians", "sobel_magnitude", "ssim", "ssim_map", "box_filter_sum", "feature_distance", "cosine_similarity",
     "colour_error", "mean_absolute_error", "gaussian_kernel_1d",
 ]

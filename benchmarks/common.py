@@ -67,7 +67,7 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
     Returns the seconds taken.
     """
     # Weight gradients on, as in the research code: a fresh copy whose parameters require grad.
-    key = load_key(key_path, device=device).generator
+    key = load_key(key_path, device=device).model
     for parameter in key.parameters():
         parameter.requires_grad_(True)
     model = target.model

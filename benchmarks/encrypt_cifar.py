@@ -75,7 +75,7 @@ def main() -> None:
         CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight,
         key_ssim_weight=args.key_ssim_weight, key_weight_growth=args.key_weight_growth,
         momentum=args.momentum, autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
-    target_model, key_model = prepare_models(target, key.generator, "cpu")
+    target_model, key_model = prepare_models(target, key.model, "cpu")
     files, labels, classes = cifar_images(args.images)
     images = [to_tensor(load_rgb(path)) for path in files]
     print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "

@@ -130,14 +130,14 @@ def main() -> None:
           f"check every {args.check_every}, key-weight growth {settings.key_weight_growth}, "
           f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")
 
-    target_model, key_model = prepare_models(target, key.generator, "cpu")
+    target_model, key_model = prepare_models(target, key.model, "cpu")
     rows = encrypt_and_measure(chips, [path.name for path in files], target_model, key_model, settings, spec.loss,
                                args.batch_size, workspace)
     seconds_per_face = [row["seconds"] for row in rows]
 
     if args.sheet:
         encrypted = torch.stack([read_png(row["png"]) for row in rows])
-        decrypted = key.generator(encrypted).clamp(0, 1)
+        decrypted = key.model(encrypted).clamp(0, 1)
         reveal = blur_reveal(encrypted)
         sheet_picture([[chip, cipher, shown, plain] for chip, cipher, shown, plain
                        in zip(chips, encrypted, reveal, decrypted)]).save(args.sheet)

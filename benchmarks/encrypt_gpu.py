@@ -141,9 +141,9 @@ def main() -> None:
     # The naive loop first, with cuDNN's defaults, before prepare_models changes them.
     naive_seconds = time_naive_loop(chips[:args.naive_faces], target, key_path, settings, args.naive_iterations, device)
 
-    target_model, key_model = target, key.generator
+    target_model, key_model = target, key.model
     if device.startswith("cuda"):
-        target_model, key_model = prepare_models(target, key.generator, device, args.compile)
+        target_model, key_model = prepare_models(target, key.model, device, args.compile)
     began = time.perf_counter()
     warm = torch.stack(chips[:args.batch_size]).to(device)
     encrypt_batch(warm, target_model, key_model, dataclasses.replace(settings, iterations=5, stop=None), "embedding",

@@ -156,7 +156,7 @@ def main() -> None:
         spec = get_spec(target_name)
         target = load_target(target_name, weights)
         settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations, key_weight=args.key_weight)
-        encryptor = report.Encryptor(spec, target, loaded_a.generator, loaded_a.fingerprint, settings)
+        encryptor = report.Encryptor(spec, target, loaded_a.model, loaded_a.fingerprint, settings)
         folder = work / target_name
         began = time.perf_counter()
         identification = report.identification_report(probes, gallery, encryptor, folder / "identification",
@@ -171,7 +171,7 @@ def main() -> None:
             loaded_b = load_key(key_b)
         pairs = report.read_pairs(folder / "identification" / "selection", folder / "identification" / "encrypted",
                                   spec, aligned=folder / "identification" / "aligned")
-        quality = report.quality_report(pairs, target, spec, loaded_a.generator, loaded_b.generator, sheet_rows=4)
+        quality = report.quality_report(pairs, target, spec, loaded_a.model, loaded_b.model, sheet_rows=4)
         written = quality.write(folder / "reports")
         summary = quality.data["summary"]
         met = sum(1 for e, d, f in zip(quality.data["per_image"]["ssim_encrypted"],
@@ -196,7 +196,7 @@ def main() -> None:
             continue
 
         # Security analyses on the first face target's ciphertexts.
-        cross = report.cross_key_report(pairs, loaded_a.generator, {"key B (other seed)": loaded_b.generator},
+        cross = report.cross_key_report(pairs, loaded_a.model, {"key B (other seed)": loaded_b.model},
                                         sheet_rows=4)
         written = cross.write(folder / "reports")
         # Its contact sheet is Table 1's (original | encrypted | key A | key B): not repeated.
@@ -214,9 +214,9 @@ def main() -> None:
             save_png(image, path)
             files[name] = path
         began = time.perf_counter()
-        encryptor_b = report.Encryptor(spec, target, loaded_b.generator, loaded_b.fingerprint, settings)
+        encryptor_b = report.Encryptor(spec, target, loaded_b.model, loaded_b.fingerprint, settings)
         other_pairs = report.encrypt_selection(files, folder / "attack" / "key-b", encryptor_b, events("key B"))
-        attack = report.attack_report(training, held_out, other_pairs, loaded_a.generator, steps=args.attack_steps)
+        attack = report.attack_report(training, held_out, other_pairs, loaded_a.model, steps=args.attack_steps)
         written = attack.write(folder / "reports")
         timings.append(f"attack (key-B encryption + attacker training): {time.perf_counter() - began:.0f} s")
         sections.append(f"## {target_name}: paired-data attack (Fig. 6)\n\n" + attack.markdown.split("\n", 2)[2]
@@ -231,7 +231,7 @@ def main() -> None:
         spec = get_spec(CIFAR_TARGET)
         target = load_target(CIFAR_TARGET, data / CIFAR_WEIGHTS)
         settings = dataclasses.replace(CLASSIFIER_SETTINGS, iterations=args.iterations)
-        encryptor = report.Encryptor(spec, target, loaded_a.generator, loaded_a.fingerprint, settings)
+        encryptor = report.Encryptor(spec, target, loaded_a.model, loaded_a.fingerprint, settings)
         began = time.perf_counter()
         classification = report.classification_report(data / "cifar10", encryptor, work / CIFAR_TARGET,
                                                        args.cifar_per_class, events(CIFAR_TARGET))
