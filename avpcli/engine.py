@@ -21,8 +21,8 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from avpcli.metrics import (box_filter_sum, cosine_similarity, feature_distance, gaussian_blur, lowpass_correlation,
-                            ssim)
+from avpcli.metrics import (LeakFilters, box_filter_sum, cosine_similarity, feature_distance, gaussian_blur,
+                            lowpass_correlation, luminance, ssim)
 
 LossKind = Literal["embedding", "classifier"]
 Smoothness = Literal["variance", "distance"]
@@ -81,6 +81,9 @@ class AttackSettings:
     lowpass_weight, lowpass_sigma: ν·Σ_c var(blur_σ(x'_c)), the variance of the Gaussian-blurred
         ciphertext: L_v flattens 4×4 block sums, but the face survives at a coarser scale where a
         blur and a contrast stretch show it (docs/PRIVACY.md); this term flattens that scale.
+    correlation_weight: ρ·r², r the correlation of the Gaussian-blurred (lowpass_sigma) luma of x' and
+        x (metrics.lowpass_correlation): what a blur and a contrast stretch of x' show of x. Scale-free,
+        unlike the low-pass variance: it removes x's coarse layout from x' without flattening x'.
     classifier_scale: the factor on the top-1 logit for classifier targets (research code: 0.001).
     smoothness: "variance" (L_v, paper Eq. 12–13) or "distance" (L_d = −||x − x'||², the ablation).
     block_size: the box size of L_v.
@@ -109,6 +112,7 @@ class AttackSettings:
     key_ssim_weight: float = 0.0
     lowpass_weight: float = 0.0
     lowpass_sigma: float = 3.0
+    correlation_weight: float = 0.0
     classifier_scale: float = 0.001
     smoothness: Smoothness = "variance"
     block_size: int = 4
@@ -211,6 +215,29 @@ def _initial_images(originals: torch.Tensor, settings: AttackSettings, noise_see
     return torch.stack(noise).to(originals.device).clamp(0, 1)
 
 
+class _CorrelationPenalty:
+    """Σ_f r_f², r_f the correlation of F_f(x') with F_f(x) for the leak filters F_f of metrics (low-pass
+    σ 3 and band-pass σ 1 − σ 4 of luma): what a blur, or a band-pass, and a contrast stretch show.
+
+    Scale-free: it removes x's layout from x' at those scales instead of flattening x' (a flattened
+    x' still correlates with whatever is left). The filters run by FFT (metrics.LeakFilters) and the
+    originals' side is computed once, so the term costs a few milliseconds a step.
+    """
+
+    def __init__(self, originals: torch.Tensor, sigma: float):
+        self.filters = LeakFilters(*originals.shape[-2:], lowpass_sigma=sigma, device=originals.device)
+        with torch.no_grad():
+            filtered = self.filters(luminance(originals.float())).flatten(2)  # (N, 2, H·W)
+            centred = filtered - filtered.mean(dim=2, keepdim=True)
+            self.unit = centred / centred.norm(dim=2, keepdim=True).clamp_min(1e-12)
+
+    def penalty(self, images: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        filtered = self.filters(luminance(images.float())).flatten(2)
+        centred = filtered - filtered.mean(dim=2, keepdim=True)
+        correlations = (centred * self.unit[active]).sum(dim=2) / centred.norm(dim=2).clamp_min(1e-12)
+        return correlations.pow(2).sum(dim=1)
+
+
 class _Objective:
     """The per-sample loss of Eq. 15 and the measurements on 8-bit images, for one batch."""
 
@@ -222,6 +249,7 @@ class _Objective:
         with torch.no_grad():
             reference = target(originals).float()
         self.reference = reference
+        self.correlation: _CorrelationPenalty | None = None  # set by encrypt_batch once x'_0 is known
         self.reference_class = reference.argmax(dim=1) if loss_kind == "classifier" else None
 
     def target_loss(self, outputs, reference, reference_class):
@@ -230,7 +258,7 @@ class _Objective:
             return -self.settings.classifier_scale * top1_logit
         return ((outputs - reference) ** 2).mean(dim=1)
 
-    def loss(self, images, originals, reference, reference_class, key_scale=None):
+    def loss(self, images, originals, reference, reference_class, key_scale=None, active=None):
         """Per-sample loss (N,) of the images being optimized; key_scale (N,) multiplies μ per image."""
         settings = self.settings
         with _autocast(images, settings.autocast_dtype):
@@ -244,6 +272,8 @@ class _Objective:
         if settings.lowpass_weight:
             coarse = gaussian_blur(images, settings.lowpass_sigma).flatten(2)
             loss = loss + settings.lowpass_weight * coarse.var(dim=2).sum(dim=1)
+        if settings.correlation_weight:
+            loss = loss + settings.correlation_weight * self.correlation.penalty(images, active)
         if settings.smoothness == "variance":
             loss = loss + settings.variance_weight * variance_consistency(images, settings.block_size)
         else:
@@ -350,6 +380,8 @@ def encrypt_batch(
     reference, reference_class = objective.reference, objective.reference_class
 
     images = _initial_images(originals, settings, noise_seeds, key)
+    if settings.correlation_weight:
+        objective.correlation = _CorrelationPenalty(originals, settings.lowpass_sigma)
     velocity = torch.zeros_like(images)
     decay = _StepDecay(batch, settings.step_size, settings.step_decay, settings.decay_patience, device)
     key_scale = torch.ones(batch, device=device)
@@ -365,7 +397,8 @@ def encrypt_batch(
     for iteration in range(1, settings.iterations + 1):
         current = images[active].requires_grad_(True)
         loss = objective.loss(current, originals[active], reference[active],
-                              reference_class[active] if reference_class is not None else None, key_scale[active])
+                              reference_class[active] if reference_class is not None else None, key_scale[active],
+                              active)
         (gradient,) = torch.autograd.grad(loss.sum(), current)
         loss = loss.detach()
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from avpcli.errors import KeyFileError, UsageError
 from avpcli.key import (
-    KEY_PRESETS, KeyGenerator, KeyPreset, count_parameters, key_fingerprint, load_key, new_seed, procedural_images,
-    save_key, seed_is_guessable, train_key, training_data_fingerprint,
+    KEY_PRESETS, SCRAMBLE_SCHEME, KeyGenerator, KeyModel, KeyPreset, count_parameters, key_fingerprint, load_key,
+    new_seed, procedural_images, save_key, scramble_secret, seed_is_guessable, train_key, training_data_fingerprint,
 )
 
 TINY = KeyPreset(ngf=4, blocks=1, norm="batch", steps=3, batch_size=2, crop_size=16, learning_rate=1e-3,
@@ -271,3 +271,71 @@ def test_every_preset_builds_and_names_a_known_norm(name):
     assert preset.crop_size % 4 == 0 and preset.steps > preset.warmup_steps
     with torch.no_grad():
         assert generator.eval()(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# Format 2: the scramble
+
+
+def test_keys_scramble_by_default_and_the_secret_is_saved_and_fingerprinted(tiny_key, key_file):
+    loaded = load_key(key_file)
+    assert tiny_key.scramble is not None and loaded.scrambles
+    assert loaded.metadata["format_version"] == "2" and loaded.metadata["scramble"] == SCRAMBLE_SCHEME
+    assert torch.equal(loaded.scramble.secret, tiny_key.scramble.secret)
+    assert bytes(loaded.scramble.secret.tolist()) == scramble_secret(12345)
+    images = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(images), tiny_key.generator(tiny_key.scramble(images)))
+        assert torch.equal(loaded.plain_model(images), tiny_key.generator(images))
+    # The fingerprint covers the secret: the same G with another scramble is another key.
+    plain = train_key(TINY, seed=12345, scramble=False)
+    assert plain.fingerprint != tiny_key.fingerprint
+
+
+def test_no_scramble_keeps_the_papers_plain_key(tmp_path):
+    plain = train_key(TINY, seed=12345, scramble=False)
+    loaded = load_key(save_key(plain, tmp_path / "plain.avpkey"))
+    assert not loaded.scrambles and loaded.metadata["scramble"] == "none"
+    images = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(images), loaded.generator(images))
+    with pytest.raises(KeyFileError, match="no scramble"):
+        loaded.model_for(scramble=True)
+
+
+def test_format_1_keys_still_load_without_scramble(tiny_key, tmp_path):
+    from safetensors.torch import save_file
+
+    tensors = {name: tensor for name, tensor in tiny_key.tensors().items() if not name.startswith("scramble")}
+    metadata = {k: v for k, v in tiny_key.metadata.items() if k != "scramble"} | {"format_version": "1"}
+    path = tmp_path / "v1.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    loaded = load_key(path)
+    assert not loaded.scrambles
+    assert loaded.fingerprint == key_fingerprint(tensors)  # unchanged from what format 1 named it
+
+
+def test_a_scrambling_key_without_its_secret_is_refused(tiny_key, tmp_path):
+    from safetensors.torch import save_file
+
+    tensors = {name: tensor for name, tensor in tiny_key.tensors().items() if not name.startswith("scramble")}
+    path = tmp_path / "lost-secret.safetensors"
+    save_file(tensors, str(path), metadata=tiny_key.metadata)
+    with pytest.raises(KeyFileError, match="missing tensor scramble.secret"):
+        load_key(path)
+
+
+def test_an_unknown_scramble_scheme_is_refused(tiny_key, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "future.safetensors"
+    save_file(tiny_key.tensors(), str(path), metadata=tiny_key.metadata | {"scramble": "something-v9"})
+    with pytest.raises(KeyFileError, match="scramble this avp does not know"):
+        load_key(path)
+
+
+def test_key_model_preimage_inverts_the_scramble(tiny_key):
+    model = tiny_key.model
+    images = torch.rand(1, 3, 12, 12)
+    assert torch.equal(model.scramble(model.preimage(images)), images)
+    assert torch.equal(KeyModel(tiny_key.generator, None).preimage(images), images)
