@@ -217,7 +217,8 @@ def _initial_images(originals: torch.Tensor, settings: AttackSettings, noise_see
 
 class _CorrelationPenalty:
     """Σ_f r_f², r_f the correlation of F_f(x') with F_f(x) for the leak filters F_f of metrics (low-pass
-    σ 3 and band-pass σ 1 − σ 4 of luma): what a blur, or a band-pass, and a contrast stretch show.
+    σ 3, band-pass σ 1 − σ 4 and edge magnitude of luma): what a blur, a band-pass or an edge filter
+    and a contrast stretch show of x in x'.
 
     Scale-free: it removes x's layout from x' at those scales instead of flattening x' (a flattened
     x' still correlates with whatever is left). The filters run by FFT (metrics.LeakFilters) and the
@@ -227,7 +228,7 @@ class _CorrelationPenalty:
     def __init__(self, originals: torch.Tensor, sigma: float):
         self.filters = LeakFilters(*originals.shape[-2:], lowpass_sigma=sigma, device=originals.device)
         with torch.no_grad():
-            filtered = self.filters(luminance(originals.float())).flatten(2)  # (N, 2, H·W)
+            filtered = self.filters(luminance(originals.float())).flatten(2)  # (N, filters, H·W)
             centred = filtered - filtered.mean(dim=2, keepdim=True)
             self.unit = centred / centred.norm(dim=2, keepdim=True).clamp_min(1e-12)
 

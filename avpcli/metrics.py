@@ -130,41 +130,55 @@ def edge_correlation(a: torch.Tensor, b: torch.Tensor, sigma: float = EDGE_SIGMA
 
 
 class LeakFilters:
-    """The low-pass (σ 3) and band-pass (σ 1 − σ 4) filters of the leak measures, for one image size, by FFT.
+    """The leak measures' filters of luma for one image size, by FFT: low-pass (σ 3), band-pass
+    (σ 1 − σ 4) and the two Sobel gradients of a σ 2 blur, whose magnitude is the edge map.
 
-    The same numbers as gaussian_blur and difference_of_gaussians (reflect padding, taps to ±3σ):
-    the image is reflect-padded by the widest radius, so the FFT's circular wrap stays inside the
-    padding. One forward and one inverse FFT serve both filters, which makes the leak term of the
-    attack cost a fraction of a step instead of six small convolutions.
+    The low-pass and band-pass are the same numbers as gaussian_blur and difference_of_gaussians
+    (reflect padding, taps to ±3σ), and the edge map those of sobel_magnitude(gaussian_blur(·, 2)),
+    to float rounding (tests/test_metrics.py): the image is reflect-padded by the widest reach, so the
+    FFT's circular wrap stays inside the padding. One forward and one inverse FFT serve all filters,
+    which makes the attack's leak term cost a fraction of a step instead of a dozen small convolutions.
     """
 
     def __init__(self, height: int, width: int, lowpass_sigma: float = LOWPASS_SIGMA,
-                 bandpass_sigmas: tuple[float, float] = BANDPASS_SIGMAS, device: torch.device | str = "cpu") -> None:
-        sigmas = (lowpass_sigma, *bandpass_sigmas)
+                 bandpass_sigmas: tuple[float, float] = BANDPASS_SIGMAS, edge_sigma: float = EDGE_SIGMA,
+                 device: torch.device | str = "cpu") -> None:
+        sigmas = (lowpass_sigma, *bandpass_sigmas, edge_sigma)
         smallest = min(height, width)
-        radii = [min(max(1, int(round(3 * sigma))), smallest - 1) for sigma in sigmas]
-        self.pad = max(radii)
-        if self.pad >= smallest:
+        if smallest < 2:
             raise ValueError(f"image of {height}×{width} is too small for the leak filters")
+        radii = [min(max(1, int(round(3 * sigma))), smallest - 1) for sigma in sigmas]
+        self.pad = min(max(radii) + 1, smallest - 1)  # + 1 for the Sobel kernels' reach
         self.height, self.width = height, width
         padded = (height + 2 * self.pad, width + 2 * self.pad)
-        responses = []
+
+        def response(kernel_2d: torch.Tensor) -> torch.Tensor:
+            """The FFT of a (2r+1)×(2r+1) kernel centred on pixel (0, 0), wrapped around the padded size."""
+            radius = kernel_2d.shape[0] // 2
+            offsets = torch.arange(-radius, radius + 1)
+            placed = torch.zeros(padded, dtype=torch.float64)
+            placed[offsets[:, None] % padded[0], offsets[None, :] % padded[1]] = kernel_2d
+            return torch.fft.rfft2(placed)
+
+        blurs = []
         for sigma, radius in zip(sigmas, radii):
             taps = gaussian_kernel_1d(2 * radius + 1, sigma, dtype=torch.float64)
-            kernel = torch.zeros(padded, dtype=torch.float64)
-            offsets = torch.arange(-radius, radius + 1)
-            # The separable kernel centred on pixel (0, 0), wrapped: a circular convolution with it is the blur.
-            kernel[offsets[:, None] % padded[0], offsets[None, :] % padded[1]] = taps[:, None] * taps[None, :]
-            responses.append(torch.fft.rfft2(kernel))
-        lowpass, small, large = responses
-        self.responses = torch.stack([lowpass, small - large]).to(torch.complex64).to(device)  # (2, H', W'/2+1)
+            blurs.append(taps[:, None] * taps[None, :])
+        lowpass, small, large, edge_blur = (response(kernel) for kernel in blurs)
+        sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=torch.float64)
+        # A circular convolution with the kernel flipped is conv2d's cross-correlation; flipping only
+        # changes the gradients' sign, which the magnitude drops.
+        gradient_x, gradient_y = response(sobel_x) * edge_blur, response(sobel_x.T) * edge_blur
+        self.responses = torch.stack([lowpass, small - large, gradient_x, gradient_y]).to(torch.complex64).to(device)
 
     def __call__(self, luma: torch.Tensor) -> torch.Tensor:
-        """(N,1,H,W) luma → (N,2,H,W): its low-pass and its band-pass."""
+        """(N,1,H,W) luma → (N,3,H,W): its low-pass, its band-pass and its edge magnitude."""
         padded = F.pad(luma.float(), (self.pad,) * 4, mode="reflect")
-        spectrum = torch.fft.rfft2(padded)
-        filtered = torch.fft.irfft2(spectrum * self.responses, s=padded.shape[-2:])
-        return filtered[..., self.pad:self.pad + self.height, self.pad:self.pad + self.width]
+        filtered = torch.fft.irfft2(torch.fft.rfft2(padded) * self.responses, s=padded.shape[-2:])
+        filtered = filtered[..., self.pad:self.pad + self.height, self.pad:self.pad + self.width]
+        # The small constant keeps the square root's gradient finite where an image is flat.
+        edges = (filtered[:, 2:3].pow(2) + filtered[:, 3:4].pow(2) + 1e-12).sqrt()
+        return torch.cat([filtered[:, :2], edges], dim=1)
 
 
 def colour_mean_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
