@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from avpcli.errors import ImageError, UsageError
+from avpcli.errors import AvpError, ImageError, UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 # Photo formats avp does not read: listed by find_images so that each is reported, not skipped unseen.
@@ -32,10 +32,12 @@ MIN_SIDE = 16
 
 @dataclass(frozen=True)
 class SourceImage:
-    """An input file and the relative path its outputs mirror."""
+    """An input file, the relative path its outputs mirror, and the input folder it was found in
+    (None for a file given by name)."""
 
     path: Path
     relative: Path
+    root: Path | None = None
 
 
 def find_images(inputs: Sequence[Path]) -> list[SourceImage]:
@@ -57,10 +59,57 @@ def find_images(inputs: Sequence[Path]) -> list[SourceImage]:
             for path in sorted(given.rglob("*")):
                 if (path.suffix.lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES and not path.is_dir()
                         and not _hidden(path, given)):
-                    found.append(SourceImage(path, prefix / path.relative_to(given)))
+                    found.append(SourceImage(path, prefix / path.relative_to(given), given))
         else:
             found.append(SourceImage(given, Path(given.name)))
     return found
+
+
+def check_link_stays_inside(source: SourceImage) -> None:
+    """ImageError if a file found in an input folder is a symbolic link to something outside that folder.
+
+    Such a link may be a planted way to make avp read (and write a ciphertext of) a file the user
+    did not mean to give; `--follow-links` accepts them. Files given by name are the user's choice.
+    """
+    if source.root is not None and not _resolves_inside(source.path, source.root):
+        raise ImageError("a symbolic link to a file outside the input folder (give --follow-links to follow it)")
+
+
+def _resolves_inside(path: Path, folder: Path) -> bool:
+    """True if `path`, with every link resolved, lies strictly below `folder` (also resolved); False for a loop."""
+    try:
+        return folder.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):  # a link loop: RuntimeError from pathlib before Python 3.13
+        return False
+
+
+def contained_path(folder: Path, name: object) -> Path:
+    """folder / name for a file name read from a manifest, once it is known to stay inside `folder`.
+
+    The name must be a relative path of plain names (no empty, '.' or '..' part, not absolute, no
+    NUL) and must still lie inside `folder` once symbolic links are resolved, so that a tampered
+    manifest or a planted link cannot make avp read or write anywhere else. Otherwise ImageError
+    with a one-line reason that does not repeat the name.
+    """
+    if not isinstance(name, str) or not name:
+        raise ImageError(f"the manifest gives no usable file name ({_json_kind(name)})")
+    if "\0" in name:
+        raise ImageError("unsafe path in the manifest: it holds a NUL character")
+    if name.startswith("/"):
+        raise ImageError("unsafe path in the manifest: an absolute path")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise ImageError("unsafe path in the manifest: an empty, '.' or '..' part")
+    path = folder / name
+    if not _resolves_inside(path, folder):
+        raise ImageError("unsafe path in the manifest: a symbolic link leads out of the folder")
+    return path
+
+
+def _json_kind(value: object) -> str:
+    if value is None or value == "":
+        return "missing" if value is None else "empty"
+    kinds = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return f"{kinds.get(type(value), type(value).__name__)}, not a name"
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -120,6 +169,22 @@ def load_rgb(path: Path) -> Image.Image:
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"image too small ({image.size[0]}x{image.size[1]}; at least {MIN_SIDE} pixels a side)")
     return image
+
+
+def read_file_bytes(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or ImageError with load_rgb's reasons.
+
+    A pipe or device is refused before it is opened (reading one could block or never end).
+    """
+    _check_regular_file(path)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise ImageError(f"cannot read file: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise ImageError(f"file too large (more than {limit:,} bytes)")
+    return data
 
 
 def _check_regular_file(path: Path) -> None:
@@ -207,6 +272,14 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
         raise
 
 
+def write_output(path: Path, data: bytes, mode: int | None = None) -> None:
+    """atomic_write_bytes, with a failing disk (full, read-only, gone) as a one-line domain error."""
+    try:
+        atomic_write_bytes(path, data, mode)
+    except OSError as error:
+        raise AvpError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -223,7 +296,7 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """Save a (3, H, W) tensor as a metadata-free PNG, atomically."""
-    atomic_write_bytes(path, png_bytes(image))
+    write_output(path, png_bytes(image))
 
 
 def read_png(path: Path) -> torch.Tensor:
