@@ -28,6 +28,8 @@ UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".svg", ".r
 # only warns below twice its limit, and a warning is not a refusal.
 MAX_PIXELS = 80_000_000
 MIN_SIDE = 16
+# Avp's own PNGs read back (ciphertexts, outputs checked on a rerun) are far smaller.
+MAX_PNG_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,13 @@ def check_link_stays_inside(source: SourceImage) -> None:
     Such a link may be a planted way to make avp read (and write a ciphertext of) a file the user
     did not mean to give; `--follow-links` accepts them. Files given by name are the user's choice.
     """
-    if source.root is not None and not _resolves_inside(source.path, source.root):
+    if source.root is None:
+        return
+    try:
+        source.path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return  # a broken link or a loop: load_rgb says which
+    if not _resolves_inside(source.path, source.root):
         raise ImageError("a symbolic link to a file outside the input folder (give --follow-links to follow it)")
 
 
@@ -83,25 +91,26 @@ def _resolves_inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def contained_path(folder: Path, name: object) -> Path:
+def contained_path(folder: Path, name: object, follow_links: bool = False) -> Path:
     """folder / name for a file name read from a manifest, once it is known to stay inside `folder`.
 
     The name must be a relative path of plain names (no empty, '.' or '..' part, not absolute, no
-    NUL) and must still lie inside `folder` once symbolic links are resolved, so that a tampered
-    manifest or a planted link cannot make avp read or write anywhere else. Otherwise ImageError
-    with a one-line reason that does not repeat the name.
+    NUL) and must still lie inside `folder` once symbolic links are resolved (unless `follow_links`:
+    a folder of the user's own whose links the user chose), so that a tampered manifest or a planted
+    link cannot make avp read or write anywhere else. Otherwise ImageError with a one-line reason
+    that does not repeat the name.
     """
     if not isinstance(name, str) or not name:
         raise ImageError(f"the manifest gives no usable file name ({_json_kind(name)})")
     if "\0" in name:
-        raise ImageError("unsafe path in the manifest: it holds a NUL character")
+        raise ImageError("unsafe path: it holds a NUL character")
     if name.startswith("/"):
-        raise ImageError("unsafe path in the manifest: an absolute path")
+        raise ImageError("unsafe path: an absolute path")
     if any(part in ("", ".", "..") for part in name.split("/")):
-        raise ImageError("unsafe path in the manifest: an empty, '.' or '..' part")
+        raise ImageError("unsafe path: an empty, '.' or '..' part")
     path = folder / name
-    if not _resolves_inside(path, folder):
-        raise ImageError("unsafe path in the manifest: a symbolic link leads out of the folder")
+    if not follow_links and not _resolves_inside(path, folder):
+        raise ImageError("unsafe path: a symbolic link leads out of the folder")
     return path
 
 
@@ -305,9 +314,14 @@ def read_png(path: Path) -> torch.Tensor:
         return to_tensor(opened.convert("RGB"))
 
 
-def png_tensor(data: bytes) -> torch.Tensor:
-    """Decode PNG bytes from png_bytes, as (3, H, W) in [0, 1]."""
+def png_tensor(data: bytes, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Decode PNG bytes from png_bytes, as (3, H, W) in [0, 1].
+
+    With `size` (H, W), an image of any other size is an ImageError, raised before its pixels are decoded.
+    """
     with Image.open(io.BytesIO(data)) as opened:
+        if size is not None and opened.size != (size[1], size[0]):
+            raise ImageError(f"{opened.size[0]}x{opened.size[1]} pixels, not the target's input size")
         return to_tensor(opened.convert("RGB"))
 
 

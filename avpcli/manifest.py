@@ -161,8 +161,7 @@ def merge_parts(parts: list[Manifest]) -> Manifest:
     """
     first = parts[0]
     for part in parts[1:]:
-        if (part.target, part.key_fingerprint, settings_without_seed(part.settings)) != (
-                first.target, first.key_fingerprint, settings_without_seed(first.settings)):
+        if differences(part, first):
             raise AvpError("the manifest parts in this folder come from runs with different targets, keys or "
                            "settings; rerun the odd shard with --overwrite")
     grouped = [_group_by_source(part.files) for part in parts]
@@ -177,6 +176,18 @@ def merge_parts(parts: list[Manifest]) -> Manifest:
         settings["noise_seed"] = seeds  # shards started without a common --seed
     return Manifest(kind=first.kind, target=first.target, key_fingerprint=first.key_fingerprint, settings=settings,
                     files=files, avp_version=first.avp_version, complete=all(part.complete for part in parts))
+
+
+def differences(manifest: Manifest, other: Manifest) -> list[str]:
+    """What two manifests' runs did differently ("target", "key", "settings"; the noise seed aside).
+
+    Outputs of runs without differences belong together: one manifest may list them all.
+    """
+    return [name for name, mine, theirs in (
+        ("target", manifest.target, other.target),
+        ("key", manifest.key_fingerprint, other.key_fingerprint),
+        ("settings", settings_without_seed(manifest.settings), settings_without_seed(other.settings)),
+    ) if mine != theirs]
 
 
 def settings_without_seed(settings: dict[str, Any]) -> dict[str, Any]:
