@@ -76,19 +76,11 @@ def check_link_stays_inside(source: SourceImage) -> None:
     if source.root is None:
         return
     try:
-        source.path.resolve(strict=True)
+        resolved = source.path.resolve(strict=True)
     except (OSError, RuntimeError):
         return  # a broken link or a loop: load_rgb says which
-    if not _resolves_inside(source.path, source.root):
+    if source.root.resolve() not in resolved.parents:
         raise ImageError("a symbolic link to a file outside the input folder (give --follow-links to follow it)")
-
-
-def _resolves_inside(path: Path, folder: Path) -> bool:
-    """True if `path`, with every link resolved, lies strictly below `folder` (also resolved); False for a loop."""
-    try:
-        return folder.resolve() in path.resolve().parents
-    except (OSError, RuntimeError):  # a link loop: RuntimeError from pathlib before Python 3.13
-        return False
 
 
 def contained_path(folder: Path, name: object, follow_links: bool = False) -> Path:
@@ -109,7 +101,13 @@ def contained_path(folder: Path, name: object, follow_links: bool = False) -> Pa
     if any(part in ("", ".", "..") for part in name.split("/")):
         raise ImageError("unsafe path: an empty, '.' or '..' part")
     path = folder / name
-    if not follow_links and not _resolves_inside(path, folder):
+    if follow_links:
+        return path
+    try:
+        inside = folder.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+        raise ImageError("unsafe path: a symbolic link loop") from None
+    if not inside:
         raise ImageError("unsafe path: a symbolic link leads out of the folder")
     return path
 
@@ -317,12 +315,20 @@ def read_png(path: Path) -> torch.Tensor:
 def png_tensor(data: bytes, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Decode PNG bytes from png_bytes, as (3, H, W) in [0, 1].
 
-    With `size` (H, W), an image of any other size is an ImageError, raised before its pixels are decoded.
+    With `size` (H, W), an image of any other size is an ImageError, raised before its pixels are
+    decoded, as is data that is not an image.
     """
-    with Image.open(io.BytesIO(data)) as opened:
-        if size is not None and opened.size != (size[1], size[0]):
-            raise ImageError(f"{opened.size[0]}x{opened.size[1]} pixels, not the target's input size")
-        return to_tensor(opened.convert("RGB"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                if size is not None and opened.size != (size[1], size[0]):
+                    raise ImageError(f"{opened.size[0]}x{opened.size[1]} pixels, not the target's input size")
+                return to_tensor(opened.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image too large (decompression bomb guard)") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image PIL can read (unknown or corrupt format)") from None
 
 
 def is_inside(inner: Path, outer: Path) -> bool:
