@@ -110,7 +110,8 @@ class _Item:
 
 
 def _noise_seed(run_seed: int, name: str) -> int:
-    digest = hashlib.sha256(f"{run_seed}:{name}".encode()).digest()
+    # surrogateescape: a name that is not UTF-8 counts by its bytes (UTF-8 names as before).
+    digest = hashlib.sha256(f"{run_seed}:{name}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
