@@ -649,12 +649,12 @@ def save_key(trained: TrainedKey, path: str | os.PathLike[str], overwrite: bool 
     return target
 
 
-# The paper preset has 11.38 M parameters; a key file declaring more than this is refused before
-# anything is allocated for it.
-MAX_KEY_PARAMETERS = 50_000_000
+# Values (parameters and buffers) a key may hold: the paper preset's hold 11.39 M. A key file whose
+# metadata declares more is refused before anything is allocated for it.
+MAX_KEY_VALUES = 50_000_000
 # The header of a real key is a few KB (the paper preset's: about 12 KB).
 MAX_HEADER_BYTES = 1 << 20
-MAX_KEY_BYTES = 8 + MAX_HEADER_BYTES + 4 * MAX_KEY_PARAMETERS
+MAX_KEY_BYTES = 8 + MAX_HEADER_BYTES + 4 * MAX_KEY_VALUES
 # The dtypes a key holds, as safetensors names them, and their sizes in bytes.
 _DTYPE_NAMES = {torch.float32: ("F32", 4), torch.int64: ("I64", 8), torch.uint8: ("U8", 1)}
 
@@ -774,7 +774,7 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     """Read a key file written by save_key: checks format, architecture, tensor names, shapes and dtypes.
 
     Everything is checked on the header first, before the tensors are read or any memory is spent on
-    them: the metadata, the architecture it describes (at most MAX_KEY_PARAMETERS parameters), and
+    them: the metadata, the architecture it describes (at most MAX_KEY_VALUES values), and
     every tensor's name, shape and dtype against it. Returns the generator frozen and in eval mode.
     Raises KeyFileError (one-line message) for a missing, unreadable, truncated, corrupt, foreign or
     oversized file, or one that is not a regular file.
@@ -789,10 +789,10 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
         scrambles, ngf, blocks, norm = _check_metadata(metadata, source)
         architecture = f"ngf {ngf}, {blocks} blocks"
         expected = expected_key_tensors(ngf, blocks, norm, scrambles)
-        parameters = sum(math.prod(shape) for shape, _ in expected.values())
-        if parameters > MAX_KEY_PARAMETERS:
-            raise KeyFileError(f"{source} declares an architecture ({architecture}) of {parameters:,} parameters; "
-                               f"an avp key has at most {MAX_KEY_PARAMETERS:,}")
+        values = sum(math.prod(shape) for shape, _ in expected.values())
+        if values > MAX_KEY_VALUES:
+            raise KeyFileError(f"{source} declares an architecture ({architecture}) whose tensors hold {values:,} "
+                               f"values; an avp key holds at most {MAX_KEY_VALUES:,}")
         _check_tensors(header, expected, size - len(head), source, architecture)
         try:
             payload = head + stream.read(size - len(head))

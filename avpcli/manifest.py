@@ -122,8 +122,10 @@ def _read_manifest_file(path: Path, named: Path | None = None) -> Manifest:
         raise AvpError(f"cannot read manifest {path}: {' '.join(str(broken).split())[:200]}") from None
     if not isinstance(document, dict) or document.get("format") != MANIFEST_FORMAT:
         raise AvpError(f"{path} is not an avp manifest")
-    if type(document.get("version", 0)) is not int or document.get("version", 0) > MANIFEST_VERSION:
-        raise AvpError(f"{path} was written by a newer avp (manifest version {document.get('version')!r})")
+    if type(document.get("version", 0)) is not int:
+        raise AvpError(f"{path} is damaged: its version is not a whole number")
+    if document.get("version", 0) > MANIFEST_VERSION:
+        raise AvpError(f"{path} was written by a newer avp (manifest version {document['version']})")
     files = document.get("files", [])
     if not isinstance(files, list) or not all(isinstance(entry, dict) and isinstance(entry.get("status"), str)
                                               for entry in files):

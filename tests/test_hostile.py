@@ -246,8 +246,8 @@ def test_a_key_declaring_a_huge_network_is_refused_in_under_200_mb(tmp_path):
     # Peak resident memory during the load, above what the process held before it (KiB).
     print(f"key file {size} bytes; peak memory growth while loading it: {int(growth_kb) / 1024:.1f} MB")
     assert int(size) < 300 and int(growth_kb) < 200 * 1024
-    assert message == (f"{path} declares an architecture (ngf 512, 64 blocks) of 4,880,243,848 parameters; "
-                       "an avp key has at most 50,000,000")
+    assert message == (f"{path} declares an architecture (ngf 512, 64 blocks) whose tensors hold 4,880,243,848 "
+                       "values; an avp key holds at most 50,000,000")
 
 
 def test_decrypt_skips_unusable_files_in_keys_with_a_warning(world, other_tiny_key_file):
@@ -274,8 +274,8 @@ def test_decrypt_skips_unusable_files_in_keys_with_a_warning(world, other_tiny_k
         result = invoke("decrypt", world.encrypted, "--out", out, "--device", "cpu", env={"AVP_KEYS": str(keys)})
     assert result.exit_code == 0 and result.stdout.splitlines() == outputs(out, ["a.png"])
     assert result.stderr.splitlines() == [f"warning: skipped: {printable(message)}" for message in (
-        f"{keys}/bomb.safetensors declares an architecture (ngf 512, 64 blocks) of 4,880,243,848 parameters; "
-        "an avp key has at most 50,000,000",
+        f"{keys}/bomb.safetensors declares an architecture (ngf 512, 64 blocks) whose tensors hold "
+        "4,880,243,848 values; an avp key holds at most 50,000,000",
         f"{keys}/fifo.safetensors is not a regular file (a folder, pipe or device), so it is not a key",
         f"{keys}/folder.safetensors is not a regular file (a folder, pipe or device), so it is not a key",
         f"{keys}/huge.safetensors is too large to be an avp key (10,737,418,240 bytes; a key has at most "
@@ -524,3 +524,357 @@ def test_a_decrypt_rerun_keeps_finished_outputs_and_refuses_what_is_not_its_own(
     refused = world.decrypt(world.root / "other")
     assert refused.exit_code == 2 and refused.stderr == (
         f"error: {world.root / 'other'} holds avp output of another kind (encrypted); choose another --out\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Generated: tampered manifests
+
+
+MISSING = object()  # an entry without an "output" field
+DAMAGED = "{manifest} is damaged: its file list is not a list of entries with a status"
+# Output values refused before anything is read: (value, the reason after "failed: <value>: ").
+UNSAFE = [
+    *((value, "unsafe path: an absolute path") for value in (
+        "{sentinel}/victim.png", "{sentinel}/notes.txt", "{encrypted}/a.png", "{root}/outs/x.png", "/etc/passwd", "/",
+        "//a.png")),
+    *((value, "unsafe path: an empty, '.' or '..' part") for value in (
+        "..", ".", "../sentinel/victim.png", "sub/../../sentinel/notes.txt", "../../../../../../etc/passwd",
+        "sub/..", "a.png/..", "./a.png", "sub/./c.png", "sub//c.png", "a.png/")),
+    *((value, "unsafe path: a symbolic link leads out of the folder") for value in (
+        "out-link.png", "linkdir/victim.png", "linkdir/deep/other.png", "linkdir/notes.txt", "linkdir/new.png")),
+    ("loop.png", "unsafe path: a symbolic link loop"),
+    ("loop.png/x.png", "unsafe path: a symbolic link loop"),
+    *((value, "unsafe path: it holds a NUL character") for value in ("a.png\0", "\0", "sub/\0c.png", "/\0")),
+]
+# Output values that name no file: (value, what the reason says of it); failures are labelled "entry N".
+NO_NAME = [(MISSING, "missing"), (None, "missing"), ("", "empty"), (0, "a number, not a name"),
+           (7, "a number, not a name"), (-1, "a number, not a name"), (1.5, "a number, not a name"),
+           (True, "true or false, not a name"), (False, "true or false, not a name"), ([], "a list, not a name"),
+           (["a.png"], "a list, not a name"), ({}, "an object, not a name"), ({"name": "a.png"}, "an object, not a name")]
+# Names that pass the check, then decrypt (None) or fail when read.
+VANISHED = "cannot read: file vanished"
+NOT_AN_IMAGE = "cannot read: not an image PIL can read (unknown or corrupt format)"
+READABLE = [*((name, None) for name in CIPHERTEXTS), ("in-link.png", None),
+            # A backslash is part of a name on POSIX, not a separator.
+            *((name, VANISHED) for name in ("nope.png", "sub/nope.png", "deeper/and/deeper.png", "new\nnope.png",
+                                            "..\\..\\sentinel\\victim.png")),
+            ("broken.png", "cannot read: broken symbolic link"),
+            ("pipe.png", "cannot read: not a regular file (a pipe, socket or device)"),
+            ("dir.png", "cannot read: a folder, not an image file"), ("empty.png", "cannot read: empty file"),
+            ("big.png", "cannot read: 64x64 pixels, not the target's input size"),
+            ("text.png", NOT_AN_IMAGE), ("avp-manifest.json", NOT_AN_IMAGE)]
+INPUT_SIZE = "{manifest} is damaged: its target's input_size is not two sides in pixels"
+# Damage to the manifest as a whole: (change to the document, the one-line error). It stops before any output.
+WHOLE = [
+    *((lambda document, bad=bad: document["files"].append(bad), DAMAGED)
+      for bad in (3, "a.png", None, [], {"output": "a.png"}, {"output": "a.png", "status": 1},
+                  {"output": "a.png", "status": None})),
+    *((lambda document, bad=bad: document.update(files=bad), DAMAGED) for bad in ({}, "a.png", 3)),
+    *((lambda document, bad=bad: document["target"].update(input_size=bad), INPUT_SIZE)
+      for bad in ([32], "32x32", [0, 32], [32, 32, 3], [True, 32], [32.0, 32], [32, 1 << 20])),
+    *((change, "the manifest of {encrypted} does not give the target's input size; it is damaged") for change in (
+        lambda document: document["target"].pop("input_size"),
+        lambda document: document["target"].update(input_size=None))),
+    (lambda document: document.update(target=[]), "{manifest} is damaged: its target is not a JSON object"),
+    (lambda document: document.update(version=2), "{manifest} was written by a newer avp (manifest version 2)"),
+    (lambda document: document.update(version="1"), "{manifest} is damaged: its version is not a whole number"),
+    (lambda document: document.update(format="avp"), "{manifest} is not an avp manifest"),
+    (lambda document: document.update(kind=3), "{manifest} is damaged: its kind is not a JSON string"),
+    (lambda document: document.update(settings=[]), "{manifest} is damaged: its settings is not a JSON object"),
+    (lambda document: document.update(key_fingerprint=5),
+     "{manifest} is damaged: its key_fingerprint is not a JSON string"),
+    (lambda document: document.update(run="../../names"),
+     "{manifest} is damaged: its run id is not a short hexadecimal id"),
+    (lambda document: document.update(shard="1/2/3"), "{manifest} is damaged: its shard is not i/n"),
+    (lambda document: document.update(key_fingerprint="0" * 64),
+     "{key} is not the key these images were encrypted with (fingerprint {fingerprint}… vs 0000000000000000… "
+     "in the manifest); use --force to decrypt anyway"),
+]
+# Manifests that are not JSON documents at all: (text, the one-line error).
+TEXTS = [(b"", "cannot read manifest {manifest}: empty file"), (b"[]", "{manifest} is not an avp manifest"),
+         (b"null", "{manifest} is not an avp manifest"), (b"[" * 100_000 + b"]" * 100_000, None),
+         (b'{"format": "avp-manifest"', None), (b"\xff\xfe", None)]
+
+
+def generated_entries(rng: np.random.Generator, count: int, world: World) -> list:
+    """`count` random entries; each is (entry, kind, value, reason) with kind path, no-name, read or skip."""
+    places = {"sentinel": world.sentinel, "encrypted": world.encrypted, "root": world.root}
+    made = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.35:
+            kind, (value, reason) = "read", READABLE[rng.integers(len(READABLE))]
+        elif roll < 0.65:
+            kind, (value, reason) = "path", UNSAFE[rng.integers(len(UNSAFE))]
+            value = value.format(**places)
+        elif roll < 0.85:
+            kind, (value, reason) = "no-name", NO_NAME[rng.integers(len(NO_NAME))]
+        else:  # an entry that did not succeed is not decrypted, whatever it names
+            kind, reason = "skip", None
+            value = [name for name, _ in READABLE + UNSAFE][rng.integers(len(READABLE) + len(UNSAFE))]
+        status = "ok" if kind != "skip" else ["failed", "no_face", "pending", "OK", "", "ok "][rng.integers(6)]
+        item = {"source": f"s{len(made)}", "status": status}
+        if value is not MISSING:
+            item["output"] = value
+        made.append((item, kind, value, reason))
+    return made
+
+
+def expected_decryption(entries: list, out: Path) -> tuple[int, list[str], list[str]]:
+    """What decrypt must do with these entries: (exit code, stdout lines, stderr lines)."""
+    refused, unreadable, written, seen = [], [], [], set()
+    for number, (_, kind, value, reason) in enumerate(entries, 1):
+        if kind == "no-name":
+            refused.append(f"failed: entry {number}: the manifest gives no usable file name ({reason})")
+        elif kind == "path":
+            refused.append(f"failed: {printable(value)}: {reason}")
+        elif kind == "read" and value in seen:
+            refused.append(f"failed: {printable(value)}: listed twice in the manifest")
+        elif kind == "read":
+            seen.add(value)
+            if reason is None:
+                written.append(value)
+            else:
+                unreadable.append(f"failed: {printable(value)}: {reason}")
+    failures = refused + unreadable  # names are all checked first, then ciphertexts read in order
+    return (1 if failures else 0), outputs(out, written), failures
+
+
+def test_generated_tampered_manifests_each_get_their_exact_outcome(world):
+    outs = world.root / "outs"
+    manifest = world.encrypted / "avp-manifest.json"
+    before = world.state(outs, manifest)
+    places = {"manifest": manifest, "encrypted": world.encrypted, "key": world.key,
+              "fingerprint": world.fingerprint[:16]}
+    cases = 0
+    # The manifest as a whole is damaged: one line, exit 1, nothing written.
+    for number, (text, message) in enumerate([(None, message) for _, message in WHOLE] + TEXTS):
+        if text is None:
+            document = manifest_document([entry(name) for name in CIPHERTEXTS], world.fingerprint)
+            WHOLE[number][0](document)
+            text = json.dumps(document).encode()
+        manifest.write_bytes(text)
+        out = outs / f"whole-{number}"
+        result = world.decrypt(out)
+        if message is None:  # the JSON parser's own words
+            assert result.stderr.startswith(f"error: cannot read manifest {printable(str(manifest))}: "), result.stderr
+        else:
+            assert result.stderr == f"error: {printable(message.format(**places))}\n", (number, result.stderr)
+        assert result.exit_code == 1 and result.stdout == "" and not out.exists(), number
+        cases += 1
+    # Entry by entry: each bad one fails alone with its reason, the others are decrypted.
+    for number in range(200):
+        rng = np.random.default_rng(1000 + number)
+        count = 20_000 if number == 0 else 2_000 if number % 40 == 1 else int(rng.integers(1, 16))
+        entries = generated_entries(rng, count, world)
+        world.write_manifest([item for item, *_ in entries])
+        out = outs / str(number)
+        code, stdout, stderr = expected_decryption(entries, out)
+        result = world.decrypt(out)
+        assert (result.exit_code, result.stdout.splitlines()) == (code, stdout), number
+        assert result.stderr.splitlines() == stderr, number
+        written = json.loads((out / "avp-manifest.json").read_text())
+        assert written["summary"].get("status_failed", 0) == len(stderr) and written["complete"], number
+        cases += 1
+    assert cases >= 230
+    assert world.state(outs, manifest) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# Generated: malformed key files
+
+
+def key_parts(data: bytes) -> tuple[dict, bytes]:
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def key_bytes(header, body: bytes) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + body
+
+
+def with_metadata(data: bytes, **changes) -> bytes:
+    header, body = key_parts(data)
+    metadata = {**header["__metadata__"], **changes}
+    header["__metadata__"] = {name: value for name, value in metadata.items() if value is not None}
+    return key_bytes(header, body)
+
+
+def with_header_entry(data: bytes, name: str, **changes) -> bytes:
+    header, body = key_parts(data)
+    header[name] = {**header[name], **changes}
+    return key_bytes(header, body)
+
+
+def resaved(data: bytes, change) -> bytes:
+    """The key's tensors changed by `change(tensors)`, saved again as a well-formed safetensors file."""
+    from safetensors.torch import load, save
+
+    header, _ = key_parts(data)
+    tensors = load(data)
+    change(tensors)
+    return save(tensors, metadata=header["__metadata__"])
+
+
+def malformed_keys(data: bytes, folder: Path) -> list[tuple[str, Path, str]]:
+    """(what is wrong, the file, the error message with {path}) for each generated key file."""
+    import torch
+
+    header, body = key_parts(data)
+    header_end = len(data) - len(body)
+    not_safetensors = "{path} is not a safetensors file (corrupt, truncated or another kind of file)"
+    not_regular = "{path} is not a regular file (a folder, pipe or device), so it is not a key"
+    damaged = "{path} is damaged: tensor network.1.weight has shape {shape} {dtype}, expected (4, 3, 7, 7) F32"
+    out_of_range = "{path} is not a usable avp key: metadata field {field!r} = {value} is out of range"
+    not_a_number = "{path} is not a usable avp key: metadata field {field!r} is missing or not a number"
+    mismatch = "{path} does not match its declared architecture ({architecture}): {what}"
+    size = "{path} is damaged: it holds {held:,} bytes of tensor data where its architecture needs 35,908 " \
+           "(truncated or padded)"
+    cases: list[tuple[str, bytes | None, str]] = [
+        *((f"cut to {cut} bytes", data[:cut], not_safetensors) for cut in (0, 1, 7, 8, 9, 100, header_end - 1)),
+        *((f"cut to {cut} bytes", data[:cut], size.replace("{held:,}", f"{cut - header_end:,}"))
+          for cut in (header_end, header_end + 10, len(data) - 1)),
+        *((f"{extra} bytes added", data + b"\0" * extra, size.replace("{held:,}", f"{len(body) + extra:,}"))
+          for extra in (1, 4, 4096)),
+        ("header length 2**63", (2 ** 63).to_bytes(8, "little") + data[8:], not_safetensors),
+        ("header length over 1 MiB", ((1 << 20) + 1).to_bytes(8, "little") + data[8:] + bytes(1 << 20), not_safetensors),
+        ("header not JSON", data[:8] + b"?" * (header_end - 8) + body, not_safetensors),
+        ("header not UTF-8", key_bytes(b"\xff" * 64, body), not_safetensors),
+        ("header a JSON list", key_bytes(b"[]", body), not_safetensors),
+        ("header a JSON string", key_bytes(b'"key"', body), not_safetensors),
+        ("header nested 100,000 deep", key_bytes(b"[" * 100_000 + b"]" * 100_000, body), not_safetensors),
+        ("metadata a list", key_bytes({**header, "__metadata__": []}, body), not_safetensors),
+        ("a metadata value a number", key_bytes({**header, "__metadata__": {**header["__metadata__"], "ngf": 4}}, body),
+         not_safetensors),
+        ("a tensor entry a number", key_bytes({**header, "network.1.weight": 5}, body), not_safetensors),
+        ("no metadata", key_bytes({name: value for name, value in header.items() if name != "__metadata__"}, body),
+         "{path} is a safetensors file but not an avp key (no 'avp-key' metadata)"),
+        ("format pt", with_metadata(data, format="pt"), "{path} is a safetensors file but not an avp key (no 'avp-key' metadata)"),
+        ("format version 3", with_metadata(data, format_version="3"),
+         "{path} is an avp key of format version '3'; this avp (0.1.0) reads versions 1, 2"),
+        ("no format version", with_metadata(data, format_version=None),
+         "{path} is an avp key of format version None; this avp (0.1.0) reads versions 1, 2"),
+        ("format version 1 with a scramble", with_metadata(data, format_version="1"),
+         mismatch.format(path="{path}", architecture="ngf 4, 1 blocks", what="unexpected tensor scramble.secret")),
+        ("scramble none with a scramble", with_metadata(data, scramble="none"),
+         mismatch.format(path="{path}", architecture="ngf 4, 1 blocks", what="unexpected tensor scramble.secret")),
+        ("unknown scramble", with_metadata(data, scramble="rot13"),
+         "{path} has a scramble this avp does not know: 'rot13'"),
+        ("architecture unet", with_metadata(data, architecture="unet"), "{path} has unknown architecture 'unet'"),
+        ("no architecture", with_metadata(data, architecture=None), "{path} has unknown architecture None"),
+        *((f"ngf {value!r}", with_metadata(data, ngf=value), not_a_number.format(path="{path}", field="ngf"))
+          for value in ("abc", "4.0", "", None)),
+        *((f"ngf {value}", with_metadata(data, ngf=value), out_of_range.format(path="{path}", field="ngf", value=value))
+          for value in ("0", "-4", "513", "100000000")),
+        *((f"blocks {value}", with_metadata(data, blocks=value),
+           out_of_range.format(path="{path}", field="blocks", value=value)) for value in ("0", "65")),
+        ("norm group", with_metadata(data, norm="group"), "{path} has unknown norm 'group'"),
+        ("ngf 8", with_metadata(data, ngf="8"),
+         "{path} is damaged: tensor network.1.weight has shape (4, 3, 7, 7) F32, expected (8, 3, 7, 7) F32"),
+        ("blocks 2", with_metadata(data, blocks="2"), mismatch.format(
+            path="{path}", architecture="ngf 4, 2 blocks", what="missing tensor network.11.body.1.weight")),
+        *((f"norm {norm}", with_metadata(data, norm=norm), mismatch.format(
+            path="{path}", architecture="ngf 4, 1 blocks", what="missing tensor network.1.bias"))
+          for norm in ("instance", "none")),
+        ("ngf 512, 64 blocks", with_metadata(data, ngf="512", blocks="64"),
+         "{path} declares an architecture (ngf 512, 64 blocks) whose tensors hold 4,880,243,880 values; an avp key "
+         "holds at most 50,000,000"),
+        ("ngf 128, 40 blocks", with_metadata(data, ngf="128", blocks="40"),
+         "{path} declares an architecture (ngf 128, 40 blocks) whose tensors hold 191,899,512 values; an avp key "
+         "holds at most 50,000,000"),
+        ("the paper's architecture", with_metadata(data, ngf="64", blocks="9"), mismatch.format(
+            path="{path}", architecture="ngf 64, 9 blocks", what="missing tensor network.11.body.1.weight")),
+        ("a tensor missing", resaved(data, lambda tensors: tensors.pop("network.1.weight")),
+         mismatch.format(path="{path}", architecture="ngf 4, 1 blocks", what="missing tensor network.1.weight")),
+        ("the scramble secret missing", resaved(data, lambda tensors: tensors.pop("scramble.secret")),
+         mismatch.format(path="{path}", architecture="ngf 4, 1 blocks", what="missing tensor scramble.secret")),
+        ("an extra tensor", resaved(data, lambda tensors: tensors.update(extra=torch.zeros(2))),
+         mismatch.format(path="{path}", architecture="ngf 4, 1 blocks", what="unexpected tensor extra")),
+        ("a tensor renamed", resaved(data, lambda tensors: tensors.update(
+            {"network.1.weights": tensors.pop("network.1.weight")})),
+         mismatch.format(path="{path}", architecture="ngf 4, 1 blocks", what="missing tensor network.1.weight")),
+        ("a smaller kernel", resaved(data, lambda tensors: tensors.update({"network.1.weight": torch.zeros(4, 3, 5, 5)})),
+         damaged.format(path="{path}", shape=(4, 3, 5, 5), dtype="F32")),
+        ("a transposed kernel", resaved(data, lambda tensors: tensors.update(
+            {"network.1.weight": tensors["network.1.weight"].transpose(0, 1).contiguous()})),
+         damaged.format(path="{path}", shape=(3, 4, 7, 7), dtype="F32")),
+        *((f"weights in {dtype}", resaved(data, lambda tensors, dtype=dtype: tensors.update(
+            {"network.1.weight": tensors["network.1.weight"].to(getattr(torch, dtype))})),
+           damaged.format(path="{path}", shape=(4, 3, 7, 7), dtype=name))
+          for dtype, name in (("float16", "F16"), ("float64", "F64"), ("bfloat16", "BF16"), ("int32", "I32"))),
+        ("the secret as int64", resaved(data, lambda tensors: tensors.update(
+            {"scramble.secret": tensors["scramble.secret"].long()})),
+         "{path} is damaged: tensor scramble.secret has shape (32,) I64, expected (32,) U8"),
+        ("a 16-byte secret", resaved(data, lambda tensors: tensors.update(
+            {"scramble.secret": tensors["scramble.secret"][:16].clone()})),
+         "{path} is damaged: tensor scramble.secret has shape (16,) U8, expected (32,) U8"),
+        ("a batch count as float", resaved(data, lambda tensors: tensors.update(
+            {"network.2.num_batches_tracked": tensors["network.2.num_batches_tracked"].float()})),
+         "{path} is damaged: tensor network.2.num_batches_tracked has shape () F32, expected () I64"),
+        ("a shape as text", with_header_entry(data, "network.1.weight", shape="4,3,7,7"),
+         "{path} is damaged: tensor network.1.weight has shape '4,3,7,7' F32, expected (4, 3, 7, 7) F32"),
+        ("a negative shape", with_header_entry(data, "network.1.weight", shape=[-4, 3, 7, 7]),
+         damaged.format(path="{path}", shape=(-4, 3, 7, 7), dtype="F32")),
+        ("an unknown dtype", with_header_entry(data, "network.1.weight", dtype="XYZ"),
+         damaged.format(path="{path}", shape=(4, 3, 7, 7), dtype="XYZ")),
+        *((f"a weight {value}", resaved(data, lambda tensors, value=value: tensors["network.1.weight"].view(-1)
+                                         .__setitem__(0, value)),
+           "{path} is damaged: tensor network.1.weight holds NaN or infinite values")
+          for value in (float("nan"), float("inf"), float("-inf"))),
+        ("overlapping offsets", with_header_entry(data, "network.1.weight", data_offsets=[60, 2412]), not_safetensors),
+        ("offsets past the end", with_header_entry(data, "scramble.secret", data_offsets=[35876, 99999]),
+         not_safetensors),
+        ("offsets as text", with_header_entry(data, "scramble.secret", data_offsets="35876-35908"), not_safetensors),
+        ("a pipe", None, not_regular), ("a folder", None, not_regular), ("/dev/zero", None, not_regular),
+        ("a sparse 300 MB file", None, "{path} is too large to be an avp key (314,572,800 bytes; a key has at most "
+                                       "201,048,584)"),
+        ("a broken link", None, "key file not found: {path}"),
+        ("a link loop", None, "cannot read key file {path}: Too many levels of symbolic links"),
+        ("no file", None, "key file not found: {path}"),
+    ]
+    made = []
+    for number, (what, content, message) in enumerate(cases):
+        path = folder / f"key-{number:02d}.safetensors"
+        if content is not None:
+            path.write_bytes(content)
+        elif what == "a pipe":
+            os.mkfifo(path)
+        elif what == "a folder":
+            path.mkdir()
+        elif what == "/dev/zero":
+            os.symlink("/dev/zero", path)
+        elif what.startswith("a sparse"):
+            with open(path, "wb") as handle:
+                handle.truncate(300 << 20)
+        elif what == "a broken link":
+            os.symlink("nowhere", path)
+        elif what == "a link loop":
+            os.symlink(path.name, path)
+        made.append((what, path, message))
+    return made
+
+
+def test_generated_malformed_keys_are_each_refused_with_their_reason(world):
+    keys = world.root / "bad-keys"
+    keys.mkdir()
+    cases = malformed_keys(world.key.read_bytes(), keys)
+    assert len(cases) >= 50
+    out = world.root / "out"
+    big = [path for what, path, _ in cases if what.startswith("a sparse")]
+    before = world.state(out, *big)
+    with deadline(120):
+        for what, path, message in cases:
+            result = world.decrypt(out, key=path)
+            assert result.exit_code == 1 and result.stdout == "" and not out.exists(), what
+            assert result.stderr == f"error: {printable(message.format(path=path))}\n", what
+    assert world.state(out, *big) == before
+    # What is not wrong still loads: the original, a format-1 key (no scramble), extra metadata fields.
+    original = world.key.read_bytes()
+    for what, content in (("original", original),
+                          ("format 1", resaved(with_metadata(original, format_version="1"),
+                                               lambda tensors: tensors.pop("scramble.secret"))),
+                          ("more metadata", with_metadata(original, comment="made by hand"))):
+        path = keys / f"good-{what}.safetensors"
+        path.write_bytes(content)
+        assert load_key(path).fingerprint, what
