@@ -380,6 +380,13 @@ def test_runs_one_after_another_with_other_inputs_keep_every_entry(tmp_path, tin
     decrypted = tmp_path / "decrypted"
     result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cpu")
     assert result.exit_code == 0 and sorted(Path(line).name for line in result.stdout.splitlines()) == on_disk
+    # A sharded run into the folder keeps them too: the last shard's merge adds the earlier entries.
+    third = write_noise_photos(tmp_path / "third", [f"t{index}.png" for index in range(3)], SIZE, SIZE, seed=8)
+    for shard in ("2/2", "1/2"):
+        assert invoke("encrypt", third, "--key", tiny_key_file, "--out", out, *ENCRYPT, "--shard", shard).exit_code == 0
+    files = json.loads((out / "avp-manifest.json").read_text())["files"]
+    assert sorted(item["output"] for item in files) == sorted(path.name for path in out.glob("*.png"))
+    assert [item["source"] for item in files[:3]] == ["t0.png", "t1.png", "t2.png"] and len(files) == 9
 
 
 # ------------------------------------------------------------------------------------------------
