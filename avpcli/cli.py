@@ -81,7 +81,7 @@ def _echo_path(path: Path, null: bool = False) -> None:
 
 
 def _say(prefix: str, text: str, console: Console = stderr) -> None:
-    """One stderr line: a styled prefix, then `text` shown as it is (markup, emoji codes and control characters escaped)."""
+    """One stderr line: a styled prefix, then `text` as it is (markup, emoji codes, control characters escaped)."""
     # soft_wrap: one line whatever the terminal's width, so that scripts can grep it.
     console.print(f"{prefix} {escape(printable(text))}", highlight=False, soft_wrap=True, emoji=False)
 
@@ -442,7 +442,7 @@ def decrypt(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
     null: NullOption = False,
 ) -> None:
-    """Decrypt a folder with the key: writes the recovered images as PNGs and avp-manifest.json; prints one path per output."""
+    """Decrypt a folder with the key: writes the images as PNGs and avp-manifest.json; prints one path per output."""
     from avpcli.jobs import DecryptJob, decrypt_folder
     from avpcli.manifest import read_manifest
 

@@ -681,6 +681,7 @@ def _earlier_decryption(job: DecryptJob) -> dict[str, dict[str, Any]]:
 
 def _decrypted_before(entry: dict[str, Any] | None, folder: Path, name: str, digest: str) -> dict[str, Any] | None:
     """The earlier entry if it decrypted these very ciphertext bytes into folder/name, unchanged on disk since."""
-    if entry is None or entry.get("status") != "ok" or entry.get("output") != name or entry.get("source_sha256") != digest:
+    if (entry is None or entry.get("status") != "ok" or entry.get("output") != name
+            or entry.get("source_sha256") != digest):
         return None
     return entry if _file_digest(folder, name) == entry.get("sha256") else None

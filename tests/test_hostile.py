@@ -440,7 +440,8 @@ def test_names_with_control_characters_print_one_per_line_or_as_they_are_with_nu
     assert all((out / name).is_file() for name in expected)
 
     null = invoke("encrypt", photos, "--key", world.key, "--out", out, *ENCRYPT, "--null")
-    assert null.exit_code == 1 and null.stdout_bytes.split(b"\0") == [os.fsencode(out / name) for name in expected] + [b""]
+    assert null.exit_code == 1
+    assert null.stdout_bytes.split(b"\0") == [os.fsencode(out / name) for name in expected] + [b""]
     decrypted = tmp_path / "decrypted"
     lines = invoke("decrypt", out, "--key", world.key, "--out", decrypted, "--device", "cpu")
     assert lines.exit_code == 0 and lines.stdout.splitlines() == outputs(decrypted, expected)
@@ -557,7 +558,8 @@ UNSAFE = [
 NO_NAME = [(MISSING, "missing"), (None, "missing"), ("", "empty"), (0, "a number, not a name"),
            (7, "a number, not a name"), (-1, "a number, not a name"), (1.5, "a number, not a name"),
            (True, "true or false, not a name"), (False, "true or false, not a name"), ([], "a list, not a name"),
-           (["a.png"], "a list, not a name"), ({}, "an object, not a name"), ({"name": "a.png"}, "an object, not a name")]
+           (["a.png"], "a list, not a name"), ({}, "an object, not a name"),
+           ({"name": "a.png"}, "an object, not a name")]
 # Names that pass the check, then decrypt (None) or fail when read.
 VANISHED = "cannot read: file vanished"
 NOT_AN_IMAGE = "cannot read: not an image PIL can read (unknown or corrupt format)"
@@ -745,7 +747,8 @@ def malformed_keys(data: bytes, folder: Path) -> list[tuple[str, Path, str]]:
         *((f"{extra} bytes added", data + b"\0" * extra, size.replace("{held:,}", f"{len(body) + extra:,}"))
           for extra in (1, 4, 4096)),
         ("header length 2**63", (2 ** 63).to_bytes(8, "little") + data[8:], not_safetensors),
-        ("header length over 1 MiB", ((1 << 20) + 1).to_bytes(8, "little") + data[8:] + bytes(1 << 20), not_safetensors),
+        ("header length over 1 MiB", ((1 << 20) + 1).to_bytes(8, "little") + data[8:] + bytes(1 << 20),
+         not_safetensors),
         ("header not JSON", data[:8] + b"?" * (header_end - 8) + body, not_safetensors),
         ("header not UTF-8", key_bytes(b"\xff" * 64, body), not_safetensors),
         ("header a JSON list", key_bytes(b"[]", body), not_safetensors),
@@ -757,7 +760,8 @@ def malformed_keys(data: bytes, folder: Path) -> list[tuple[str, Path, str]]:
         ("a tensor entry a number", key_bytes({**header, "network.1.weight": 5}, body), not_safetensors),
         ("no metadata", key_bytes({name: value for name, value in header.items() if name != "__metadata__"}, body),
          "{path} is a safetensors file but not an avp key (no 'avp-key' metadata)"),
-        ("format pt", with_metadata(data, format="pt"), "{path} is a safetensors file but not an avp key (no 'avp-key' metadata)"),
+        ("format pt", with_metadata(data, format="pt"),
+         "{path} is a safetensors file but not an avp key (no 'avp-key' metadata)"),
         ("format version 3", with_metadata(data, format_version="3"),
          "{path} is an avp key of format version '3'; this avp (0.1.0) reads versions 1, 2"),
         ("no format version", with_metadata(data, format_version=None),
@@ -801,7 +805,8 @@ def malformed_keys(data: bytes, folder: Path) -> list[tuple[str, Path, str]]:
         ("a tensor renamed", resaved(data, lambda tensors: tensors.update(
             {"network.1.weights": tensors.pop("network.1.weight")})),
          mismatch.format(path="{path}", architecture="ngf 4, 1 blocks", what="missing tensor network.1.weight")),
-        ("a smaller kernel", resaved(data, lambda tensors: tensors.update({"network.1.weight": torch.zeros(4, 3, 5, 5)})),
+        ("a smaller kernel", resaved(data, lambda tensors: tensors.update(
+            {"network.1.weight": torch.zeros(4, 3, 5, 5)})),
          damaged.format(path="{path}", shape=(4, 3, 5, 5), dtype="F32")),
         ("a transposed kernel", resaved(data, lambda tensors: tensors.update(
             {"network.1.weight": tensors["network.1.weight"].transpose(0, 1).contiguous()})),
