@@ -7,6 +7,7 @@ the folders the command names has changed (a hash over a sentinel tree of everyt
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -374,8 +375,6 @@ def test_runs_one_after_another_with_other_inputs_keep_every_entry(tmp_path, tin
     files = json.loads((out / "avp-manifest.json").read_text())["files"]
     on_disk = sorted(path.name for path in out.glob("*.png"))
     assert len(on_disk) == 6 and sorted(item["output"] for item in files) == on_disk
-    import hashlib
-
     assert all(hashlib.sha256((out / item["output"]).read_bytes()).hexdigest() == item["sha256"] for item in files)
     decrypted = tmp_path / "decrypted"
     result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cpu")
