@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -47,9 +48,50 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# What must not reach a line of output as it is: the backslash (so that escapes read back unambiguously),
+# control characters (a newline splits a path in two; ESC sequences drive the terminal), Unicode line
+# and paragraph separators, bidirectional overrides, and the bytes of names that are not UTF-8
+# (Python holds them as lone surrogates).
+_UNPRINTABLE = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_character(match: re.Match) -> str:
+    character = match.group()
+    code = ord(character)
+    if character in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[character]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that is not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` safe for one line of output: backslash as \\\\, newline as \\n, ESC as \\x1b, a non-UTF-8 byte
+    as \\xNN, a line separator as \\u2028, ...; every other character (accents, scripts) as it is."""
+    return _UNPRINTABLE.sub(_escape_character, text)
+
+
+def _echo_path(path: Path, null: bool = False) -> None:
+    """One output path on stdout: escaped on a line of its own, or (--null) as it is and ended by a NUL byte."""
+    if null:
+        typer.echo(os.fsencode(path) + b"\0", nl=False)
+    else:
+        typer.echo(printable(str(path)))
+
+
+def _say(prefix: str, text: str, console: Console = stderr) -> None:
+    """One stderr line: a styled prefix, then `text` as it is (markup, emoji codes, control characters escaped)."""
+    # soft_wrap: one line whatever the terminal's width, so that scripts can grep it.
+    console.print(f"{prefix} {escape(printable(text))}", highlight=False, soft_wrap=True, emoji=False)
+
+
+def _say_failed(event, console: Console = stderr) -> None:
+    _say("[red]failed:[/]", f"{event.source}: {event.reason}", console)
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    # One line, whatever the terminal's width, so that scripts can grep it; markup in the message is literal.
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    _say("[bold red]error:[/]", message)
     return typer.Exit(code)
 
 
@@ -133,7 +175,7 @@ def keygen(
         out.parent.mkdir(parents=True, exist_ok=True)
         path = save_key(trained, out, overwrite=overwrite)
     stderr.print(f"key trained in {trained.seconds:.0f} s; keep it secret: whoever holds it can decrypt")
-    typer.echo(str(path))
+    _echo_path(path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,6 +253,7 @@ def _custom_options(target: str, input_size, mean, std, channels: str, loss: str
     )
 
 
+NullOption = Annotated[bool, typer.Option("--null", "-0", help="End each output path with a NUL byte instead of a newline, and print names exactly as they are (for xargs -0; by default control characters and backslashes are escaped so that each path is one line).")]
 PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
 
 
@@ -266,6 +309,8 @@ def encrypt(
     anonymize: Annotated[bool, typer.Option(help="Name outputs by random ids; the id → name map goes beside the key, not into --out.")] = False,
     names_map: Annotated[Optional[Path], typer.Option(help="With --anonymize: where to write the id → name map (default: <key>.names-<run>.json).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
+    null: NullOption = False,
+    follow_links: Annotated[bool, typer.Option("--follow-links", help="Encrypt files that an input folder holds as symbolic links to places outside it (default: each fails with its reason).")] = False,
     precision: PrecisionOption = "auto",
     compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile the target and key (CUDA; slow start, faster steps).")] = False,
     input_size: Annotated[Optional[str], typer.Option(help="Own models (onnx:/torchscript:): input HxW, e.g. 112x112.")] = None,
@@ -277,10 +322,11 @@ def encrypt(
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
     from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, AttackSettings, StopCriteria, prepare_models
     from avpcli.jobs import EncryptJob, encrypt_folder
-    from avpcli.manifest import summarize
     from avpcli.targets import get_spec, load_target
 
     with domain_errors():
+        if null and as_json:
+            raise UsageError("--null and --json do not go together: the JSON manifest holds every name safely")
         if smoothness not in ("variance", "distance"):
             raise UsageError("--smoothness must be 'variance' or 'distance'")
         if init not in ("noise", "original"):
@@ -327,33 +373,33 @@ def encrypt(
             device=resolved_device, align="never" if no_align else "auto", all_faces=all_faces,
             noise_seed=seed, overwrite=overwrite,
             shard=shard_index, weights_label=weights.name if weights else "default",
-            anonymize=anonymize, names_map=names_map, key_path=key,
+            anonymize=anonymize, names_map=names_map, key_path=key, follow_links=follow_links,
         )
-        failures = 0
+        # What this run did; the manifest also lists files of earlier runs into the same folder.
+        counts = {"failed": 0, "ok": 0, "missed": 0}
         with _progress() as progress:
             task = progress.add_task(f"encrypting for {target}", total=None)
 
             def on_event(event) -> None:
-                nonlocal failures
                 if event.kind == "progress":
                     progress.update(task, completed=event.done, total=event.total)
                 elif event.kind == "failed":
-                    failures += 1
-                    progress.console.print(f"[red]failed:[/] {escape(event.source)}: {escape(event.reason)}",
-                                           highlight=False, soft_wrap=True)
-                elif event.kind in ("written", "skipped") and not as_json:
-                    typer.echo(str(event.output))
+                    counts["failed"] += 1
+                    _say_failed(event, progress.console)
+                elif event.kind in ("written", "skipped"):
+                    counts["ok"] += 1
+                    counts["missed"] += event.missed_bars
+                    if not as_json:
+                        _echo_path(event.output, null)
 
             manifest = encrypt_folder(job, on_event)
     if as_json:
         typer.echo(manifest.to_json(), nl=False)
-    summary = summarize(manifest.files)
-    missed = sum(1 for entry in manifest.files if entry.get("status") == "ok" and not entry.get("met_targets"))
-    if missed:
-        stderr.print(f"[yellow]note:[/] {missed} image(s) did not meet every quality bar within the iterations "
-                     f"allowed; their figures are in the manifest")
-    stderr.print(f"{summary.get('status_ok', 0)} encrypted, {failures} failed -> {output}", highlight=False)
-    if failures:
+    if counts["missed"]:
+        stderr.print(f"[yellow]note:[/] {counts['missed']} image(s) did not meet every quality bar within the "
+                     f"iterations allowed; their figures are in the manifest")
+    _say(f"{counts['ok']} encrypted, {counts['failed']} failed ->", str(output))
+    if counts["failed"]:
         raise typer.Exit(1)
 
 
@@ -362,7 +408,10 @@ def encrypt(
 
 
 def find_key(fingerprint: str, folders: list[Path], device: str):
-    """The key in `folders` whose fingerprint matches, loaded; KeyFileError if there is none."""
+    """The key in `folders` whose fingerprint matches, loaded; KeyFileError if there is none.
+
+    A file there that is not a usable key (foreign, damaged, a pipe, too large) is skipped with a warning.
+    """
     from avpcli.key import load_key
 
     for folder in folders:
@@ -371,7 +420,8 @@ def find_key(fingerprint: str, folders: list[Path], device: str):
         for candidate in sorted(folder.glob("*.safetensors")):
             try:
                 loaded = load_key(candidate, device=device)
-            except KeyFileError:
+            except KeyFileError as unusable:
+                _say("[yellow]warning:[/]", f"skipped: {unusable}")
                 continue
             if loaded.fingerprint == fingerprint:
                 return loaded
@@ -388,13 +438,17 @@ def decrypt(
     force: Annotated[bool, typer.Option(help="Decrypt even with a key whose fingerprint differs from the manifest's.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images decrypted together.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: keep those an earlier run with this key finished, resuming).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
+    null: NullOption = False,
 ) -> None:
-    """Decrypt a folder with the key: writes the recovered images as PNGs; prints one path per output."""
+    """Decrypt a folder with the key: writes the images as PNGs and avp-manifest.json; prints one path per output."""
     from avpcli.jobs import DecryptJob, decrypt_folder
     from avpcli.manifest import read_manifest
 
     with domain_errors():
+        if null and as_json:
+            raise UsageError("--null and --json do not go together: the JSON manifest holds every name safely")
         manifest = read_manifest(encrypted)
         resolved_device = resolve_device(device)
         if key is not None:
@@ -412,17 +466,16 @@ def decrypt(
         # Ciphertexts of `--recipe research` were made for G alone (the manifest says so).
         key_model = loaded.model_for(scramble=loaded.scrambles and manifest.settings.get("key_scramble", True) is not False)
         job = DecryptJob(encrypted=encrypted, output=output, key=key_model, key_fingerprint=loaded.fingerprint,
-                         batch_size=batch_size, device=resolved_device, manifest=manifest)
+                         batch_size=batch_size, device=resolved_device, manifest=manifest, overwrite=overwrite)
         failures = 0
 
         def on_event(event) -> None:
             nonlocal failures
             if event.kind == "failed":
                 failures += 1
-                stderr.print(f"[red]failed:[/] {escape(event.source)}: {escape(event.reason)}", highlight=False,
-                             soft_wrap=True)
-            elif event.kind == "written" and not as_json:
-                typer.echo(str(event.output))
+                _say_failed(event)
+            elif event.kind in ("written", "skipped") and not as_json:
+                _echo_path(event.output, null)
 
         result = decrypt_folder(job, on_event)
     if as_json:
@@ -461,7 +514,7 @@ def demo(
                     progress.update(encrypting, completed=event.done, total=event.total)
                 elif event.kind == "failed":
                     failures += 1
-                    progress.console.print(f"[red]failed:[/] {event.source}: {event.reason}", highlight=False)
+                    _say_failed(event, progress.console)
 
             result = run_demo(out, images or SAMPLES, resolved_device, key_path,
                               on_training_step=lambda step, total: progress.update(training, completed=step, total=total),
@@ -480,7 +533,7 @@ def demo(
     stderr.print(f"done in {result.seconds:.0f} s; original | encrypted | encrypted, blurred and contrast-stretched "
                  "| decrypted:")
     if result.contact_sheet is not None:
-        typer.echo(str(result.contact_sheet))
+        _echo_path(result.contact_sheet)
     if failures:
         raise typer.Exit(1)
 
@@ -515,7 +568,7 @@ def _report_events(progress: Progress, description: str):
         if event.kind == "progress":
             progress.update(task, completed=event.done, total=event.total)
         elif event.kind == "failed":
-            progress.console.print(f"[red]failed:[/] {event.source}: {event.reason}", highlight=False)
+            _say_failed(event, progress.console)
 
     return on_event
 
@@ -550,7 +603,7 @@ def _read_pairs(originals: Path, encrypted: Path, target: str, device: str):
 
 
 def _finish(report, out: Path) -> None:
-    typer.echo(str(report.write(out)))
+    _echo_path(report.write(out))
 
 
 @evaluate_app.command("quality")

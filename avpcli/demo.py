@@ -67,7 +67,7 @@ def run_demo(
         on_event,
     )
     decrypt_folder(DecryptJob(encrypted=encrypted_folder, output=decrypted_folder, key=key.model,
-                              key_fingerprint=key.fingerprint, device=device), on_event)
+                              key_fingerprint=key.fingerprint, device=device, overwrite=True), on_event)
     result = DemoResult(key_trained=trained)
     sheet_rows = []
     for entry in manifest.files:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from avpcli.errors import ImageError, UsageError
+from avpcli.errors import AvpError, ImageError, UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 # Photo formats avp does not read: listed by find_images so that each is reported, not skipped unseen.
@@ -28,14 +28,18 @@ UNSUPPORTED_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".svg", ".r
 # only warns below twice its limit, and a warning is not a refusal.
 MAX_PIXELS = 80_000_000
 MIN_SIDE = 16
+# Avp's own PNGs read back (ciphertexts, outputs checked on a rerun) are far smaller.
+MAX_PNG_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
 class SourceImage:
-    """An input file and the relative path its outputs mirror."""
+    """An input file, the relative path its outputs mirror, and the input folder it was found in
+    (None for a file given by name)."""
 
     path: Path
     relative: Path
+    root: Path | None = None
 
 
 def find_images(inputs: Sequence[Path]) -> list[SourceImage]:
@@ -57,10 +61,62 @@ def find_images(inputs: Sequence[Path]) -> list[SourceImage]:
             for path in sorted(given.rglob("*")):
                 if (path.suffix.lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES and not path.is_dir()
                         and not _hidden(path, given)):
-                    found.append(SourceImage(path, prefix / path.relative_to(given)))
+                    found.append(SourceImage(path, prefix / path.relative_to(given), given))
         else:
             found.append(SourceImage(given, Path(given.name)))
     return found
+
+
+def check_link_stays_inside(source: SourceImage) -> None:
+    """ImageError if a file found in an input folder is a symbolic link to something outside that folder.
+
+    Such a link may be a planted way to make avp read (and write a ciphertext of) a file the user
+    did not mean to give; `--follow-links` accepts them. Files given by name are the user's choice.
+    """
+    if source.root is None:
+        return
+    try:
+        resolved = source.path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return  # a broken link or a loop: load_rgb says which
+    if source.root.resolve() not in resolved.parents:
+        raise ImageError("a symbolic link to a file outside the input folder (give --follow-links to follow it)")
+
+
+def contained_path(folder: Path, name: object, follow_links: bool = False) -> Path:
+    """folder / name for a file name read from a manifest, once it is known to stay inside `folder`.
+
+    The name must be a relative path of plain names (no empty, '.' or '..' part, not absolute, no
+    NUL) and must still lie inside `folder` once symbolic links are resolved (unless `follow_links`:
+    a folder of the user's own whose links the user chose), so that a tampered manifest or a planted
+    link cannot make avp read or write anywhere else. Otherwise ImageError with a one-line reason
+    that does not repeat the name.
+    """
+    if not isinstance(name, str) or not name:
+        raise ImageError(f"the manifest gives no usable file name ({_json_kind(name)})")
+    if "\0" in name:
+        raise ImageError("unsafe path: it holds a NUL character")
+    if name.startswith("/"):
+        raise ImageError("unsafe path: an absolute path")
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        raise ImageError("unsafe path: an empty, '.' or '..' part")
+    path = folder / name
+    if follow_links:
+        return path
+    try:
+        inside = folder.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):  # RuntimeError: a link loop, before Python 3.13
+        raise ImageError("unsafe path: a symbolic link loop") from None
+    if not inside:
+        raise ImageError("unsafe path: a symbolic link leads out of the folder")
+    return path
+
+
+def _json_kind(value: object) -> str:
+    if value is None or value == "":
+        return "missing" if value is None else "empty"
+    kinds = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return f"{kinds.get(type(value), type(value).__name__)}, not a name"
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -120,6 +176,22 @@ def load_rgb(path: Path) -> Image.Image:
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"image too small ({image.size[0]}x{image.size[1]}; at least {MIN_SIDE} pixels a side)")
     return image
+
+
+def read_file_bytes(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or ImageError with load_rgb's reasons.
+
+    A pipe or device is refused before it is opened (reading one could block or never end).
+    """
+    _check_regular_file(path)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise ImageError(f"cannot read file: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise ImageError(f"file too large (more than {limit:,} bytes)")
+    return data
 
 
 def _check_regular_file(path: Path) -> None:
@@ -207,6 +279,14 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
         raise
 
 
+def write_output(path: Path, data: bytes, mode: int | None = None) -> None:
+    """atomic_write_bytes, with a failing disk (full, read-only, gone) as a one-line domain error."""
+    try:
+        atomic_write_bytes(path, data, mode)
+    except OSError as error:
+        raise AvpError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -223,7 +303,7 @@ def png_bytes(image: torch.Tensor) -> bytes:
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """Save a (3, H, W) tensor as a metadata-free PNG, atomically."""
-    atomic_write_bytes(path, png_bytes(image))
+    write_output(path, png_bytes(image))
 
 
 def read_png(path: Path) -> torch.Tensor:
@@ -232,10 +312,23 @@ def read_png(path: Path) -> torch.Tensor:
         return to_tensor(opened.convert("RGB"))
 
 
-def png_tensor(data: bytes) -> torch.Tensor:
-    """Decode PNG bytes from png_bytes, as (3, H, W) in [0, 1]."""
-    with Image.open(io.BytesIO(data)) as opened:
-        return to_tensor(opened.convert("RGB"))
+def png_tensor(data: bytes, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Decode PNG bytes from png_bytes, as (3, H, W) in [0, 1].
+
+    With `size` (H, W), an image of any other size is an ImageError, raised before its pixels are
+    decoded, as is data that is not an image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                if size is not None and opened.size != (size[1], size[0]):
+                    raise ImageError(f"{opened.size[0]}x{opened.size[1]} pixels, not the target's input size")
+                return to_tensor(opened.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image too large (decompression bomb guard)") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image PIL can read (unknown or corrupt format)") from None
 
 
 def is_inside(inner: Path, outer: Path) -> bool:

@@ -6,13 +6,17 @@ reports what happens through an `on_event` callback that the CLI turns into stdo
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import re
 import secrets
+import time
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -20,8 +24,10 @@ from torch import nn
 from avpcli.engine import AttackSettings, StopCriteria, decrypt_batch, encrypt_batch, measure_images
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
 from avpcli.images import (
+    MAX_PNG_BYTES,
     SourceImage,
-    atomic_write_bytes,
+    check_link_stays_inside,
+    contained_path,
     describe_error,
     find_images,
     fit_to_size,
@@ -30,10 +36,12 @@ from avpcli.images import (
     output_names,
     png_bytes,
     png_tensor,
+    read_file_bytes,
     read_png,
     to_tensor,
+    write_output,
 )
-from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest, settings_without_seed
+from avpcli.manifest import MANIFEST_NAME, Manifest, differences, merge_parts, part_name, read_manifest
 from avpcli.targets import TargetSpec
 
 AlignMode = Literal["auto", "never"]
@@ -42,7 +50,8 @@ AlignMode = Literal["auto", "never"]
 @dataclass(frozen=True)
 class Event:
     """Something a user may want to see: a file written ("written"), failed ("failed"),
-    skipped because it was already done ("skipped"), or a step of progress ("progress")."""
+    skipped because it was already done ("skipped"), or a step of progress ("progress").
+    `missed_bars` marks a ciphertext that did not meet every quality bar."""
 
     kind: str
     source: str = ""
@@ -50,6 +59,7 @@ class Event:
     reason: str = ""
     done: int = 0
     total: int = 0
+    missed_bars: bool = False
 
 
 EventCallback = Callable[[Event], None]
@@ -84,6 +94,9 @@ class EncryptJob:
     anonymize: bool = False
     names_map: Path | None = None
     key_path: Path | None = None
+    # Read files that an input folder holds as symbolic links to places outside it; by default
+    # each fails with its reason (a planted link must not make avp encrypt what it points to).
+    follow_links: bool = False
 
 
 @dataclass
@@ -97,7 +110,8 @@ class _Item:
 
 
 def _noise_seed(run_seed: int, name: str) -> int:
-    digest = hashlib.sha256(f"{run_seed}:{name}".encode()).digest()
+    # surrogateescape: a name that is not UTF-8 counts by its bytes (UTF-8 names as before).
+    digest = hashlib.sha256(f"{run_seed}:{name}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -121,6 +135,79 @@ def check_output_folder(inputs: list[Path], output: Path) -> None:
             raise UsageError(f"the output folder {output} is the folder of the input {given}; choose another --out")
         if is_inside(given, output):
             raise UsageError(f"the input {given} is inside the output folder {output}; choose another --out")
+
+
+@contextmanager
+def owned_folder(folder: Path, shared: bool = False) -> Iterator[None]:
+    """Create `folder` if needed and hold its advisory lock while a run writes into it.
+
+    The lock is an flock on the folder itself: it leaves no file behind and ends with its process,
+    so a killed run never leaves the folder locked. It is exclusive, or `shared` among the shards
+    of one run (they write separate manifest parts); either way a second run into a held folder
+    gets AvpError at once instead of mixing its files and manifest with the first's. A folder
+    that this call created is removed again if the run fails before writing anything into it.
+    """
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as error:
+        raise AvpError(f"cannot use the output folder {folder}: {error.strerror or error}") from None
+    try:
+        try:
+            fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AvpError(f"another avp run is writing into {folder}; wait until it has finished, "
+                           "or choose another --out") from None
+        try:
+            yield
+        except BaseException:
+            if created:
+                with suppress(OSError):
+                    folder.rmdir()  # only if still empty
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def _write(folder: Path, name: str | Path, data: bytes) -> Path:
+    """Write folder/name atomically; AvpError if the disk refuses or a link would take the file out of `folder`."""
+    try:
+        path = contained_path(folder, str(name))
+    except ImageError as unsafe:
+        raise AvpError(f"cannot write {folder / name}: {unsafe}") from None
+    write_output(path, data)
+    return path
+
+
+def _write_records(manifest: Manifest, records: list[tuple[Any, dict[str, Any]]], folder: Path,
+                   name: str = MANIFEST_NAME, earlier: list[dict[str, Any]] = ()) -> None:
+    """Write `manifest` listing the records' entries in their order, then the entries kept from earlier runs."""
+    records.sort(key=lambda record: record[0])
+    manifest.files = [entry for _, entry in records] + list(earlier)
+    manifest.write(folder, name)
+
+
+class _Checkpoint:
+    """Rewrites a run's manifest as the run goes, as often as that stays cheap.
+
+    At most once a second, and never more than a fifth of the time: a manifest of a million entries
+    takes seconds to write, and rewriting it after every batch would cost more than the run itself.
+    """
+
+    def __init__(self, write: Callable[[], None]) -> None:
+        self._write = write
+        self._due = 0.0
+
+    def write(self) -> None:
+        started = time.monotonic()
+        self._write()
+        finished = time.monotonic()
+        self._due = finished + max(1.0, 4 * (finished - started))
+
+    def write_if_due(self) -> None:
+        if time.monotonic() >= self._due:
+            self.write()
 
 
 def prepare_faces(path: Path, spec: TargetSpec, align: AlignMode = "auto", all_faces: bool = False,
@@ -175,10 +262,10 @@ class _Run:
     entries: dict[str, list[dict[str, Any]]]
 
 
-def _previous_manifest(job: EncryptJob) -> Manifest | None:
-    """This shard's manifest part, else the folder's (merged) manifest; None if neither is readable."""
-    for name in dict.fromkeys((part_name(job.shard), MANIFEST_NAME)):
-        path = job.output / name
+def _previous_manifest(folder: Path, names: tuple[str, ...]) -> Manifest | None:
+    """The first of these manifests in `folder` that reads; None if none does (its outputs are then redone)."""
+    for name in dict.fromkeys(names):
+        path = folder / name
         if path.is_file():
             try:
                 return read_manifest(path)
@@ -187,21 +274,17 @@ def _previous_manifest(job: EncryptJob) -> Manifest | None:
     return None
 
 
-def _resume(job: EncryptJob, manifest: Manifest) -> _Run:
-    """Check that an earlier run in job.output used the same target, key and settings; carry it over."""
-    previous = None if job.overwrite else _previous_manifest(job)
-    if previous is None:
+def _resume(job: EncryptJob, manifest: Manifest, previous: Manifest | None) -> _Run:
+    """Check that the earlier run in job.output (`previous`) used the same target, key and settings; carry it over."""
+    if previous is None or job.overwrite:
         seed = job.noise_seed if job.noise_seed is not None else secrets.randbits(63)
         return _Run(seed, secrets.token_hex(4) if job.anonymize else None, {})
     earlier_seed = previous.settings.get("noise_seed")
-    differences = [name for name, now, before in (
-        ("target", manifest.target, previous.target),
-        ("key", manifest.key_fingerprint, previous.key_fingerprint),
-        ("settings", settings_without_seed(manifest.settings), settings_without_seed(previous.settings)),
-        ("--seed", job.noise_seed, earlier_seed if job.noise_seed is not None else None),
-    ) if now != before]
-    if differences:
-        raise UsageError(f"{job.output} holds outputs of an earlier run with another {' and '.join(differences)}; "
+    different = differences(manifest, previous)
+    if job.noise_seed is not None and job.noise_seed != earlier_seed:
+        different.append("--seed")
+    if different:
+        raise UsageError(f"{job.output} holds outputs of an earlier run with another {' and '.join(different)}; "
                          "use --overwrite to redo them, or choose another --out")
     seed = job.noise_seed if job.noise_seed is not None else (
         earlier_seed if isinstance(earlier_seed, int) else secrets.randbits(63))
@@ -246,24 +329,47 @@ def _anonymous_names(job: EncryptJob, sources: list[SourceImage], run: _Run) -> 
     if added or not path.exists():
         document = {"format": "avp-names", "output": str(job.output.resolve()),
                     "names": {str(output): source for source, output in sorted(by_source.items())}}
-        atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
+        write_output(path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
     return {source.relative: by_source[str(source.relative)] for source in sources}
 
 
-def _finished(entries: list[dict[str, Any]], folder: Path) -> bool:
-    """True if an earlier run wrote every output of these entries and none has changed since."""
-    if not entries or any(entry.get("status") != "ok" for entry in entries):
-        return False
-    if len(entries) != entries[0].get("faces", 1):
-        return False
-    for entry in entries:
-        path = folder / str(entry.get("output"))
-        try:
-            if hashlib.sha256(path.read_bytes()).hexdigest() != entry.get("sha256"):
-                return False
-        except OSError:
+def _finished(entries: list[dict[str, Any]], folder: Path, output: Path) -> bool:
+    """True if an earlier run wrote every output of one source's entries, under the names this run
+    gives them (`output` and its _faceN siblings), and none has changed since.
+
+    The names are compared, not trusted: a manifest naming any other file makes the source redone.
+    """
+    count = len(entries)
+    for number, entry in enumerate(entries, 1):
+        if entry.get("status") != "ok" or (entry.get("face", 1), entry.get("faces", 1)) != (number, count):
             return False
-    return True
+        name = str(_face_output_name(output, number - 1))
+        if entry.get("output") != name or _file_digest(folder, name) != entry.get("sha256"):
+            return False
+    return count > 0
+
+
+def _file_digest(folder: Path, name: str) -> str | None:
+    """sha256 of the PNG folder/name, or None if it is not a readable regular file inside `folder`."""
+    try:
+        return hashlib.sha256(read_file_bytes(contained_path(folder, name), MAX_PNG_BYTES)).hexdigest()
+    except ImageError:
+        return None
+
+
+def _earlier_entries(earlier: Manifest | None, manifest: Manifest, sources: set[str],
+                     outputs: set[str]) -> list[dict[str, Any]]:
+    """The entries of an earlier run into the same folder for sources that this run does not process.
+
+    A later run with other inputs keeps them, so that the manifest lists every output in the folder
+    and decrypt recovers them all; only if both runs used the same target, key and settings (every
+    file of a manifest decrypts with its key). An entry whose output this run writes is left out:
+    that file is being replaced.
+    """
+    if earlier is None or differences(manifest, earlier):
+        return []
+    return [entry for entry in earlier.files
+            if str(entry.get("source")) not in sources and entry.get("output") not in outputs]
 
 
 def encrypt_folder(job: EncryptJob, on_event: EventCallback = lambda event: None) -> Manifest:
@@ -273,12 +379,20 @@ def encrypt_folder(job: EncryptJob, on_event: EventCallback = lambda event: None
     skips every output that an earlier run finished (listed in its manifest, unchanged on disk)
     and redoes the rest with the earlier run's noise seed, so that an interrupted run and its
     rerun together write exactly what one uninterrupted run writes; job.overwrite redoes all.
-    Every file is written atomically and the manifest is rewritten after every batch. A shard
-    writes its own manifest part; the last shard to finish merges the parts into avp-manifest.json.
+    Entries of an earlier run with other inputs (same target, key and settings) stay in the
+    manifest. Every file is written atomically and the manifest is rewritten after every batch.
+    The run holds the folder's lock (owned_folder): shared among shards, which write their own
+    manifest parts; the last shard to finish merges the parts into avp-manifest.json.
     """
     if job.names_map is not None and not job.anonymize:
         raise UsageError("--names-map goes with --anonymize")
     check_output_folder(job.inputs, job.output)
+    with owned_folder(job.output, shared=job.shard[1] > 1):
+        return _encrypt_owned(job, on_event)
+
+
+def _encrypt_owned(job: EncryptJob, on_event: EventCallback) -> Manifest:
+    """encrypt_folder's work, once the run holds job.output."""
     all_sources = find_images(job.inputs)
     index, count = job.shard
     sources = all_sources[index::count]
@@ -293,38 +407,42 @@ def encrypt_folder(job: EncryptJob, on_event: EventCallback = lambda event: None
         complete=False,
         shard=f"{index + 1}/{count}" if count > 1 else None,
     )
-    run = _resume(job, manifest)
+    manifest_name = part_name(job.shard)
+    previous = _previous_manifest(job.output, (manifest_name, MANIFEST_NAME))
+    run = _resume(job, manifest, previous)
     manifest.settings["noise_seed"] = run.noise_seed
     manifest.run = run.run_id if job.anonymize else None
     names = _anonymous_names(job, sources, run) if job.anonymize else output_names(all_sources)
-    manifest_name = part_name(job.shard)
-    job.output.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(job.output, {names[source.relative] for source in sources} | {Path(manifest_name)})
 
     def label(source: SourceImage) -> str:
         """What the manifest calls a source: its relative path, or its random id when anonymized."""
         return names[source.relative].stem if job.anonymize else str(source.relative)
 
+    # A shard's part lists its own files only; the merge keeps what earlier runs left (merge_finished_parts).
+    earlier = [] if count > 1 else _earlier_entries(previous, manifest, {label(source) for source in sources},
+                                                    {str(names[source.relative]) for source in sources})
     records: list[tuple[tuple[int, int], dict[str, Any]]] = []
     finished: set[int] = set()
     for position, source in enumerate(sources):
-        earlier = run.entries.get(label(source), [])
-        if _finished(earlier, job.output):
+        entries = run.entries.get(label(source), [])
+        if _finished(entries, job.output, names[source.relative]):
             finished.add(position)
-            for entry in earlier:
-                records.append(((position, entry.get("face", 1)), entry))
-                on_event(Event("skipped", source=str(source.relative), output=job.output / entry["output"]))
+            for face, entry in enumerate(entries, 1):
+                records.append(((position, face), entry))
+                on_event(Event("skipped", source=str(source.relative), output=job.output / entry["output"],
+                               missed_bars=not entry.get("met_targets")))
 
     def write_manifest() -> None:
-        records.sort(key=lambda record: record[0])
-        manifest.files = [entry for _, entry in records]
-        manifest.write(job.output, manifest_name)
+        _write_records(manifest, records, job.output, manifest_name, earlier)
 
     write_manifest()
 
     def items(position: int, source: SourceImage) -> list[_Item]:
         """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
         try:
+            if not job.follow_links:
+                check_link_stays_inside(source)
             faces = prepare_faces(source.path, job.spec, job.align, job.all_faces, job.device)
         except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
             if position not in finished:
@@ -393,6 +511,10 @@ def merge_finished_parts(folder: Path, count: int) -> Manifest | None:
             return None
         parts.append(part)
     merged = merge_parts(parts)
+    # An earlier run into this folder with other inputs keeps its entries, as in an unsharded run.
+    merged.files += _earlier_entries(_previous_manifest(folder, (MANIFEST_NAME,)), merged,
+                                     {str(entry.get("source")) for entry in merged.files},
+                                     {entry.get("output") for entry in merged.files})
     merged.write(folder)
     return merged
 
@@ -412,11 +534,9 @@ def _encrypt_and_write(batch: list[_Item], job: EncryptJob, records: list, on_ev
         if item.order[0] in skip:
             written.append(png_tensor(data))
             continue
-        path = job.output / item.entry["output"]
-        _write(path, data)
-        written.append(read_png(path))
+        written.append(read_png(_write(job.output, item.entry["output"], data)))
         if job.aligned_output is not None:
-            _write(job.aligned_output / item.entry["output"], png_bytes(item.tensor))
+            _write(job.aligned_output, item.entry["output"], png_bytes(item.tensor))
     # Every figure in the manifest is measured on the PNG as written and read back.
     measured = measure_images(originals, torch.stack(written).to(job.device), job.target, job.key, job.spec.loss)
     for item, metrics, engine_metrics, digest in zip(batch, measured, result.metrics, digests):
@@ -425,15 +545,8 @@ def _encrypt_and_write(batch: list[_Item], job: EncryptJob, records: list, on_ev
         item.entry.update(status="ok", **metrics, iterations=engine_metrics.iterations,
                           met_targets=_meets(metrics, job.settings), sha256=digest)
         records.append((item.order, item.entry))
-        on_event(Event("written", source=item.entry["source"], output=job.output / item.entry["output"]))
-
-
-def _write(path: Path, data: bytes) -> None:
-    """atomic_write_bytes, with a failing disk as a domain error (the run cannot go on)."""
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as error:
-        raise AvpError(f"cannot write {path}: {error.strerror or error}") from None
+        on_event(Event("written", source=item.entry["source"], output=job.output / item.entry["output"],
+                       missed_bars=not item.entry["met_targets"]))
 
 
 def _meets(metrics: dict[str, Any], settings: AttackSettings) -> bool:
@@ -444,6 +557,8 @@ def _meets(metrics: dict[str, Any], settings: AttackSettings) -> bool:
 
 @dataclass
 class DecryptJob:
+    """Everything `avp decrypt` needs: the encrypted folder (and its manifest, if already read), the key."""
+
     encrypted: Path
     output: Path
     key: nn.Module
@@ -451,43 +566,122 @@ class DecryptJob:
     batch_size: int = 16
     device: str = "cpu"
     manifest: Manifest | None = None
+    # Redo every output; by default a rerun keeps what an earlier run with this key finished.
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class _Ciphertext:
+    """One ciphertext to decrypt: its entry's place in the manifest, its name, where it is read and written."""
+
+    position: int
+    name: str
+    source: Path
+    output: Path
 
 
 def decrypt_folder(job: DecryptJob, on_event: EventCallback = lambda event: None) -> Manifest:
-    """Apply the key to every ciphertext listed in the folder's manifest; writes PNGs and a manifest."""
+    """Apply the key to every ciphertext listed in the folder's manifest; writes PNGs and a manifest.
+
+    Every name the manifest gives is checked before anything is read or written (contained_path):
+    an entry that would lead out of the encrypted folder or the output folder, or names no file,
+    fails alone with its reason. The run holds the output folder's lock, rewrites its manifest as
+    it goes (`complete` is False until the end), and a rerun keeps every output that an earlier run
+    with the same key finished (listed, unchanged on disk, made from the same ciphertext bytes), so
+    that a killed run and its rerun write what one uninterrupted run writes; job.overwrite redoes all.
+    """
     source_manifest = job.manifest or read_manifest(job.encrypted)
     if is_inside(job.output, job.encrypted) or is_inside(job.encrypted, job.output):
         raise UsageError(f"the output folder {job.output} and {job.encrypted} overlap; choose another --out")
-    entries = [entry for entry in source_manifest.files if entry.get("status") == "ok"]
-    expected_size = list(source_manifest.target.get("input_size") or [])
-    manifest = Manifest(kind="decrypted", target=source_manifest.target, key_fingerprint=job.key_fingerprint)
-    job.output.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(job.output, {Path(entry["output"]) for entry in entries} | {Path(MANIFEST_NAME)})
+    size = source_manifest.target.get("input_size")
+    if size is None:
+        raise AvpError(f"the manifest of {job.encrypted} does not give the target's input size; it is damaged")
+    with owned_folder(job.output):
+        return _decrypt_owned(job, source_manifest, tuple(size), on_event)
 
-    for start in range(0, len(entries), job.batch_size):
-        chunk = entries[start:start + job.batch_size]
-        tensors, kept = [], []
-        for entry in chunk:
-            path = job.encrypted / entry["output"]
-            try:
-                ciphertext = read_png(path)
-                if expected_size and list(ciphertext.shape[1:]) != expected_size:
-                    raise ImageError(f"{ciphertext.shape[2]}x{ciphertext.shape[1]} pixels, not the target's input size")
-                tensors.append(ciphertext)
-                kept.append(entry)
-            except Exception as broken:  # noqa: BLE001 - a damaged ciphertext fails alone
-                record = {"source": entry["output"], "output": None, "status": "failed",
-                          "reason": f"cannot read: {describe_error(broken, path)}"}
-                manifest.files.append(record)
-                on_event(Event("failed", source=entry["output"], reason=record["reason"]))
-        if not kept:
+
+def _decrypt_owned(job: DecryptJob, source_manifest: Manifest, size: tuple[int, int],
+                   on_event: EventCallback) -> Manifest:
+    """decrypt_folder's work, once the run holds job.output."""
+    earlier = _earlier_decryption(job)
+    manifest = Manifest(kind="decrypted", target=source_manifest.target, key_fingerprint=job.key_fingerprint,
+                        complete=False)
+    records: list[tuple[int, dict[str, Any]]] = []
+
+    def fail(position: int, label: str, reason: str) -> None:
+        records.append((position, {"source": label, "output": None, "status": "failed", "reason": reason}))
+        on_event(Event("failed", source=label, reason=reason))
+
+    ciphertexts: list[_Ciphertext] = []
+    seen: set[str] = set()
+    for position, entry in enumerate(source_manifest.files):
+        if entry.get("status") != "ok":
             continue
-        decrypted = decrypt_batch(torch.stack(tensors).to(job.device), job.key).cpu()
-        for entry, image in zip(kept, decrypted):
-            path = job.output / entry["output"]
-            _write(path, png_bytes(image))
-            manifest.files.append({"source": entry["output"], "output": entry["output"], "status": "ok"})
-            on_event(Event("written", source=entry["output"], output=path))
-        on_event(Event("progress", done=min(start + job.batch_size, len(entries)), total=len(entries)))
-    manifest.write(job.output)
+        name = entry.get("output")
+        label = name if isinstance(name, str) and name else f"entry {position + 1}"
+        try:
+            paths = contained_path(job.encrypted, name), contained_path(job.output, name)
+        except ImageError as unsafe:
+            fail(position, label, str(unsafe))
+            continue
+        if name in seen:
+            fail(position, label, "listed twice in the manifest")
+            continue
+        seen.add(name)
+        ciphertexts.append(_Ciphertext(position, name, *paths))
+    remove_stale_temporaries(job.output, {Path(item.name) for item in ciphertexts} | {Path(MANIFEST_NAME)})
+    checkpoint = _Checkpoint(lambda: _write_records(manifest, records, job.output))
+    checkpoint.write()
+
+    # Batches are fixed runs of the list, whatever is already done, as in encrypt: a rerun decrypts
+    # an unfinished batch whole so that every image comes out as in an uninterrupted run.
+    for start in range(0, len(ciphertexts), job.batch_size):
+        batch = []
+        for item in ciphertexts[start:start + job.batch_size]:
+            try:
+                data = read_file_bytes(item.source, MAX_PNG_BYTES)
+                batch.append((item, hashlib.sha256(data).hexdigest(), png_tensor(data, size)))
+            except Exception as broken:  # noqa: BLE001 - a damaged ciphertext fails alone
+                fail(item.position, item.name, f"cannot read: {describe_error(broken, item.source)}")
+        kept = [_decrypted_before(earlier.get(item.name), job.output, item.name, digest) for item, digest, _ in batch]
+        if not all(kept):
+            decrypted = decrypt_batch(torch.stack([tensor for *_, tensor in batch]).to(job.device), job.key).cpu()
+        for index, ((item, digest, _), entry) in enumerate(zip(batch, kept)):
+            kind = "skipped"
+            if entry is None:
+                data = png_bytes(decrypted[index])
+                _write(job.output, item.name, data)
+                entry = {"source": item.name, "output": item.name, "status": "ok", "source_sha256": digest,
+                         "sha256": hashlib.sha256(data).hexdigest()}
+                kind = "written"
+            records.append((item.position, entry))
+            on_event(Event(kind, source=item.name, output=item.output))
+        on_event(Event("progress", done=min(start + job.batch_size, len(ciphertexts)), total=len(ciphertexts)))
+        checkpoint.write_if_due()
+    manifest.complete = True
+    checkpoint.write()
     return manifest
+
+
+def _earlier_decryption(job: DecryptJob) -> dict[str, dict[str, Any]]:
+    """The entries of an earlier decryption into job.output by ciphertext name ({} with job.overwrite).
+
+    UsageError if the folder holds avp output of another kind, or a decryption with another key.
+    """
+    earlier = None if job.overwrite else _previous_manifest(job.output, (MANIFEST_NAME,))
+    if earlier is None:
+        return {}
+    if earlier.kind != "decrypted":
+        raise UsageError(f"{job.output} holds avp output of another kind ({earlier.kind}); choose another --out")
+    if earlier.key_fingerprint != job.key_fingerprint:
+        raise UsageError(f"{job.output} holds a decryption with another key; use --overwrite to redo it, "
+                         "or choose another --out")
+    return {entry["source"]: entry for entry in earlier.files if isinstance(entry.get("source"), str)}
+
+
+def _decrypted_before(entry: dict[str, Any] | None, folder: Path, name: str, digest: str) -> dict[str, Any] | None:
+    """The earlier entry if it decrypted these very ciphertext bytes into folder/name, unchanged on disk since."""
+    if (entry is None or entry.get("status") != "ok" or entry.get("output") != name
+            or entry.get("source_sha256") != digest):
+        return None
+    return entry if _file_digest(folder, name) == entry.get("sha256") else None

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -648,6 +649,16 @@ def save_key(trained: TrainedKey, path: str | os.PathLike[str], overwrite: bool 
     return target
 
 
+# Values (parameters and buffers) a key may hold: the paper preset's hold 11.39 M. A key file whose
+# metadata declares more is refused before anything is allocated for it.
+MAX_KEY_VALUES = 50_000_000
+# The header of a real key is a few KB (the paper preset's: about 12 KB).
+MAX_HEADER_BYTES = 1 << 20
+MAX_KEY_BYTES = 8 + MAX_HEADER_BYTES + 4 * MAX_KEY_VALUES
+# The dtypes a key holds, as safetensors names them, and their sizes in bytes.
+_DTYPE_NAMES = {torch.float32: ("F32", 4), torch.int64: ("I64", 8), torch.uint8: ("U8", 1)}
+
+
 def _metadata_int(metadata: Mapping[str, str], field: str, path: Path, largest: int) -> int:
     try:
         value = int(metadata[field])
@@ -658,32 +669,65 @@ def _metadata_int(metadata: Mapping[str, str], field: str, path: Path, largest: 
     return value
 
 
-def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedKey:
-    """Read a key file written by save_key: checks format, architecture, tensor names and shapes.
+def expected_key_tensors(ngf: int, blocks: int, norm: str, scrambles: bool) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name → (shape, safetensors dtype) of every tensor a key of this architecture holds.
 
-    Returns the generator frozen and in eval mode. Raises KeyFileError (one-line message) for a
-    missing, unreadable, truncated, corrupt or foreign file.
+    Built on the meta device, so it costs no memory whatever the sizes: a key's metadata is checked
+    against its tensors before anything is allocated for them.
     """
-    from safetensors.torch import load
+    with torch.device("meta"):
+        generator = KeyGenerator(ngf, blocks, norm)
+    expected = {name: (tuple(tensor.shape), _DTYPE_NAMES[tensor.dtype][0])
+                for name, tensor in generator.state_dict().items()}
+    if scrambles:
+        expected[SCRAMBLE_SECRET_TENSOR] = ((SECRET_BYTES,), "U8")
+    return expected
 
-    source = Path(path)
+
+def _open_key_file(source: Path) -> tuple[io.BufferedReader, int]:
+    """The key file opened for reading, and its size; KeyFileError unless it is a regular file of a key's size.
+
+    Opened without blocking and checked on the descriptor, so that a pipe or a device (in keys/, say)
+    is refused instead of hanging or filling memory.
+    """
     try:
-        payload = source.read_bytes()
+        descriptor = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KeyFileError(f"key file not found: {source}") from None
     except OSError as error:
-        raise KeyFileError(f"cannot read key file {source}: {error.strerror}") from None
+        raise KeyFileError(f"cannot read key file {source}: {error.strerror or error}") from None
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        raise KeyFileError(f"{source} is not a regular file (a folder, pipe or device), so it is not a key")
+    if status.st_size > MAX_KEY_BYTES:
+        os.close(descriptor)
+        raise KeyFileError(f"{source} is too large to be an avp key ({status.st_size:,} bytes; "
+                           f"a key has at most {MAX_KEY_BYTES:,})")
+    return os.fdopen(descriptor, "rb"), status.st_size
+
+
+def _read_header(stream: io.BufferedReader, size: int, source: Path) -> tuple[bytes, dict]:
+    """The safetensors header's bytes (with their 8-byte length) and its JSON; KeyFileError if it is not one."""
+    not_safetensors = KeyFileError(f"{source} is not a safetensors file (corrupt, truncated or another kind of file)")
+    prefix = stream.read(8)
+    length = int.from_bytes(prefix, "little")
+    if len(prefix) < 8 or length > min(MAX_HEADER_BYTES, size - 8):
+        raise not_safetensors
+    text = stream.read(length)
     try:
-        header_length = int.from_bytes(payload[:8], "little")
-        if len(payload) < 8 or header_length > len(payload) - 8:
-            raise ValueError("truncated")
-        header = json.loads(payload[8:8 + header_length])
-        metadata = header.get("__metadata__") or {}
-        if not isinstance(metadata, dict):
-            raise ValueError("bad metadata")
-        tensors = load(payload)
-    except Exception:  # whatever the parser trips on, the file is not one of ours
-        raise KeyFileError(f"{source} is not a safetensors file (corrupt, truncated or another kind of file)") from None
+        header = json.loads(text)
+    except (ValueError, RecursionError):
+        raise not_safetensors from None
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if (not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values())
+            or not all(isinstance(entry, dict) for name, entry in header.items() if name != "__metadata__")):
+        raise not_safetensors
+    return prefix + text, header
+
+
+def _check_metadata(metadata: Mapping[str, str], source: Path) -> tuple[bool, int, int, str]:
+    """(scrambles, ngf, blocks, norm) from a key's metadata; KeyFileError if it is not an avp key this avp reads."""
     if metadata.get("format") != KEY_FORMAT:
         raise KeyFileError(f"{source} is a safetensors file but not an avp key (no '{KEY_FORMAT}' metadata)")
     version = metadata.get("format_version")
@@ -693,7 +737,6 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     scheme = metadata.get("scramble", NO_SCRAMBLE) if version != "1" else NO_SCRAMBLE
     if scheme not in (NO_SCRAMBLE, SCRAMBLE_SCHEME):
         raise KeyFileError(f"{source} has a scramble this avp does not know: {scheme!r}")
-    scrambles = scheme != NO_SCRAMBLE
     if metadata.get("architecture") != ARCHITECTURE:
         raise KeyFileError(f"{source} has unknown architecture {metadata.get('architecture')!r}")
     ngf = _metadata_int(metadata, "ngf", source, largest=512)
@@ -701,23 +744,71 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     norm = metadata.get("norm")
     if norm not in NORMS:
         raise KeyFileError(f"{source} has unknown norm {norm!r}")
-    generator = KeyGenerator(ngf, blocks, norm)
-    expected = dict(generator.state_dict())
-    if scrambles:
-        expected[SCRAMBLE_SECRET_TENSOR] = torch.zeros(SECRET_BYTES, dtype=torch.uint8)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    return scheme != NO_SCRAMBLE, ngf, blocks, norm
+
+
+def _check_tensors(header: dict, expected: dict[str, tuple[tuple[int, ...], str]], data_bytes: int, source: Path,
+                   architecture: str) -> None:
+    """KeyFileError unless the header lists exactly the expected tensors with their shapes and dtypes,
+    and the file holds exactly their bytes (`data_bytes`) after the header."""
+    declared = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    missing = sorted(set(expected) - set(declared))
+    unexpected = sorted(set(declared) - set(expected))
     if missing or unexpected:
         what = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {unexpected[0]}"
-        raise KeyFileError(f"{source} does not match its declared architecture (ngf {ngf}, {blocks} blocks): {what}")
+        raise KeyFileError(f"{source} does not match its declared architecture ({architecture}): {what}")
+    for name, (shape, dtype) in sorted(expected.items()):
+        found_shape, found_dtype = declared[name].get("shape"), declared[name].get("dtype")
+        if found_shape != list(shape) or found_dtype != dtype:
+            shown = tuple(found_shape) if isinstance(found_shape, list) else found_shape
+            raise KeyFileError(f"{source} is damaged: tensor {name} has shape {shown!r} {found_dtype}, "
+                               f"expected {shape} {dtype}")
+    widths = {dtype_name: width for dtype_name, width in _DTYPE_NAMES.values()}
+    needed = sum(math.prod(shape) * widths[dtype] for shape, dtype in expected.values())
+    if data_bytes != needed:
+        raise KeyFileError(f"{source} is damaged: it holds {data_bytes:,} bytes of tensor data where its "
+                           f"architecture needs {needed:,} (truncated or padded)")
+
+
+def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedKey:
+    """Read a key file written by save_key: checks format, architecture, tensor names, shapes and dtypes.
+
+    Everything is checked on the header first, before the tensors are read or any memory is spent on
+    them: the metadata, the architecture it describes (at most MAX_KEY_VALUES values), and
+    every tensor's name, shape and dtype against it. Returns the generator frozen and in eval mode.
+    Raises KeyFileError (one-line message) for a missing, unreadable, truncated, corrupt, foreign or
+    oversized file, or one that is not a regular file.
+    """
+    from safetensors.torch import load
+
+    source = Path(path)
+    stream, size = _open_key_file(source)
+    with stream:
+        head, header = _read_header(stream, size, source)
+        metadata = header.get("__metadata__", {})
+        scrambles, ngf, blocks, norm = _check_metadata(metadata, source)
+        architecture = f"ngf {ngf}, {blocks} blocks"
+        expected = expected_key_tensors(ngf, blocks, norm, scrambles)
+        values = sum(math.prod(shape) for shape, _ in expected.values())
+        if values > MAX_KEY_VALUES:
+            raise KeyFileError(f"{source} declares an architecture ({architecture}) whose tensors hold {values:,} "
+                               f"values; an avp key holds at most {MAX_KEY_VALUES:,}")
+        _check_tensors(header, expected, size - len(head), source, architecture)
+        try:
+            payload = head + stream.read(size - len(head))
+        except OSError as error:
+            raise KeyFileError(f"cannot read key file {source}: {error.strerror or error}") from None
+    try:
+        tensors = load(payload)
+    except Exception:  # whatever the parser trips on (offsets, a file changed while read), it is not one of ours
+        raise KeyFileError(f"{source} is not a safetensors file (corrupt, truncated or another kind of file)") from None
     for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
-            raise KeyFileError(f"{source} is damaged: tensor {name} has shape {tuple(tensor.shape)} {tensor.dtype}, "
-                               f"expected {tuple(expected[name].shape)} {expected[name].dtype}")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise KeyFileError(f"{source} is damaged: tensor {name} holds NaN or infinite values")
     fingerprint = key_fingerprint(tensors)
     scramble = Scramble(bytes(tensors.pop(SCRAMBLE_SECRET_TENSOR).tolist())).to(device) if scrambles else None
-    generator.load_state_dict(tensors)
+    with torch.device("meta"):  # the loaded tensors become the parameters: nothing is allocated twice
+        generator = KeyGenerator(ngf, blocks, norm)
+    generator.load_state_dict(tensors, assign=True)
     generator.to(device).freeze()
     return LoadedKey(generator, dict(metadata), fingerprint, source, scramble)

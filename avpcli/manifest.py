@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from avpcli import __version__
-from avpcli.errors import AvpError
-from avpcli.images import atomic_write_bytes
+from avpcli.errors import AvpError, ImageError
+from avpcli.images import read_file_bytes, write_output
 
 MANIFEST_NAME = "avp-manifest.json"
 MANIFEST_FORMAT = "avp-manifest"
 MANIFEST_VERSION = 1
 _PART_NAME = re.compile(r"avp-manifest\.part-(\d+)-of-(\d+)\.json")
+_SHARD = re.compile(r"[0-9]{1,9}/[0-9]{1,9}")
+_RUN_ID = re.compile(r"[0-9a-f]{1,64}")
+# Far above any real run (a million entries take about 300 MB); a larger file is refused unread.
+MAX_MANIFEST_BYTES = 1 << 30
 
 
 @dataclass
@@ -56,8 +60,9 @@ class Manifest:
         return json.dumps(document, indent=2, sort_keys=False) + "\n"
 
     def write(self, folder: Path, name: str = MANIFEST_NAME) -> Path:
+        """Write atomically; AvpError (one line) if the disk refuses, as for the images beside it."""
         path = folder / name
-        atomic_write_bytes(path, self.to_json().encode())
+        write_output(path, self.to_json().encode())
         return path
 
 
@@ -106,19 +111,36 @@ def manifest_parts(folder: Path) -> list[Path]:
 
 
 def _read_manifest_file(path: Path, named: Path | None = None) -> Manifest:
+    """Read and check a manifest's structure; the paths its entries name are checked where they are used."""
+    if not path.exists() and not path.is_symlink():
+        raise AvpError(f"no {MANIFEST_NAME} in {named or path}: is it a folder written by `avp encrypt`?")
     try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AvpError(f"no {MANIFEST_NAME} in {named or path}: is it a folder written by `avp encrypt`?") from None
-    except (OSError, ValueError) as broken:
+        document = json.loads(read_file_bytes(path, MAX_MANIFEST_BYTES))
+    except ImageError as broken:
         raise AvpError(f"cannot read manifest {path}: {broken}") from None
+    except (ValueError, RecursionError) as broken:
+        raise AvpError(f"cannot read manifest {path}: {' '.join(str(broken).split())[:200]}") from None
     if not isinstance(document, dict) or document.get("format") != MANIFEST_FORMAT:
         raise AvpError(f"{path} is not an avp manifest")
-    if not isinstance(document.get("version", 0), int) or document.get("version", 0) > MANIFEST_VERSION:
-        raise AvpError(f"{path} was written by a newer avp (manifest version {document.get('version')})")
+    if type(document.get("version", 0)) is not int:
+        raise AvpError(f"{path} is damaged: its version is not a whole number")
+    if document.get("version", 0) > MANIFEST_VERSION:
+        raise AvpError(f"{path} was written by a newer avp (manifest version {document['version']})")
     files = document.get("files", [])
-    if not isinstance(files, list) or not all(isinstance(entry, dict) and "status" in entry for entry in files):
-        raise AvpError(f"{path} is damaged: its file list is not a list of entries")
+    if not isinstance(files, list) or not all(isinstance(entry, dict) and isinstance(entry.get("status"), str)
+                                              for entry in files):
+        raise AvpError(f"{path} is damaged: its file list is not a list of entries with a status")
+    for field, kind in (("kind", str), ("target", dict), ("key_fingerprint", str), ("settings", dict)):
+        if field in document and not isinstance(document[field], kind):
+            raise AvpError(f"{path} is damaged: its {field} is not a JSON {'string' if kind is str else 'object'}")
+    if not isinstance(document.get("shard") or "1/1", str) or not _SHARD.fullmatch(document.get("shard") or "1/1"):
+        raise AvpError(f"{path} is damaged: its shard is not i/n")
+    if not isinstance(document.get("run") or "0", str) or not _RUN_ID.fullmatch(document.get("run") or "0"):
+        raise AvpError(f"{path} is damaged: its run id is not a short hexadecimal id")  # it names a file
+    size = document.get("target", {}).get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(type(side) is int and 0 < side <= 1 << 16 for side in size)):
+        raise AvpError(f"{path} is damaged: its target's input_size is not two sides in pixels")
     return Manifest(
         kind=document.get("kind", "encrypted"),
         target=document.get("target", {}),
@@ -141,8 +163,7 @@ def merge_parts(parts: list[Manifest]) -> Manifest:
     """
     first = parts[0]
     for part in parts[1:]:
-        if (part.target, part.key_fingerprint, settings_without_seed(part.settings)) != (
-                first.target, first.key_fingerprint, settings_without_seed(first.settings)):
+        if differences(part, first):
             raise AvpError("the manifest parts in this folder come from runs with different targets, keys or "
                            "settings; rerun the odd shard with --overwrite")
     grouped = [_group_by_source(part.files) for part in parts]
@@ -157,6 +178,18 @@ def merge_parts(parts: list[Manifest]) -> Manifest:
         settings["noise_seed"] = seeds  # shards started without a common --seed
     return Manifest(kind=first.kind, target=first.target, key_fingerprint=first.key_fingerprint, settings=settings,
                     files=files, avp_version=first.avp_version, complete=all(part.complete for part in parts))
+
+
+def differences(manifest: Manifest, other: Manifest) -> list[str]:
+    """What two manifests' runs did differently ("target", "key", "settings"; the noise seed aside).
+
+    Outputs of runs without differences belong together: one manifest may list them all.
+    """
+    return [name for name, mine, theirs in (
+        ("target", manifest.target, other.target),
+        ("key", manifest.key_fingerprint, other.key_fingerprint),
+        ("settings", settings_without_seed(manifest.settings), settings_without_seed(other.settings)),
+    ) if mine != theirs]
 
 
 def settings_without_seed(settings: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from torch import nn
 from avpcli import evaluate
 from avpcli.engine import AttackSettings, decrypt_batch
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
-from avpcli.images import atomic_write_bytes, contact_sheet, find_images, read_png, to_pil
+from avpcli.images import atomic_write_bytes, contact_sheet, contained_path, find_images, read_png, to_pil
 from avpcli.jobs import EncryptJob, EventCallback, encrypt_folder
 from avpcli.manifest import read_manifest
 from avpcli.targets import TargetSpec
@@ -186,18 +186,21 @@ def read_pairs(originals: Path, encrypted: Path, spec: TargetSpec, device: str =
     for entry in manifest.files:
         if entry.get("status") != "ok":
             continue
-        output = entry["output"]
+        output = entry.get("output")
         try:
-            ciphertext = read_png(encrypted / output)
-            chips = [folder / output for folder in (aligned, originals) if folder is not None]
+            ciphertext = read_png(contained_path(encrypted, output))
+            # The originals are the user's own folder (for encrypt_selection, a folder of links): links are followed.
+            chips = [contained_path(aligned, output)] if aligned is not None else []
+            chips.append(contained_path(originals, output, follow_links=True))
             chips = [chip for chip in chips if chip.is_file() and tuple(read_png(chip).shape[-2:]) == tuple(spec.input_size)]
             if chips:
                 original = read_png(chips[0])
             else:
-                faces = prepare_original(originals / entry["source"], spec, align, device)
+                faces = prepare_original(contained_path(originals, entry.get("source"), follow_links=True), spec, align,
+                                         device)
                 original = faces[entry.get("face", 1) - 1]
-        except (OSError, ImageError, NoFaceError, IndexError) as problem:
-            skipped.append({"output": output, "reason": str(problem) or type(problem).__name__})
+        except (OSError, ImageError, NoFaceError, IndexError, TypeError) as problem:
+            skipped.append({"output": str(output), "reason": str(problem) or type(problem).__name__})
             continue
         names.append(output)
         sources.append(entry["source"])
@@ -240,7 +243,7 @@ def encrypt_selection(files: dict[str, Path], work: Path, encryptor: Encryptor,
     job = EncryptJob(inputs=[selection], output=work / "encrypted", spec=encryptor.spec, target=encryptor.target,
                      key=encryptor.key, key_fingerprint=encryptor.key_fingerprint, settings=encryptor.settings,
                      batch_size=encryptor.batch_size, device=encryptor.device, noise_seed=encryptor.noise_seed,
-                     aligned_output=work / "aligned")
+                     aligned_output=work / "aligned", follow_links=True)  # the selection's links are ours
     encrypt_folder(job, on_event)
     # Ciphertexts kept from an earlier run may have no aligned original saved: those are aligned again.
     return read_pairs(selection, work / "encrypted", encryptor.spec, encryptor.device, aligned=work / "aligned")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -58,3 +59,19 @@ def write_noise_photos(folder: Path, names: list[str], height: int, width: int, 
 def folder_contents(folder: Path) -> dict[str, bytes]:
     """Every file under folder by relative path: what two runs must agree on byte for byte."""
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def snapshot(folder: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
+    """Every entry under folder (but those under `skip`): a file's sha256, a link's target, or its kind;
+    to prove nothing changed."""
+    state = {}
+    for path in sorted(folder.rglob("*")):
+        if any(path == skipped or skipped in path.parents for skipped in skip):
+            continue
+        if path.is_symlink():
+            state[str(path)] = "link:" + os.readlink(path)
+        elif path.is_file():
+            state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            state[str(path)] = "dir" if path.is_dir() else "other"
+    return state

@@ -34,3 +34,8 @@ def test_ci_runs_the_readme_test_command():
     blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
     test_command = [line for line in blocks[1].splitlines() if line and not line.startswith("#")][0]
     assert test_command in ci
+
+
+def test_the_readme_states_the_output_contract_and_the_link_decision():
+    for option in ("--null", "--follow-links", "--overwrite"):
+        assert option in README, f"{option} is not documented in README.md"

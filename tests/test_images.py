@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import stat
 import zlib
 from pathlib import Path
@@ -15,12 +17,15 @@ from avpcli.errors import ImageError, UsageError
 from avpcli.images import (
     SourceImage,
     atomic_write_bytes,
+    check_link_stays_inside,
+    contained_path,
     find_images,
     fit_to_size,
     is_inside,
     load_rgb,
     output_names,
     png_bytes,
+    read_file_bytes,
     read_png,
     save_png,
     to_tensor,
@@ -187,3 +192,60 @@ def test_is_inside(tmp_path):
     assert is_inside(tmp_path / "a" / "b", tmp_path)
     assert is_inside(tmp_path, tmp_path)
     assert not is_inside(tmp_path.parent, tmp_path)
+
+
+@pytest.fixture
+def linked(tmp_path) -> Path:
+    """A folder with a file, a sub-folder, links out (to a file, to a folder), a link in, and a loop."""
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"a")
+    (tmp_path / "outside.png").write_bytes(b"o")
+    (folder / "out.png").symlink_to(tmp_path / "outside.png")
+    (folder / "outdir").symlink_to(tmp_path)
+    (folder / "in.png").symlink_to("a.png")
+    (folder / "loop.png").symlink_to("loop.png")
+    return folder
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("a.png", None), ("sub/new.png", None), ("in.png", None), ("sub/deeper/new.png", None),
+    ("a\\b.png", None),  # a backslash is part of a name on POSIX
+    (None, "no usable file name (missing)"), ("", "no usable file name (empty)"), (3, "a number, not a name"),
+    (["a.png"], "a list, not a name"), ("a\0.png", "NUL"), ("/etc/passwd", "absolute"), ("../x.png", "'..' part"),
+    ("sub/../a.png", "'..' part"), ("./a.png", "'.' or"), ("sub//a.png", "empty"), ("sub/", "empty"),
+    ("out.png", "leads out of the folder"), ("outdir/outside.png", "leads out of the folder"),
+    ("outdir/folder/a.png", None),  # out and back in again
+    ("loop.png", "symbolic link loop"), ("sub", None),
+])
+def test_contained_path_accepts_only_plain_names_that_stay_inside(linked, name, reason):
+    if reason is None:
+        assert contained_path(linked, name) == linked / name
+    else:
+        with pytest.raises(ImageError, match=re.escape(reason)):
+            contained_path(linked, name)
+
+
+def test_contained_path_follows_links_in_a_folder_of_the_users_own(linked):
+    assert contained_path(linked, "out.png", follow_links=True) == linked / "out.png"
+    with pytest.raises(ImageError, match="absolute"):
+        contained_path(linked, "/etc/passwd", follow_links=True)
+
+
+def test_links_out_of_an_input_folder_are_refused_and_others_left_to_load_rgb(linked):
+    sources = {str(source.relative): source for source in find_images([linked])}
+    with pytest.raises(ImageError, match="outside the input folder"):
+        check_link_stays_inside(sources["out.png"])
+    for name in ("a.png", "in.png", "loop.png"):  # the loop gets load_rgb's own reason
+        check_link_stays_inside(sources[name])
+    check_link_stays_inside(SourceImage(linked / "out.png", Path("out.png")))  # given by name: the user's choice
+
+
+def test_read_file_bytes_refuses_pipes_and_large_files(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_file_bytes(tmp_path / "pipe.png", 100)
+    (tmp_path / "big.png").write_bytes(b"x" * 101)
+    with pytest.raises(ImageError, match="too large"):
+        read_file_bytes(tmp_path / "big.png", 100)
+    assert read_file_bytes(tmp_path / "big.png", 101) == b"x" * 101

@@ -11,8 +11,9 @@ from PIL import Image
 
 from avpcli.errors import KeyFileError, UsageError
 from avpcli.key import (
-    KEY_PRESETS, SCRAMBLE_SCHEME, KeyGenerator, KeyModel, KeyPreset, count_parameters, key_fingerprint, load_key,
-    new_seed, procedural_images, save_key, scramble_secret, seed_is_guessable, train_key, training_data_fingerprint,
+    KEY_PRESETS, NORMS, SCRAMBLE_SCHEME, KeyGenerator, KeyModel, KeyPreset, count_parameters, expected_key_tensors,
+    key_fingerprint, load_key, new_seed, procedural_images, save_key, scramble_secret, seed_is_guessable, train_key,
+    training_data_fingerprint,
 )
 
 TINY = KeyPreset(ngf=4, blocks=1, norm="batch", steps=3, batch_size=2, crop_size=16, learning_rate=1e-3,
@@ -339,3 +340,24 @@ def test_key_model_preimage_inverts_the_scramble(tiny_key):
     images = torch.rand(1, 3, 12, 12)
     assert torch.equal(model.scramble(model.preimage(images)), images)
     assert torch.equal(KeyModel(tiny_key.generator, None).preimage(images), images)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("scrambles", [False, True])
+def test_expected_tensors_are_those_of_a_built_generator(norm, scrambles):
+    names = {torch.float32: "F32", torch.int64: "I64"}
+    built = {name: (tuple(tensor.shape), names[tensor.dtype])
+             for name, tensor in KeyGenerator(4, 2, norm).state_dict().items()}
+    if scrambles:
+        built["scramble.secret"] = ((32,), "U8")
+    assert expected_key_tensors(4, 2, norm, scrambles) == built
+
+
+def test_a_loaded_key_holds_its_tensors_and_nothing_else(key_file):
+    generator = load_key(key_file).generator
+    assert not any(tensor.is_meta for tensor in generator.state_dict().values())
+
+
+def test_a_pipe_is_refused_without_being_opened_for_a_blocking_read(tmp_path):
+    os.mkfifo(tmp_path / "key.safetensors")
+    assert "not a regular file" in _one_line_key_error(tmp_path / "key.safetensors")

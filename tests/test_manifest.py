@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from avpcli.errors import AvpError
-from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest
+from avpcli.manifest import MANIFEST_NAME, Manifest, differences, merge_parts, part_name, read_manifest
 
 
 def entry(source: str, status: str = "ok", **extra) -> dict:
@@ -77,3 +78,29 @@ def test_manifest_round_trip_keeps_progress_fields(tmp_path):
     written.write(tmp_path, "m.json")
     back = read_manifest(Path(tmp_path / "m.json"))
     assert (back.complete, back.shard, back.run, back.files) == (False, "1/2", "abcd", written.files)
+
+
+def test_a_pipe_named_like_a_manifest_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / MANIFEST_NAME)
+    with pytest.raises(AvpError, match="not a regular file"):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("run", "../../names", "run id"), ("shard", "one", "shard"), ("kind", 3, "kind"), ("settings", [], "settings"),
+    ("version", "1", "version"),
+])
+def test_fields_used_as_names_or_counted_on_are_checked(tmp_path, field, value, reason):
+    document = json.loads(part([entry("s0")], 1, 2).to_json())
+    document[field] = value
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(document))
+    with pytest.raises(AvpError, match=f"damaged: its {reason}"):
+        read_manifest(tmp_path)
+
+
+def test_differences_ignore_the_noise_seed():
+    assert differences(part([], 1, 2, seed=1), part([entry("x")], 2, 2, seed=2)) == []
+    other = part([], 1, 2)
+    other.target = {"name": "u"}
+    other.key_fingerprint = "e" * 64
+    assert differences(part([], 1, 2), other) == ["target", "key"]

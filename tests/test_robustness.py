@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -15,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from avpcli.cli import app
+from conftest import snapshot
 
 runner = CliRunner()
 
@@ -30,19 +30,6 @@ def manifest_entries(out: Path) -> dict[str, list[dict]]:
     for entry in json.loads((out / "avp-manifest.json").read_text())["files"]:
         entries.setdefault(entry["source"], []).append(entry)
     return entries
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every entry under folder: a file's sha256, a link's target, or its kind; to prove nothing changed."""
-    state = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_symlink():
-            state[str(path)] = "link:" + os.readlink(path)
-        elif path.is_file():
-            state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            state[str(path)] = "dir" if path.is_dir() else "other"
-    return state
 
 
 def chunk(kind: bytes, body: bytes) -> bytes:
