@@ -296,13 +296,13 @@ def encrypt(
     no_align: Annotated[bool, typer.Option("--no-align", help="Centre-crop and resize instead of detecting and aligning faces.")] = False,
     all_faces: Annotated[bool, typer.Option(help="Encrypt every face found, not only the largest.")] = False,
     early_stop: Annotated[bool, typer.Option(help="Stop each image once its 8-bit version meets every bar.")] = True,
-    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (momentum 0.9, μ 0.1 with an SSIM term, λ 1e-4, low-pass weight 20, checks every 10 steps: docs/PRIVACY.md) or 'research' (the AVIH code's momentum 0.3, μ 0.2, λ 0.001; a blur shows the face in its ciphertexts). Classifiers always use CLASSIFIER_SETTINGS (the research CIFAR settings plus an SSIM term, momentum 0.9 and a growing μ).")] = "tuned",
+    recipe: Annotated[str, typer.Option(help="Embedding targets: 'tuned' (FACE_SETTINGS: start from the key's preimage, momentum 0.9, μ 0.3 with an SSIM term, leak weight 0.3, bars SSIM_e ≤ 0.02 and SSIM_d ≥ 0.95; docs/PRIVACY.md) or 'research' (the AVIH code's momentum 0.3, μ 0.2, λ 0.001 from noise, with the key's plain G as in the paper; a blur shows the face in its ciphertexts). Classifiers always use CLASSIFIER_SETTINGS (the tuned recipe with the research CIFAR step schedule, μ 10).")] = "tuned",
     key_weight: Annotated[Optional[float], typer.Option(help="μ: weight of the reconstruction loss through the key.")] = None,
     variance_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the variance-consistency loss.")] = None,
-    lowpass_weight: Annotated[Optional[float], typer.Option(help="ν: weight of the variance of the blurred (σ 3 px) ciphertext, which hides the coarse layout a blur would show.")] = None,
+    leak_weight: Annotated[Optional[float], typer.Option(help="ρ: weight of the leak term, the squared correlation of the ciphertext's low-pass, band-pass and edge map with the original's (what a filter and a contrast stretch would show).")] = None,
     max_lowpass_correlation: Annotated[Optional[float], typer.Option(help="Also require |low-pass correlation of x' and x| ≤ this before an image stops (docs/PRIVACY.md).")] = None,
     smoothness: Annotated[str, typer.Option(help="'variance' (L_v, the paper's) or 'distance' (L_d, the ablation).")] = "variance",
-    init: Annotated[str, typer.Option(help="Start from 'noise' or from the 'original'.")] = "noise",
+    init: Annotated[Optional[str], typer.Option(help="Start from the key's 'preimage' (S⁻¹(x); the tuned default, noise for a key without scramble), from 'noise' (the research default) or from the 'original'.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the initial noise (default: random; recorded in the manifest).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Process only part i of n of the sorted file list (i/n).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: skip them, resuming).")] = False,
@@ -329,8 +329,8 @@ def encrypt(
             raise UsageError("--null and --json do not go together: the JSON manifest holds every name safely")
         if smoothness not in ("variance", "distance"):
             raise UsageError("--smoothness must be 'variance' or 'distance'")
-        if init not in ("noise", "original"):
-            raise UsageError("--init must be 'noise' or 'original'")
+        if init not in (None, "preimage", "noise", "original"):
+            raise UsageError("--init must be 'preimage', 'noise' or 'original'")
         if batch_size < 1 or (iterations is not None and iterations < 1):
             raise UsageError("--batch-size and --iterations must be at least 1")
         options = _custom_options(target, input_size, mean, std, channels, loss)
@@ -349,11 +349,11 @@ def encrypt(
             base = FACE_SETTINGS if recipe == "tuned" else AttackSettings()
         overrides = {
             "smoothness": smoothness,
-            "initialization": init,
+            **({"initialization": init} if init is not None else {}),
             **({"iterations": iterations} if iterations is not None else {}),
             **({"key_weight": key_weight} if key_weight is not None else {}),
             **({"variance_weight": variance_weight} if variance_weight is not None else {}),
-            **({"lowpass_weight": lowpass_weight} if lowpass_weight is not None else {}),
+            **({"leak_weight": leak_weight} if leak_weight is not None else {}),
             **({} if early_stop else {"stop": None}),
         }
         if max_lowpass_correlation is not None:
@@ -365,6 +365,10 @@ def encrypt(
         overrides["autocast_dtype"] = _autocast_dtype(precision, resolved_device)
         # The research recipe reproduces the paper, whose key is G alone; the manifest records which.
         key_model = loaded_key.model_for(scramble=loaded_key.scrambles and recipe == "tuned")
+        if recipe == "tuned" and not loaded_key.scrambles:
+            stderr.print("[yellow]warning:[/] this key has no scramble (format 1 or --no-scramble): filters of its "
+                         "ciphertexts can show the image, and SSIM_d 0.95 is out of reach for most images; "
+                         "a new `avp keygen` key has one", highlight=False)
         target_model, key_model = prepare_models(target_model, key_model, resolved_device, compile_models)
         settings = dataclasses.replace(base, **overrides)
         job = EncryptJob(

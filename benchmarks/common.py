@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 from avpcli.engine import AttackSettings, encrypt_batch, measure_images  # noqa: E402
 from avpcli.images import read_png, save_png  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
-from avpcli.metrics import gaussian_blur, ssim  # noqa: E402
+from avpcli.metrics import bandpass_correlation, edge_correlation, lowpass_correlation, ssim  # noqa: E402
 
 
 def data_folder() -> Path:
@@ -78,7 +78,10 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
         torch.cuda.synchronize(device)  # start the clock on an idle GPU
     started = time.perf_counter()
     reference = target(original).detach()
-    adversarial = torch.randn(original.shape, generator=torch.Generator().manual_seed(noise_seed)).to(device).clamp(0, 1)
+    if settings.initialization == "preimage" and key.scrambles:
+        adversarial = key.preimage(original).detach()
+    else:
+        adversarial = torch.randn(original.shape, generator=torch.Generator().manual_seed(noise_seed)).to(device).clamp(0, 1)
     momentum = torch.zeros_like(adversarial)
     step, rises, losses = settings.step_size, 0, []
     for _ in range(settings.iterations):
@@ -92,9 +95,10 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
         blocks = torch.nn.functional.avg_pool2d(adversarial, 4, stride=1) * 16
         loss_variance = sum(blocks[:, channel].reshape(-1).var() for channel in range(3))
         loss = loss_feature + settings.key_weight * loss_key + settings.variance_weight * loss_variance
-        if settings.lowpass_weight:
-            coarse = gaussian_blur(adversarial, settings.lowpass_sigma)
-            loss = loss + settings.lowpass_weight * sum(coarse[:, channel].reshape(-1).var() for channel in range(3))
+        if settings.leak_weight:
+            loss = loss + settings.leak_weight * (lowpass_correlation(adversarial, original, settings.lowpass_sigma) ** 2
+                                                  + bandpass_correlation(adversarial, original) ** 2
+                                                  + edge_correlation(adversarial, original) ** 2).sum()
         key.zero_grad()
         model.zero_grad()
         loss.backward()

@@ -96,7 +96,6 @@ def main() -> None:
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--iterations", type=int, default=FACE_SETTINGS.iterations)
-    parser.add_argument("--key-weight-growth", type=float, default=FACE_SETTINGS.key_weight_growth)
     parser.add_argument("--momentum", type=float, default=FACE_SETTINGS.momentum)
     parser.add_argument("--naive-iterations", type=int, default=AttackSettings().iterations,
                         help="the naive loop's fixed K (the research code's 800)")
@@ -126,16 +125,15 @@ def main() -> None:
         save_key(trained, key_path)
         print(f"paper-size key trained for {args.key_steps} steps in {time.perf_counter() - began:.0f} s")
     target = iresnet50_target(chips, device)
-    settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations, key_weight_growth=args.key_weight_growth,
-                                   momentum=args.momentum,
+    settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations, momentum=args.momentum,
                                    autocast_dtype=autocast_dtype_for(args.precision, device))
     key = load_key(key_path, device=device)
     print(f"avp {__version__}; torch {torch.__version__}; GPU {gpu}; {len(chips)} LFW faces "
           f"aligned to 112×112; target iresnet50 (random weights, arcface spec); key {key.metadata.get('preset')} "
           f"preset (ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, "
           f"{key.metadata.get('steps')} steps); batch {args.batch_size}; precision {args.precision}; "
-          f"compile {args.compile}; K={args.iterations}; momentum {settings.momentum}; μ {settings.key_weight} (growth {settings.key_weight_growth}), key SSIM weight "
-          f"{settings.key_ssim_weight}, λ {settings.variance_weight}, ν {settings.lowpass_weight}; "
+          f"compile {args.compile}; K={args.iterations}; momentum {settings.momentum}; start {settings.initialization}; μ {settings.key_weight}, key SSIM weight "
+          f"{settings.key_ssim_weight}, λ {settings.variance_weight}, leak weight {settings.leak_weight}; "
           f"check every {settings.check_every}")
 
     # The naive loop first, with cuDNN's defaults, before prepare_models changes them.

@@ -21,6 +21,7 @@ from avpcli.engine import (
     quantize,
     variance_consistency,
 )
+from avpcli.metrics import bandpass_correlation, edge_correlation, lowpass_correlation
 from avpcli.targets import load_target
 
 
@@ -118,57 +119,6 @@ def test_an_image_that_never_meets_ssim_d_ends_on_its_best_checked_state(embeddi
         assert metrics.ssim_decrypted == pytest.approx(max(seen), abs=1e-6)
 
 
-def test_key_weight_grows_while_only_ssim_d_is_short(embedding_target):
-    # With slack in the feature bar, a growing key weight spends it on SSIM_d.
-    images, key = originals(3), near_identity_key()
-    out_of_reach = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=1.0, min_ssim_decrypted=2.0)
-    settings = AttackSettings(iterations=40, key_weight=0.05, stop=out_of_reach, check_every=5, repair_steps=0)
-    fixed = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2, 3])
-    growing = encrypt_batch(images, embedding_target, key, dataclasses.replace(settings, key_weight_growth=2.0),
-                            "embedding", [1, 2, 3])
-    assert (sum(m.ssim_decrypted for m in growing.metrics)
-            > sum(m.ssim_decrypted for m in fixed.metrics) + 0.03), (fixed.metrics, growing.metrics)
-    assert all(m.feature_distance <= 0.5 for m in growing.metrics)
-
-
-def test_only_images_whose_key_weight_changed_forget_their_last_loss(embedding_target, monkeypatch):
-    from avpcli import engine
-
-    scales, forgotten = [], []
-    spied_loss, spied_forget = engine._Objective.loss, engine._StepDecay.forget_loss
-
-    def loss(self, images, originals, reference, reference_class, key_scale=None):
-        scales.append(key_scale.clone())
-        return spied_loss(self, images, originals, reference, reference_class, key_scale)
-
-    def forget_loss(self, indices):
-        forgotten.append(sorted(indices.tolist()))
-        spied_forget(self, indices)
-
-    monkeypatch.setattr(engine._Objective, "loss", loss)
-    monkeypatch.setattr(engine._StepDecay, "forget_loss", forget_loss)
-    out_of_reach = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=1.0, min_ssim_decrypted=2.0)
-    settings = AttackSettings(iterations=30, key_weight=0.05, key_weight_growth=2.0, max_key_weight_scale=4.0,
-                              stop=out_of_reach, check_every=5, repair_steps=0)
-    encrypt_batch(originals(3), embedding_target, near_identity_key(), settings, "embedding", [1, 2, 3])
-    # The check after step s sets the μ that step s + 1 uses (loss call s, counting from 0).
-    changed = [sorted(torch.nonzero(scales[step] != scales[step - 1]).flatten().tolist()) for step in (5, 10, 15, 20, 25)]
-    assert forgotten[:5] == changed
-    assert any(changed) and [] in changed  # μ grew for some checks and stayed (at its cap) for others
-
-
-def test_key_weight_does_not_grow_past_the_lowpass_ceiling(embedding_target):
-    # A ceiling of 0 counts every image as leaking, so μ never grows: the same result as no growth.
-    images, key = originals(2), near_identity_key()
-    out_of_reach = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=1.0, min_ssim_decrypted=2.0)
-    settings = AttackSettings(iterations=30, key_weight=0.05, stop=out_of_reach, check_every=5, repair_steps=0)
-    fixed = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2])
-    capped = encrypt_batch(images, embedding_target, key,
-                           dataclasses.replace(settings, key_weight_growth=2.0, growth_lowpass_ceiling=0.0),
-                           "embedding", [1, 2])
-    assert torch.equal(fixed.encrypted, capped.encrypted)
-
-
 def test_autocast_runs_the_forwards_in_bf16_on_cpu_and_measures_in_full_precision(embedding_target):
     seen = []
 
@@ -200,15 +150,6 @@ def test_step_shrinks_after_patience_rises_of_each_images_own_loss():
     assert decay.rises.tolist() == [0, 1]
 
 
-def test_a_changed_key_weight_does_not_count_as_a_loss_rise():
-    decay = _StepDecay(2, step_size=1.0, decay=0.5, patience=1, device="cpu")
-    both = torch.tensor([0, 1])
-    decay.update(both, torch.tensor([1.0, 1.0]))
-    decay.forget_loss(torch.tensor([0]))  # image 0's μ grew: its loss jumps by itself
-    decay.update(both, torch.tensor([2.0, 2.0]))
-    assert decay.step.tolist() == [1.0, 0.5]
-
-
 def test_precision_names_map_to_autocast_dtypes():
     assert autocast_dtype_for("auto", "cpu") == default_autocast_dtype("cpu")
     assert autocast_dtype_for("auto", "cuda") is torch.bfloat16
@@ -217,13 +158,6 @@ def test_precision_names_map_to_autocast_dtypes():
     assert autocast_dtype_for("fp32", "cuda") is None
     with pytest.raises(ValueError, match="precision is one of"):
         autocast_dtype_for("half", "cpu")
-
-
-def test_growth_settings_below_one_are_refused():
-    with pytest.raises(ValueError, match="at least 1"):
-        AttackSettings(key_weight_growth=0.9)
-    with pytest.raises(ValueError, match="at least 1"):
-        AttackSettings(max_key_weight_scale=0.5)
 
 
 def test_classifier_target_keeps_the_top1_class():
@@ -279,15 +213,56 @@ def test_measure_images_agrees_with_the_engine_on_its_own_ciphertexts(embedding_
         assert mine["ssim_decrypted"] == pytest.approx(theirs.ssim_decrypted, abs=1e-5)
 
 
-def test_lowpass_term_hides_the_coarse_layout(embedding_target):
+def test_leak_term_removes_the_layout_a_filter_would_show(embedding_target):
     images = originals(3)
     key = near_identity_key()
     plain = encrypt_batch(images, embedding_target, key, FAST, "embedding", [1, 2, 3])
-    flattened = encrypt_batch(images, embedding_target, key, dataclasses.replace(FAST, lowpass_weight=100.0),
-                              "embedding", [1, 2, 3])
-    plain_leak = [abs(m.lowpass_correlation) for m in plain.metrics]
-    flat_leak = [abs(m.lowpass_correlation) for m in flattened.metrics]
-    assert sum(flat_leak) < 0.5 * sum(plain_leak), (plain_leak, flat_leak)
+    hidden = encrypt_batch(images, embedding_target, key, dataclasses.replace(FAST, leak_weight=10.0),
+                           "embedding", [1, 2, 3])
+
+    def leaks(result):
+        return [float(metric(result.encrypted, images).abs().sum())
+                for metric in (lowpass_correlation, bandpass_correlation, edge_correlation)]
+
+    assert all(after < 0.5 * before for before, after in zip(leaks(plain), leaks(hidden))), (leaks(plain), leaks(hidden))
+
+
+def test_leak_penalty_is_the_sum_of_squared_filter_correlations():
+    from avpcli.engine import _LeakPenalty
+
+    generator = torch.Generator().manual_seed(5)
+    images, ciphertexts = torch.rand(2, 3, 40, 36, generator=generator), torch.rand(2, 3, 40, 36, generator=generator)
+    ciphertexts[1] = 0.7 * images[1] + 0.3 * ciphertexts[1]  # one that shows its original
+    expected = sum(metric(ciphertexts, images) ** 2
+                   for metric in (lowpass_correlation, bandpass_correlation, edge_correlation))
+    penalty = _LeakPenalty(images, sigma=3.0).penalty(ciphertexts, torch.arange(2))
+    assert torch.allclose(penalty, expected, atol=1e-4)
+    assert penalty[1] > 2 and penalty[0] < 0.1
+
+
+class ScramblingKey(nn.Module):
+    """A key with a preimage, like avp's KeyModel: here S is a fixed pixel reversal and G the identity."""
+
+    scrambles = True
+
+    def forward(self, images):
+        return images.flip(-1).flip(-2)
+
+    def preimage(self, originals):
+        return originals.flip(-1).flip(-2)
+
+
+def test_preimage_start_begins_from_what_the_key_decrypts(embedding_target):
+    images = originals(2)
+    settings = AttackSettings(iterations=1, step_size=0.0, stop=None, initialization="preimage")
+    result = encrypt_batch(images, embedding_target, ScramblingKey(), settings, "embedding", [1, 2])
+    assert torch.allclose(result.encrypted, quantize(images.flip(-1).flip(-2)))
+    assert all(m.ssim_decrypted > 0.99 for m in result.metrics)
+    # A key without a preimage starts from noise, as the research recipe does.
+    noise = encrypt_batch(images, embedding_target, near_identity_key(), settings, "embedding", [1, 2])
+    from_noise = encrypt_batch(images, embedding_target, near_identity_key(),
+                               dataclasses.replace(settings, initialization="noise"), "embedding", [1, 2])
+    assert torch.equal(noise.encrypted, from_noise.encrypted)
 
 
 def test_key_ssim_term_raises_decrypted_ssim(embedding_target):
