@@ -35,13 +35,19 @@ class DemoResult:
 
 
 def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, int], None]) -> tuple[Any, bool]:
-    """Load the cached demo key, or train one (the demo preset, a fresh secret seed) and cache it."""
+    """Load the cached demo key, or train one (the demo preset, a fresh secret seed) and cache it.
+
+    A cached key without scramble (made by avp before key format 2) is replaced: the demo shows
+    what avp's defaults do.
+    """
     if path.exists():
-        return load_key(path, device=device), False
+        cached = load_key(path, device=device)
+        if cached.scrambles:
+            return cached, False
     path.parent.mkdir(parents=True, exist_ok=True)
     trained = train_key(DEMO_PRESET, new_seed(), device=device,
                         progress=lambda step, total, loss: on_training_step(step, total))
-    save_key(trained, path)
+    save_key(trained, path, overwrite=True)
     return load_key(path, device=device), True
 
 

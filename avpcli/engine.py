@@ -203,7 +203,7 @@ def _initial_images(originals: torch.Tensor, settings: AttackSettings, noise_see
     return torch.stack(noise).to(originals.device).clamp(0, 1)
 
 
-class _LeakPenalty:
+class LeakPenalty:
     """Σ_f r_f², r_f the correlation of F_f(x') with F_f(x) for the leak filters F_f of metrics (low-pass
     σ 3, band-pass σ 1 − σ 4 and edge magnitude of luma): what a blur, a band-pass or an edge filter
     and a contrast stretch show of x in x'.
@@ -238,7 +238,7 @@ class _Objective:
         with torch.no_grad():
             reference = target(originals).float()
         self.reference = reference
-        self.leak = _LeakPenalty(originals, settings.lowpass_sigma) if settings.leak_weight else None
+        self.leak = LeakPenalty(originals, settings.lowpass_sigma) if settings.leak_weight else None
         self.reference_class = reference.argmax(dim=1) if loss_kind == "classifier" else None
 
     def target_loss(self, outputs, reference, reference_class):

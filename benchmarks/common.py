@@ -16,10 +16,10 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
-from avpcli.engine import AttackSettings, encrypt_batch, measure_images  # noqa: E402
+from avpcli.engine import AttackSettings, LeakPenalty, encrypt_batch, measure_images  # noqa: E402
 from avpcli.images import read_png, save_png  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
-from avpcli.metrics import bandpass_correlation, edge_correlation, lowpass_correlation, ssim  # noqa: E402
+from avpcli.metrics import ssim  # noqa: E402
 
 
 def data_folder() -> Path:
@@ -78,6 +78,8 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
         torch.cuda.synchronize(device)  # start the clock on an idle GPU
     started = time.perf_counter()
     reference = target(original).detach()
+    # The same leak term as the engine's (an FFT): the ratio is to measure the engine, not the filters.
+    leak = LeakPenalty(original, settings.lowpass_sigma) if settings.leak_weight else None
     if settings.initialization == "preimage" and key.scrambles:
         adversarial = key.preimage(original).detach()
     else:
@@ -95,10 +97,8 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
         blocks = torch.nn.functional.avg_pool2d(adversarial, 4, stride=1) * 16
         loss_variance = sum(blocks[:, channel].reshape(-1).var() for channel in range(3))
         loss = loss_feature + settings.key_weight * loss_key + settings.variance_weight * loss_variance
-        if settings.leak_weight:
-            loss = loss + settings.leak_weight * (lowpass_correlation(adversarial, original, settings.lowpass_sigma) ** 2
-                                                  + bandpass_correlation(adversarial, original) ** 2
-                                                  + edge_correlation(adversarial, original) ** 2).sum()
+        if leak is not None:
+            loss = loss + settings.leak_weight * leak.penalty(adversarial, torch.zeros(1, dtype=torch.long))
         key.zero_grad()
         model.zero_grad()
         loss.backward()

@@ -154,7 +154,7 @@ def main() -> None:
 
     dlib_distances = None
     if args.target == "dlib":
-        to_uint8 = lambda tensor: (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+        to_uint8 = lambda tensor: np.ascontiguousarray((tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))  # noqa: E731
         dlib_distances = real_dlib_distances([to_uint8(chip) for chip in chips], [to_uint8(image) for image in encrypted])
 
     print()

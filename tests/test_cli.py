@@ -263,7 +263,66 @@ def test_encrypt_help_states_the_engines_actual_defaults():
     research = AttackSettings()
     assert f"(default: {FACE_SETTINGS.iterations}, the research code's K;" in text
     assert research.iterations == FACE_SETTINGS.iterations
-    assert (f"'tuned' (momentum {FACE_SETTINGS.momentum}, μ {FACE_SETTINGS.key_weight} with an SSIM term, "
-            f"λ {FACE_SETTINGS.variance_weight:.0e}".replace("e-0", "e-") + f", low-pass weight {FACE_SETTINGS.lowpass_weight:g}, "
-            f"checks every {FACE_SETTINGS.check_every} steps") in text
+    stop = FACE_SETTINGS.stop
+    assert (f"'tuned' (FACE_SETTINGS: start from the key's {FACE_SETTINGS.initialization}, momentum "
+            f"{FACE_SETTINGS.momentum}, μ {FACE_SETTINGS.key_weight} with an SSIM term, leak weight "
+            f"{FACE_SETTINGS.leak_weight}, bars SSIM_e ≤ {stop.max_ssim_encrypted} and SSIM_d ≥ "
+            f"{stop.min_ssim_decrypted};") in text
     assert f"momentum {research.momentum}, μ {research.key_weight}, λ {research.variance_weight}" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Keys with and without scramble
+
+
+def _decrypted_with(model, folder: Path, name: str) -> torch.Tensor:
+    from avpcli.engine import decrypt_batch
+    from avpcli.images import read_png
+
+    return decrypt_batch(read_png(folder / name)[None], model)[0]
+
+
+def test_keygen_scrambles_by_default_and_no_scramble_keeps_the_plain_key(tmp_path):
+    from avpcli.key import load_key
+
+    scrambled, plain = tmp_path / "s.safetensors", tmp_path / "p.safetensors"
+    result = invoke("keygen", "--steps", "1", "--seed", "123456789123456789", "--out", scrambled, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert invoke("keygen", "--steps", "1", "--seed", "123456789123456789", "--no-scramble", "--out", plain,
+                  "--device", "cpu").exit_code == 0
+    assert load_key(scrambled).scrambles and not load_key(plain).scrambles
+    secret = bytes(load_key(scrambled).scramble.secret.tolist())
+    assert secret.hex() not in result.output and "123456789123456789" not in result.output
+
+
+def test_manifest_records_the_scramble_and_decrypt_uses_what_it_says(tmp_path, photo_folder, tiny_key_file):
+    from avpcli.key import load_key
+
+    loaded = load_key(tiny_key_file)
+    assert loaded.scrambles
+    for recipe, scrambled in (("tuned", True), ("research", False)):
+        out = tmp_path / f"enc-{recipe}"
+        assert encrypt_tiny(photo_folder, tiny_key_file, out, "--recipe", recipe).exit_code == 0
+        manifest = json.loads((out / "avp-manifest.json").read_text())
+        assert manifest["settings"]["key_scramble"] is scrambled
+        decrypted = tmp_path / f"dec-{recipe}"
+        result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cpu")
+        assert result.exit_code == 0, result.stderr
+        from avpcli.images import read_png
+
+        # Research ciphertexts were made for G alone, tuned ones for G∘S: decrypt applied the matching one.
+        model = loaded.model if scrambled else loaded.plain_model
+        assert torch.equal(read_png(decrypted / "a.png"), _decrypted_with(model, out, "a.png"))
+        other = loaded.plain_model if scrambled else loaded.model
+        assert not torch.equal(read_png(decrypted / "a.png"), _decrypted_with(other, out, "a.png"))
+
+
+def test_a_key_without_scramble_warns_with_the_tuned_recipe(tmp_path, photo_folder):
+    from avpcli.key import KeyPreset, save_key, train_key
+
+    preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=1, batch_size=2, crop_size=32, learning_rate=1e-3)
+    plain = save_key(train_key(preset, seed=2**70 + 9, scramble=False), tmp_path / "plain.safetensors")
+    result = encrypt_tiny(photo_folder, plain, tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    assert "has no scramble" in result.stderr
+    assert json.loads((tmp_path / "out" / "avp-manifest.json").read_text())["settings"]["key_scramble"] is False

@@ -228,14 +228,14 @@ def test_leak_term_removes_the_layout_a_filter_would_show(embedding_target):
 
 
 def test_leak_penalty_is_the_sum_of_squared_filter_correlations():
-    from avpcli.engine import _LeakPenalty
+    from avpcli.engine import LeakPenalty
 
     generator = torch.Generator().manual_seed(5)
     images, ciphertexts = torch.rand(2, 3, 40, 36, generator=generator), torch.rand(2, 3, 40, 36, generator=generator)
     ciphertexts[1] = 0.7 * images[1] + 0.3 * ciphertexts[1]  # one that shows its original
     expected = sum(metric(ciphertexts, images) ** 2
                    for metric in (lowpass_correlation, bandpass_correlation, edge_correlation))
-    penalty = _LeakPenalty(images, sigma=3.0).penalty(ciphertexts, torch.arange(2))
+    penalty = LeakPenalty(images, sigma=3.0).penalty(ciphertexts, torch.arange(2))
     assert torch.allclose(penalty, expected, atol=1e-4)
     assert penalty[1] > 2 and penalty[0] < 0.1
 

@@ -149,3 +149,88 @@ def test_lowpass_correlation_works_on_images_smaller_than_the_blur():
 
     images = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))
     assert lowpass_correlation(images, images).allclose(torch.ones(2), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# The leak measures (what a filter and a contrast stretch show of x in x')
+
+
+def _face_like(size: int = 48) -> torch.Tensor:
+    """A grey oval with two dark eyes and a mouth on a light background, as (1,3,size,size)."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    image = torch.full((size, size), 0.8)
+    image[(xs / 0.6) ** 2 + (ys / 0.8) ** 2 < 1] = 0.55
+    for centre_x in (-0.25, 0.25):
+        image[(xs - centre_x) ** 2 + (ys + 0.25) ** 2 < 0.01] = 0.1
+    image[((ys - 0.4).abs() < 0.05) & (xs.abs() < 0.25)] = 0.2
+    return image.expand(1, 3, size, size).clone()
+
+
+def test_pearson_correlation_by_hand():
+    from avpcli.metrics import pearson_correlation
+
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert float(pearson_correlation(a, 2 * a + 1)[0]) == pytest.approx(1.0)
+    assert float(pearson_correlation(a, -a)[0]) == pytest.approx(-1.0)
+    # x = (1,2,3,4), y = (1,3,2,4): centred (−1.5,−.5,.5,1.5)·(−1.5,.5,−.5,1.5) = 4, over 5 → 0.8
+    assert float(pearson_correlation(a, torch.tensor([[1.0, 3.0, 2.0, 4.0]]))[0]) == pytest.approx(0.8)
+    assert float(pearson_correlation(a, torch.ones(1, 4))[0]) == 0.0  # a flat image correlates 0
+
+
+@pytest.mark.parametrize("name", ["lowpass_correlation", "bandpass_correlation", "edge_correlation"])
+def test_a_face_correlates_with_itself_its_faint_copy_and_not_with_noise(name):
+    from avpcli import metrics
+
+    measure = getattr(metrics, name)
+    face = _face_like()
+    noise = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    faint = 0.7 * noise + 0.3 * face  # a face at under half the contrast of the noise over it
+    assert float(measure(face, face)[0]) == pytest.approx(1.0, abs=1e-5)
+    assert abs(float(measure(noise, face)[0])) < 0.1
+    assert float(measure(faint, face)[0]) > 0.4
+
+
+def test_a_pixel_permuted_face_scores_near_zero_on_band_pass_and_edges():
+    from avpcli.metrics import bandpass_correlation, edge_correlation
+    from avpcli.scramble import Scramble
+
+    face = _face_like(96)
+    permuted = Scramble(bytes(range(32)))(face)
+    assert abs(float(bandpass_correlation(permuted, face)[0])) < 0.05
+    assert abs(float(edge_correlation(permuted, face)[0])) < 0.05
+    assert float(bandpass_correlation(face.roll(1, -1), face)[0]) > 0.9  # a shift by a pixel still shows it
+
+
+def test_difference_of_gaussians_removes_a_constant_and_sobel_finds_a_step():
+    from avpcli.metrics import difference_of_gaussians, sobel_magnitude
+
+    assert difference_of_gaussians(torch.full((1, 1, 20, 20), 0.3)).abs().max() < 1e-6
+    step = torch.zeros(1, 1, 6, 6)
+    step[..., 3:] = 1.0
+    magnitude = sobel_magnitude(step)[0, 0]
+    # Sobel x at the step: (1 + 2 + 1)·1 = 4 on the two columns beside it, 0 far from it.
+    assert magnitude[2, 2].item() == pytest.approx(4.0) and magnitude[2, 3].item() == pytest.approx(4.0)
+    assert magnitude[2, 0].item() == 0.0 and magnitude[2, 5].item() == 0.0
+
+
+def test_colour_mean_correlation_across_images():
+    from avpcli.metrics import colour_mean_correlation
+
+    colours = torch.tensor([[0.2, 0.4, 0.6], [0.9, 0.5, 0.1], [0.3, 0.3, 0.8], [0.7, 0.6, 0.5]])
+    originals = colours[:, :, None, None].expand(4, 3, 8, 8)
+    assert colour_mean_correlation(originals * 0.5 + 0.1, originals) == pytest.approx(1.0)
+    grey = torch.full((4, 3, 8, 8), 0.5) + torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 1e-3
+    assert abs(colour_mean_correlation(grey, originals)) < 0.6
+    with pytest.raises(ValueError, match="at least two"):
+        colour_mean_correlation(originals[:1], originals[:1])
+
+
+@pytest.mark.parametrize("shape", [(150, 150), (112, 96), (32, 32), (9, 13)])
+def test_leak_filters_by_fft_equal_the_convolutions(shape):
+    from avpcli.metrics import LeakFilters, difference_of_gaussians, gaussian_blur, luminance, sobel_magnitude
+
+    luma = luminance(torch.rand(2, 3, *shape, generator=torch.Generator().manual_seed(2)))
+    filtered = LeakFilters(*shape)(luma)
+    assert torch.allclose(filtered[:, 0:1], gaussian_blur(luma, 3.0), atol=1e-5)
+    assert torch.allclose(filtered[:, 1:2], difference_of_gaussians(luma), atol=1e-5)
+    assert torch.allclose(filtered[:, 2:3], sobel_magnitude(gaussian_blur(luma, 2.0)), atol=1e-5)
