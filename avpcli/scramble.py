@@ -7,8 +7,9 @@ scattered over secret positions, so no filter of x′ lines it up again (docs/PR
 For an image of H×W pixels, S
   1. moves every pixel to a secret position (a uniformly random permutation of the H·W positions),
   2. permutes the three channels of every pixel with its own secret permutation, and
-  3. inverts (v ↦ 1 − v) a secret, exactly balanced half of the 3·H·W values, so that a
-     ciphertext's mean colour and histogram no longer follow the original's.
+  3. inverts (v ↦ 1 − v) a secret half of the values, balanced exactly within each pair (output
+     channel, source channel), so that a ciphertext's mean colour is 1/2 whatever the original's:
+     a mean over such a class is half values and half inverted values of one channel of x.
 All three are one gather and one multiply-add, differentiable, with an exact inverse.
 
 The plan for each size comes from the key's 256-bit secret alone: HMAC-SHA256(secret, label of
@@ -36,7 +37,8 @@ class ScramblePlan:
     """Where every value of an H×W image goes, for one device.
 
     source: (3·H·W,) indices into the flattened (C, H, W) image: output value i is input value source[i].
-    inverted: (3·H·W,) 1.0 where the output value is inverted, else 0.0.
+    inverted: (3·H·W,) 1.0 where the output value is inverted, else 0.0; within each (output channel,
+        source channel) class, ⌊size/2⌋ of the values.
     """
 
     source: torch.Tensor
@@ -67,8 +69,15 @@ def make_plan(secret: bytes, height: int, width: int) -> ScramblePlan:
     positions = np.argsort(position_ranks, kind="stable")  # output pixel p takes input pixel positions[p]
     channels = np.argsort(channel_ranks, axis=1, kind="stable")  # output channel c takes input channel channels[p, c]
     source = (channels.T * pixels + positions[None, :]).reshape(-1)  # flattened (C, H·W) order
-    inverted = np.zeros(values, dtype=np.float32)
-    inverted[np.argsort(inversion_ranks, kind="stable")[: values // 2]] = 1.0
+    # Balanced per (output channel, source channel): rank the values inside each class and invert
+    # the lower half of every class.
+    classes = (np.arange(3)[:, None] * 3 + channels.T).reshape(-1)  # output channel · 3 + source channel
+    order = np.lexsort((inversion_ranks, classes))  # by class, then by rank inside it
+    sizes = np.bincount(classes, minlength=9)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    position_in_class = np.empty(values, dtype=np.int64)
+    position_in_class[order] = np.arange(values) - np.repeat(starts, sizes)
+    inverted = (position_in_class < (sizes // 2)[classes]).astype(np.float32)
     return ScramblePlan(torch.from_numpy(source.astype(np.int64)), torch.from_numpy(inverted))
 
 

@@ -34,11 +34,24 @@ def test_channels_last_input_gives_the_same_result():
     assert torch.equal(scramble(images), scramble(images.contiguous(memory_format=torch.channels_last)))
 
 
-def test_plan_is_a_permutation_with_a_balanced_inverted_half():
+def test_plan_is_a_permutation_with_half_of_each_channel_pair_inverted():
     plan = make_plan(SECRET, 15, 11)
-    values = 3 * 15 * 11
-    assert sorted(plan.source.tolist()) == list(range(values))
-    assert int(plan.inverted.sum()) == values // 2
+    pixels = 15 * 11
+    assert sorted(plan.source.tolist()) == list(range(3 * pixels))
+    source_channel = (plan.source // pixels).view(3, pixels)
+    inverted = plan.inverted.view(3, pixels)
+    for output_channel in range(3):
+        for channel in range(3):
+            members = source_channel[output_channel] == channel
+            assert int(inverted[output_channel][members].sum()) == int(members.sum()) // 2
+
+
+@pytest.mark.parametrize("colour", [(0.9, 0.6, 0.5), (0.1, 0.2, 0.8), (0.0, 0.0, 0.0)])
+def test_a_flat_colour_scrambles_to_grey(colour):
+    # Half of each channel pair inverted: the ciphertext's mean colour no longer tells the original's.
+    image = torch.tensor(colour).view(1, 3, 1, 1).expand(1, 3, 40, 30)
+    means = Scramble(SECRET)(image).mean(dim=(2, 3))
+    assert torch.allclose(means, torch.full_like(means, 0.5), atol=3 / (40 * 30))
 
 
 def test_each_pixel_keeps_its_three_values_together():
@@ -58,7 +71,7 @@ def test_plan_is_deterministic_and_pinned():
     assert digest == PINNED_150
 
 
-PINNED_150 = "7e1a6945309eaa5b15a1fa8153b8d88263be0333d34470b890214ef9209b031c"
+PINNED_150 = "080f79d3a3aaa0ae0ad2d80b37420219c492ab5c8e25b3130e78bd3be5e4660d"
 
 
 def _agreement(first, second) -> float:
