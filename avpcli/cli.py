@@ -794,8 +794,8 @@ def evaluate_privacy(
                 photos = load_gallery(gallery, observer_model, observer_model.spec, resolved,
                                       _report_events(progress, f"gallery for {observer}"))
             if photos.identity_count < 300:
-                stderr.print(f"[yellow]warning:[/] the gallery has {photos.identity_count} identities, fewer than 300: "
-                             "the observer's rates are optimistic")
+                _say("[yellow]warning:[/]", f"the gallery has {photos.identity_count} identities, fewer than 300: "
+                     "the observer's rates are optimistic")
             sources = [contained_path(originals, source, follow_links=True) for source in pairs.sources]
             transform, fitted = fit_observer_transform(sources, spec, observer_model.spec, resolved)
             watcher = Observer(observer_model.spec, observer_model, photos, transform, fitted, resolved)

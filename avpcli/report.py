@@ -24,6 +24,7 @@ from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
 from avpcli.images import atomic_write_bytes, contact_sheet, contained_path, find_images, read_png, to_pil
 from avpcli.jobs import EncryptJob, EventCallback, encrypt_folder
 from avpcli.manifest import read_manifest
+from avpcli.metrics import colour_mean_correlation
 from avpcli.targets import TargetSpec
 
 # ------------------------------------------------------------------------------------------------
@@ -670,7 +671,7 @@ def privacy_report(pairs: PairedImages, spec: TargetSpec, key: nn.Module, observ
     identities = [identity_of(source) for source in sources]
     stems = [Path(source).stem for source in sources]
     leaks = evaluate.leak_correlations(pairs.encrypted, pairs.originals)
-    colour = evaluate.colour_mean_correlation(pairs.encrypted, pairs.originals) if count >= 2 else float("nan")
+    colour = colour_mean_correlation(pairs.encrypted, pairs.originals) if count >= 2 else float("nan")
 
     filters: dict[str, dict[str, Any]] = {}
     ranks: dict[str, dict[str, list[int | None]]] = {}
@@ -698,8 +699,8 @@ def privacy_report(pairs: PairedImages, spec: TargetSpec, key: nn.Module, observ
     leak_summary = {name: evaluate.summarize(values) for name, values in leaks.items()}
     markdown = (f"# Privacy ({spec.name}, {count} ciphertexts)\n\n## What the ciphertexts correlate with\n\n"
                 + markdown_table(["measure (luma, ciphertext vs its original)", "mean", "worst"], [
-                    ["|low-pass r| (Gaussian σ 3)", leak_summary["lowpass_abs"]["mean"], leak_summary["lowpass_abs"]["max"]],
-                    ["|band-pass r| (DoG σ 1 − σ 4)", leak_summary["bandpass_abs"]["mean"],
+                    ["low-pass r, absolute (Gaussian σ 3)", leak_summary["lowpass_abs"]["mean"], leak_summary["lowpass_abs"]["max"]],
+                    ["band-pass r, absolute (DoG σ 1 − σ 4)", leak_summary["bandpass_abs"]["mean"],
                      leak_summary["bandpass_abs"]["max"]],
                     ["edge r (Sobel of a σ 2 blur)", leak_summary["edge"]["mean"], leak_summary["edge"]["max"]],
                     ["colour-mean r across the set (per-image mean R, G, B)", colour, "—"]])
@@ -729,16 +730,18 @@ def privacy_report(pairs: PairedImages, spec: TargetSpec, key: nn.Module, observ
         ranked = filters["none"]["observer_encrypted"]["queries"]
         markdown += (
             f"\nObserver: {observer.spec.name}, a second recognizer (not the target). Each filtered image is "
-            f"moved from {spec.name}'s chip to the observer's input by one fixed similarity transform "
-            + (f"fitted on {observer.fitted_on} original photos (MTCNN's landmarks aligned to both templates)"
-               if observer.fitted_on else "taken from the two templates")
+            f"moved from {spec.name}'s chip to the observer's input by one fixed map, "
+            + (f"a similarity transform fitted on {observer.fitted_on} original photos (MTCNN's landmarks aligned "
+               "to both templates)" if observer.fitted_on
+               else "the similarity transform between the two templates" if spec.alignment and observer.spec.alignment
+               else "a plain resize (a model without a face template)")
             + f", then identified among {identity_count} identities ({len(observer.gallery.identities)} gallery "
             f"photos; the very same photo is left out). {ranked} of {count} images could be ranked (their identity "
             "has a photo in the gallery).\n")
         if identity_count < 300:
             markdown += f"\n**A small gallery** ({identity_count} identities, fewer than 300): rates are optimistic.\n"
     markdown += "\n## Per ciphertext\n\n" + markdown_table(
-        ["image", "identity", "|low-pass r|", "|band-pass r|", "edge r"]
+        ["image", "identity", "low-pass abs. r", "band-pass abs. r", "edge r"]
         + (["observer's best filter", "its rank"] if observer is not None else []),
         [[name, identity or "unknown", low, band, edge] + ([best_name, "—" if rank is None else rank]
                                                            if observer is not None else [])
@@ -786,7 +789,8 @@ def key_recovery_report(training: PairedImages, held_out: PairedImages, key: nn.
                 "for every original value, the ciphertext value that matches it best over the N pairs "
                 "(rule 'correlation': largest |Pearson r|; 'distance': nearest in value, or in 1 − value). "
                 "Recovered: the share of the 3·H·W values whose source position and inversion are both right "
-                f"(chance: {percent(1 / (6 * height * width))} %). The attacker then applies the guessed S to "
+                f"(a guess: 1 in {6 * height * width:,}). 'correlation' needs N ≥ 3: with one pair no value varies, "
+                "with two every pair of values correlates ±1. The attacker then applies the guessed S to "
                 "ciphertexts it has not seen.\n\n"
                 + markdown_table(["pairs N", "rule", "recovered", "source right", "SSIM(guessed S(x′), x)",
                                   "SSIM(G(guessed S(x′)), x), attacker holding G too"], rows)
