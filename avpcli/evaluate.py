@@ -494,21 +494,23 @@ RECOVERY_RULES: tuple[RecoveryRule, ...] = ("correlation", "distance")
 
 def recover_scramble(encrypted: torch.Tensor, originals: torch.Tensor, rule: RecoveryRule = "correlation",
                      block_rows: int = 512) -> ScramblePlan:
-    """Guess the key's scramble S from N pairs: S(x′) ≈ x, since G ≈ identity.
+    """Guess the key's scramble S from N pairs, by S(x′) ≈ x (what G is trained to undo is small).
 
     For every value i of the original (flattened (C, H, W)), the ciphertext value j whose N values
     match x_i best across the pairs becomes source[i], inverted when the match is v ↦ 1 − v:
-      "correlation": largest |Pearson r| over the pairs, inverted where r < 0 (needs N ≥ 3 to mean
-          anything: with N = 1 no value varies, with N = 2 every pair correlates ±1);
-      "distance": smallest squared distance of x_i to x′_j or to 1 − x′_j (uses that G ≈ identity
-          keeps values, not only their order; works from one pair).
+      "correlation": largest |Pearson r| over the pairs, inverted where r < 0; needs N ≥ 3 (with one
+          pair no value varies, with two every pair of values correlates ±1);
+      "distance": smallest squared distance of x_i to x′_j or to 1 − x′_j (uses that S keeps values,
+          not only their order; works from one pair).
     Ties go to the lowest j, and to "not inverted". The (3HW × 3HW) scores are taken `block_rows`
-    rows at a time, so memory stays at block_rows × 3HW numbers.
+    rows at a time into one reused buffer, so memory stays at block_rows × 3HW numbers.
     """
     if encrypted.shape != originals.shape or encrypted.ndim != 4 or encrypted.shape[0] == 0:
         raise ValueError("key recovery needs (N, C, H, W) ciphertexts and originals of one shape, N ≥ 1")
     if rule not in RECOVERY_RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of: {', '.join(RECOVERY_RULES)}")
+    if rule == "correlation" and encrypted.shape[0] < 3:
+        raise ValueError("the correlation rule needs at least 3 pairs")
     plain = originals.flatten(1).double()  # (N, V): what S(x′) must give
     cipher = encrypted.flatten(1).double()
     values = plain.shape[1]
@@ -519,32 +521,34 @@ def recover_scramble(encrypted: torch.Tensor, originals: torch.Tensor, rule: Rec
             # A value that does not vary over the pairs correlates with nothing (r = 0).
             return torch.where(spread > 1e-9, centred / spread.clamp_min(1e-12), torch.zeros_like(centred)).float()
 
-        plain_z, cipher_z = standardized(plain), standardized(cipher)
+        plain, cipher = standardized(plain), standardized(cipher)
     else:
-        cipher_f, plain_f = cipher.float(), plain.float()
-        kept_norm = cipher_f.pow(2).sum(dim=0)  # ||x′_j||²
-        inverted_norm = (1 - cipher_f).pow(2).sum(dim=0)  # ||1 − x′_j||²
+        plain, cipher = plain.float(), cipher.float()
+        kept_norm = cipher.pow(2).sum(dim=0)  # ||x′_j||²
+        inverted_norm = (1 - cipher).pow(2).sum(dim=0)  # ||1 − x′_j||²
+        plain_sum = plain.sum(dim=0)
     source = torch.empty(values, dtype=torch.long)
-    inverted = torch.empty(values, dtype=torch.float32)
+    inverted = torch.empty(values, dtype=torch.bool)
+    buffer = torch.empty(min(block_rows, values), values)
     for start in range(0, values, block_rows):
         rows = slice(start, min(start + block_rows, values))
+        scores = buffer[:rows.stop - start]
         if rule == "correlation":
-            correlation = plain_z[:, rows].T @ cipher_z  # (rows, V)
-            best = correlation.abs().argmax(dim=1)
-            source[rows] = best
-            inverted[rows] = (correlation.gather(1, best[:, None])[:, 0] < 0).float()
+            torch.mm(plain[:, rows].T, cipher, out=scores)  # r of every (i, j)
+            high, high_index = scores.max(dim=1)
+            low, low_index = scores.min(dim=1)
+            flip = -low > high
+            source[rows] = torch.where(flip, low_index, high_index)
         else:
             # ||x_i − x′_j||² and ||x_i − (1 − x′_j)||², less ||x_i||², which every j shares.
-            products = plain_f[:, rows].T @ cipher_f  # (rows, V)
-            kept = kept_norm - 2 * products
-            kept_best, kept_index = kept.min(dim=1)
-            del kept
-            flipped = products.mul_(2).add_(inverted_norm).sub_(2 * plain_f[:, rows].sum(dim=0)[:, None])
-            flipped_best, flipped_index = flipped.min(dim=1)
-            use_flipped = flipped_best < kept_best
-            source[rows] = torch.where(use_flipped, flipped_index, kept_index)
-            inverted[rows] = use_flipped.float()
-    return ScramblePlan(source, inverted)
+            torch.addmm(kept_norm, plain[:, rows].T, cipher, alpha=-2, out=scores)
+            kept, kept_index = scores.min(dim=1)
+            torch.addmm(inverted_norm, plain[:, rows].T, cipher, alpha=2, out=scores)
+            flipped, flipped_index = scores.min(dim=1)
+            flip = flipped - 2 * plain_sum[rows] < kept
+            source[rows] = torch.where(flip, flipped_index, kept_index)
+        inverted[rows] = flip
+    return ScramblePlan(source, inverted.float())
 
 
 def key_plan(key: nn.Module, height: int, width: int) -> ScramblePlan:
@@ -572,12 +576,13 @@ class RecoveryResult:
     source: float
     recovered: float
     ssim_unscrambled: float
+    lowpass_unscrambled: float
     ssim_decrypted: float
     plan: ScramblePlan = field(repr=False)
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name)
-                for name in ("pairs", "rule", "source", "recovered", "ssim_unscrambled", "ssim_decrypted")}
+        return {name: getattr(self, name) for name in ("pairs", "rule", "source", "recovered", "ssim_unscrambled",
+                                                       "lowpass_unscrambled", "ssim_decrypted")}
 
 
 @torch.no_grad()
@@ -585,11 +590,14 @@ def key_recovery_curve(training_encrypted: torch.Tensor, training_originals: tor
                        held_out_encrypted: torch.Tensor, held_out_originals: torch.Tensor, key: nn.Module,
                        pair_counts: Sequence[int], rules: Sequence[RecoveryRule] = RECOVERY_RULES,
                        block_rows: int = 512) -> list[RecoveryResult]:
-    """For each pair count N and rule: recover S from the first N training pairs, then measure it.
+    """For each pair count N and rule: recover S from the first N training pairs, then measure it
+    (the correlation rule only from 3 pairs on).
 
     Each result: the "source" and "recovered" fractions (plan_agreement against the key's own plan),
-    and on the held-out pairs the mean SSIM against the originals of the attacker's S(x′) (8-bit, as
-    an image) and of G(S(x′)) (for an attacker who also has G, the key's generator).
+    and on the held-out pairs, against the originals: the mean SSIM and mean |low-pass r| of the
+    attacker's S(x′) (8-bit, as an image: even the key's own S leaves the noise that G removes, so
+    SSIM stays low where a blur shows the face), and the mean SSIM of G(S(x′)) (for an attacker who
+    also has G, the key's generator).
     """
     if not pair_counts or min(pair_counts) < 1 or max(pair_counts) > training_encrypted.shape[0]:
         raise ValueError(f"pair counts must be between 1 and the {training_encrypted.shape[0]} training pairs")
@@ -600,11 +608,14 @@ def key_recovery_curve(training_encrypted: torch.Tensor, training_originals: tor
     results = []
     for count in pair_counts:
         for rule in rules:
+            if rule == "correlation" and count < 3:
+                continue  # meaningless (recover_scramble)
             guess = recover_scramble(training_encrypted[:count], training_originals[:count], rule, block_rows)
             unscrambled = quantize(guess.to(held_out_encrypted.device).apply(held_out_encrypted.float()))
             results.append(RecoveryResult(
                 count, rule, **plan_agreement(guess, truth),
                 ssim_unscrambled=float(ssim(unscrambled, held_out_originals.float()).mean()),
+                lowpass_unscrambled=float(lowpass_correlation(unscrambled, held_out_originals.float()).abs().mean()),
                 ssim_decrypted=float(ssim(decrypt_batch(unscrambled, generator), held_out_originals.float()).mean()),
                 plan=guess))
     return results

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,7 @@ from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
 from avpcli.images import atomic_write_bytes, contact_sheet, contained_path, find_images, read_png, to_pil
 from avpcli.jobs import EncryptJob, EventCallback, encrypt_folder
 from avpcli.manifest import read_manifest
-from avpcli.metrics import colour_mean_correlation
+from avpcli.metrics import colour_mean_correlation, lowpass_correlation, ssim
 from avpcli.targets import TargetSpec
 
 # ------------------------------------------------------------------------------------------------
@@ -579,6 +580,12 @@ class Gallery:
     def identity_count(self) -> int:
         return len(set(self.identities))
 
+    @property
+    def photos_per_identity(self) -> tuple[int, int]:
+        """The fewest and the most photos any identity has (0, 0 for an empty gallery)."""
+        counts = Counter(self.identities).values()
+        return (min(counts), max(counts)) if counts else (0, 0)
+
 
 def load_gallery(folder: Path, observer: nn.Module, spec: TargetSpec, device: str = "cpu",
                  on_event: EventCallback = lambda event: None) -> Gallery:
@@ -740,6 +747,11 @@ def privacy_report(pairs: PairedImages, spec: TargetSpec, key: nn.Module, observ
             "has a photo in the gallery).\n")
         if identity_count < 300:
             markdown += f"\n**A small gallery** ({identity_count} identities, fewer than 300): rates are optimistic.\n"
+        fewest, most = observer.gallery.photos_per_identity
+        if fewest != most:
+            markdown += (f"\n**An unbalanced gallery** ({fewest} to {most} photos per identity): an identity with "
+                         "more photos is nearer to any image by chance alone, so the chance row understates what "
+                         "a guess scores for those identities.\n")
     markdown += "\n## Per ciphertext\n\n" + markdown_table(
         ["image", "identity", "low-pass abs. r", "band-pass abs. r", "edge r"]
         + (["observer's best filter", "its rank"] if observer is not None else []),
@@ -760,6 +772,7 @@ def privacy_report(pairs: PairedImages, spec: TargetSpec, key: nn.Module, observ
             "filters": filters,
             "observer": None if observer is None else {
                 "name": observer.spec.name, "identities": identity_count,
+                "photos_per_identity": list(observer.gallery.photos_per_identity),
                 "gallery_images": len(observer.gallery.identities), "gallery_skipped": observer.gallery.skipped,
                 "transform": observer.to_observer.tolist(), "fitted_on": observer.fitted_on, "chance": chance},
             "per_image": {"names": pairs.names, "identities": identities, **leaks,
@@ -782,33 +795,39 @@ def key_recovery_report(training: PairedImages, held_out: PairedImages, key: nn.
     baseline = evaluate.summarize(evaluate.decryption_ssim(held_out.encrypted, held_out.originals, nn.Identity()))
     right_key = evaluate.summarize(evaluate.decryption_ssim(held_out.encrypted, held_out.originals, key))
     rows = [[result.pairs, result.rule, percent(result.recovered) + " %", percent(result.source) + " %",
-             result.ssim_unscrambled, result.ssim_decrypted] for result in curve]
+             result.ssim_unscrambled, result.lowpass_unscrambled, result.ssim_decrypted] for result in curve]
+    truth = evaluate.key_plan(key, height, width)
+    perfect = quantize(truth.apply(held_out.encrypted.float()))
+    perfect_ssim = float(ssim(perfect, held_out.originals.float()).mean())
+    perfect_lowpass = float(lowpass_correlation(perfect, held_out.originals.float()).abs().mean())
     markdown = (f"# Key recovery from (ciphertext, original) pairs ({height}×{width}, "
                 f"{len(held_out.names)} held-out ciphertexts)\n\n"
                 "An attacker who knows avp's method and holds N pairs of one key guesses the key's scramble S: "
                 "for every original value, the ciphertext value that matches it best over the N pairs "
-                "(rule 'correlation': largest |Pearson r|; 'distance': nearest in value, or in 1 − value). "
-                "Recovered: the share of the 3·H·W values whose source position and inversion are both right "
-                f"(a guess: 1 in {6 * height * width:,}). 'correlation' needs N ≥ 3: with one pair no value varies, "
-                "with two every pair of values correlates ±1. The attacker then applies the guessed S to "
+                "(rule 'correlation': largest |Pearson r|, from 3 pairs on; 'distance': nearest in value, or in "
+                "1 − value). Recovered: the share of the 3·H·W values whose source position and inversion are "
+                f"both right (a guess: 1 in {6 * height * width:,}). The attacker then applies the guessed S to "
                 "ciphertexts it has not seen.\n\n"
                 + markdown_table(["pairs N", "rule", "recovered", "source right", "SSIM(guessed S(x′), x)",
-                                  "SSIM(G(guessed S(x′)), x), attacker holding G too"], rows)
-                + f"\nFor scale, on the same held-out ciphertexts: SSIM(x′, x) {number(baseline['mean'])} (no attack); "
-                f"SSIM with the key itself {number(right_key['mean'])}.\n")
+                                  "low-pass abs. r", "SSIM(G(guessed S(x′)), x), attacker holding G too"], rows)
+                + f"\nFor scale, on the same held-out ciphertexts: no attack, SSIM(x′, x) {number(baseline['mean'])}; "
+                f"a perfect guess (the key's own S), SSIM(S(x′), x) {number(perfect_ssim)} with low-pass abs. r "
+                f"{number(perfect_lowpass)} (S(x′) is the original under the noise that G removes); the key itself, "
+                f"SSIM {number(right_key['mean'])}.\n")
     best = {count: max((result for result in curve if result.pairs == count), key=lambda result: result.recovered)
             for count in pair_counts}
     shown = min(sheet_rows, len(held_out.names))
     columns = [held_out.originals[:shown], held_out.encrypted[:shown]]
     columns += [quantize(result.plan.apply(held_out.encrypted[:shown].float())) for result in best.values()]
-    columns.append(decrypt_batch(held_out.encrypted[:shown], key).cpu())
+    columns += [perfect[:shown], decrypt_batch(held_out.encrypted[:shown], key).cpu()]
     sheet = sheet_picture([[column[i] for column in columns] for i in range(shown)])
     markdown += ("\nContact sheet: original | ciphertext | the attacker's S(x′) with "
                  + ", ".join(f"{count} pair{'s' if count > 1 else ''} ({result.rule})" for count, result in best.items())
-                 + " | decrypted with the key.\n")
+                 + " | S(x′) with the key's own S | decrypted with the key.\n")
     data = {"size": [height, width], "training_pairs": len(training.names), "held_out": held_out.names,
             "curve": [result.to_dict() for result in curve],
-            "reference": {"ssim_encrypted": baseline, "ssim_right_key": right_key}}
+            "reference": {"ssim_encrypted": baseline, "ssim_right_key": right_key, "ssim_perfect_guess": perfect_ssim,
+                          "lowpass_perfect_guess": perfect_lowpass}}
     return Report("key-recovery", data, markdown, {"contact-sheet": sheet})
 
 
