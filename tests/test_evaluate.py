@@ -312,3 +312,15 @@ def test_key_recovery_curve_measures_the_guess_on_held_out_pairs():
 def test_key_plan_of_a_key_without_scramble_is_the_identity():
     plan = evaluate.key_plan(KeyGenerator(ngf=4, blocks=1, norm="batch"), 2, 3)
     assert torch.equal(plan.source, torch.arange(18)) and not plan.inverted.any()
+
+
+def test_attacker_takes_a_key_model_and_copies_its_generator(tiny_key_file):
+    from avpcli.key import load_key
+
+    key = load_key(tiny_key_file).model
+    assert key.scrambles
+    pairs = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    attacker = evaluate.train_attacker(pairs, pairs, key, steps=1, batch_size=2)
+    generator = key.generator
+    assert isinstance(attacker, KeyGenerator)
+    assert (attacker.ngf, attacker.blocks, attacker.norm) == (generator.ngf, generator.blocks, generator.norm)

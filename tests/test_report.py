@@ -280,3 +280,18 @@ def test_privacy_and_key_recovery_usage_errors_are_one_line(tmp_path, tiny_key_f
                                       "--out", str(tmp_path / "r"), *options])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()) and result.stdout == ""
+
+
+def test_observer_transform_fitted_on_lfw_photos_lines_a_dlib_chip_up_with_an_arcface_chip(data_root):
+    from avpcli.metrics import ssim
+
+    photos = [data_root / "lfw" / name / f"{name}_0001.jpg" for name in ("Adrien_Brody", "Al_Sharpton", "Alan_Greenspan")]
+    dlib, arcface = get_spec("dlib"), get_spec("mobilefacenet-foamliu")
+    matrix, fitted = report.fit_observer_transform(photos, dlib, arcface)
+    assert fitted == 3
+    chips = torch.stack([report.prepare_original(photo, dlib)[0] for photo in photos])
+    direct = torch.stack([report.prepare_original(photo, arcface)[0] for photo in photos])
+    moved = report.warp_chips(chips, matrix, arcface.input_size)
+    # The same face, resampled once more: close to the chip cut from the photo, far from another face's.
+    assert ssim(moved, direct).min() > 0.6
+    assert ssim(moved, direct.roll(1, dims=0)).max() < 0.4
