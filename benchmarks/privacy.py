@@ -20,7 +20,6 @@ Threads: $AVP_THREADS (default 2).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import sys
@@ -37,25 +36,20 @@ from avpcli import report  # noqa: E402
 from avpcli.cli import _encryptor  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.targets import load_target  # noqa: E402
-from benchmarks.common import data_folder  # noqa: E402
-from benchmarks.results import events, log  # noqa: E402
+from benchmarks.common import data_folder, lfw_by_role  # noqa: E402
+from benchmarks.results import FACE_WEIGHTS, events, log  # noqa: E402
 
 # Where the shared data keeps each face model's weights (None: the model finds its own).
-WEIGHTS = {"dlib": None, "mobilefacenet": "weights/mobilefacenet_xiaoccer/068.ckpt",
-           "mobilefacenet-foamliu": "weights/mobilefacenet_foamliu/mobilefacenet.pt"}
+WEIGHTS = {**FACE_WEIGHTS, "mobilefacenet-foamliu": "weights/mobilefacenet_foamliu/mobilefacenet.pt"}
 
 
 def lfw_selection(data: Path, faces: int, gallery_size: int,
                   others: int) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """The faces to encrypt (relative name → photo) and the gallery (identity → photos)."""
+    roles = lfw_by_role(data)
     multi: dict[str, list[Path]] = defaultdict(list)
-    distractors: list[tuple[str, Path]] = []
-    with open(data / "lfw.csv", newline="") as stream:
-        for row in csv.DictReader(stream):
-            if row["role"] == "multi":
-                multi[row["identity"]].append(data / row["path"])
-            elif row["role"] == "distractor":
-                distractors.append((row["identity"], data / row["path"]))
+    for identity, path in roles["multi"]:
+        multi[identity].append(path)
     chosen = sorted(multi)[:faces]
     if len(chosen) < faces:
         sys.exit(f"lfw.csv has only {len(chosen)} `multi` identities; lower --faces")
@@ -64,7 +58,7 @@ def lfw_selection(data: Path, faces: int, gallery_size: int,
         first, *rest = sorted(multi[identity])
         selection[f"{identity}/{first.name}"] = first
         gallery[identity] += rest[:others] if others else rest
-    for identity, path in distractors[:gallery_size]:
+    for identity, path in roles["distractor"][:gallery_size]:
         gallery[identity].append(path)
     return selection, gallery
 
