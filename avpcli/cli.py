@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from avpcli import __version__
-from avpcli.errors import AvpError, KeyFileError, UsageError
+from avpcli.errors import AvpError, ImageError, KeyFileError, UsageError
 
 app = typer.Typer(
     name="avp",
@@ -796,8 +796,13 @@ def evaluate_privacy(
             if photos.identity_count < 300:
                 _say("[yellow]warning:[/]", f"the gallery has {photos.identity_count} identities, fewer than 300: "
                      "the observer's rates are optimistic")
-            sources = [contained_path(originals, source, follow_links=True) for source in pairs.sources]
-            transform, fitted = fit_observer_transform(sources, spec, observer_model.spec, resolved)
+            photos_of_originals = []
+            for source in pairs.sources:
+                try:
+                    photos_of_originals.append(contained_path(originals, source, follow_links=True))
+                except ImageError:  # a name no file of the originals' folder can have: not fitted on
+                    continue
+            transform, fitted = fit_observer_transform(photos_of_originals, spec, observer_model.spec, resolved)
             watcher = Observer(observer_model.spec, observer_model, photos, transform, fitted, resolved)
         key_model = _load_key_or_fail(key, resolved).model
         _finish(privacy_report(pairs, spec, key_model, watcher, detect, resolved), out)

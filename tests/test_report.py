@@ -230,6 +230,11 @@ def test_privacy_report_ranks_filtered_images_and_leaves_the_same_photo_out():
     assert "fewer than 300" in result.markdown and "chance" in result.markdown
     # original | ciphertext | best filter | decrypted, 3 rows of 32-pixel images with 4-pixel gaps.
     assert result.pictures["contact-sheet"].size == (4 * 36 + 4, 3 * 36 + 4)
+    # Without a gallery: the leak correlations and the sheet (with the classic blur), no observer.
+    plain = report.privacy_report(pairs, get_spec("tiny-embedding"), torch.nn.Identity(), detect=False)
+    assert plain.data["observer"] is None and plain.data["filters"]["none"] == {"description": "the image as it is"}
+    assert plain.data["per_image"]["best_filter"] == ["blur3-grey"] * 3 and "Filters a person" not in plain.markdown
+    assert plain.pictures["contact-sheet"].size == (4 * 36 + 4, 3 * 36 + 4)
 
 
 def test_privacy_and_key_recovery_end_to_end_on_tiny_embedding(tmp_path, tiny_key_file):
