@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -116,6 +116,31 @@ def similarity_transform(source: np.ndarray, destination: np.ndarray, weights: n
 def _invert(matrix: np.ndarray) -> np.ndarray:
     full = np.vstack([matrix, [0.0, 0.0, 1.0]])
     return np.linalg.inv(full)[:2]
+
+
+def chip_transform(landmarks: Sequence[np.ndarray], source: str, destination: str) -> np.ndarray:
+    """The 2x3 map from a face's `source`-template chip to the same face's `destination`-template chip.
+
+    Per face (its 5 landmarks in its photo): the warp to `destination` after the inverse of the warp
+    to `source`, each fitted as `warp_to_template` fits it; the mean over faces (a mean of similarity
+    matrices is one). One fixed map for all chips: no detector finds a face in a ciphertext. With no
+    faces, the source template's own points stand in for one.
+    """
+    source_template, destination_template = _template(source), _template(destination)
+    faces = list(landmarks) or [np.array(source_template.points)]
+    maps = []
+    for points in faces:
+        to_source = similarity_transform(points, np.array(source_template.points), np.array(source_template.weights))
+        to_destination = similarity_transform(points, np.array(destination_template.points),
+                                              np.array(destination_template.weights))
+        maps.append(to_destination @ np.vstack([_invert(to_source), [0.0, 0.0, 1.0]]))
+    return np.mean(maps, axis=0)
+
+
+def resize_transform(source_size: tuple[int, int], destination_size: tuple[int, int]) -> np.ndarray:
+    """The 2x3 map of a plain resize from a (height, width) image to another (pixel centres kept apart)."""
+    scale_y, scale_x = destination_size[0] / source_size[0], destination_size[1] / source_size[1]
+    return np.array([[scale_x, 0.0, 0.5 * scale_x - 0.5], [0.0, scale_y, 0.5 * scale_y - 0.5]])
 
 
 def warp_affine(image: Image.Image, to_chip: np.ndarray, size: tuple[int, int], fill: str = "edge") -> Image.Image:

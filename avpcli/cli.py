@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from avpcli import __version__
-from avpcli.errors import AvpError, KeyFileError, UsageError
+from avpcli.errors import AvpError, ImageError, KeyFileError, UsageError
 
 app = typer.Typer(
     name="avp",
@@ -724,6 +724,7 @@ def evaluate_attack(
     out: ReportOption,
     weights: WeightsOption = None,
     held_out: Annotated[int, typer.Option(help="Pairs kept out of training (the last ones in file order).")] = 2,
+    pairs_count: Annotated[Optional[int], typer.Option("--pairs", help="Train on the first N of the other pairs (default: all of them).")] = None,
     steps: Annotated[int, typer.Option(help="Attacker training steps.")] = 200,
     iterations: IterationsOption = None,
     precision: PrecisionOption = "auto",
@@ -738,7 +739,10 @@ def evaluate_attack(
         if not 1 <= held_out < len(pairs.names):
             raise UsageError(f"--held-out must be between 1 and {len(pairs.names) - 1} (there are {len(pairs.names)} pairs)")
         split = len(pairs.names) - held_out
-        training, testing = pairs.subset(range(split)), pairs.subset(range(split, len(pairs.names)))
+        if pairs_count is not None and not 1 <= pairs_count <= split:
+            raise UsageError(f"--pairs must be between 1 and {split} (the pairs not held out)")
+        training = pairs.subset(range(split if pairs_count is None else pairs_count))
+        testing = pairs.subset(range(split, len(pairs.names)))
         held_out_dir = out / "held-out-aligned"
         from avpcli.images import save_png
 
@@ -752,6 +756,102 @@ def evaluate_attack(
             training_task = progress.add_task("training the attacker", total=steps)
             report = attack_report(training, testing, other_pairs, _load_key_or_fail(key, encryptor_b.device).model,
                                    steps=steps, progress=lambda step, total: progress.update(training_task, completed=step))
+        _finish(report, out)
+
+
+@evaluate_app.command("privacy")
+def evaluate_privacy(
+    originals: OriginalsArgument,
+    encrypted: EncryptedArgument,
+    *,
+    target: TargetOption,
+    key: KeyOption,
+    out: ReportOption,
+    gallery: Annotated[Optional[Path], typer.Option(help="Photos in one sub-folder per identity (LFW layout), at least 300 identities, including the originals' own (other) photos: the observer identifies every filtered ciphertext among them. Without it, no observer.")] = None,
+    observer: Annotated[Optional[str], typer.Option(help="The second recognizer (default: mobilefacenet-foamliu when the target is dlib, else dlib).")] = None,
+    observer_weights: Annotated[Optional[Path], typer.Option(help="The observer's weights file, where it needs one.")] = None,
+    max_images: Annotated[Optional[int], typer.Option(help="Use only the first N ciphertexts (manifest order).")] = None,
+    detect: Annotated[bool, typer.Option(help="Run MTCNN on every filtered ciphertext and original (detection rate).")] = True,
+    device: DeviceOption = "auto",
+) -> None:
+    """What filters, a face detector and a second recognizer get out of ciphertexts, beside the leak correlations.
+
+    An original's identity comes from its file name (LFW style Name_NNNN.jpg) or its folder's name."""
+    from avpcli.images import contained_path
+    from avpcli.report import Observer, default_observer, fit_observer_transform, load_gallery, privacy_report
+    from avpcli.targets import get_spec, load_target
+
+    with domain_errors():
+        if max_images is not None and max_images < 1:
+            raise UsageError("--max-images must be at least 1")
+        resolved, pairs = _read_pairs(originals, encrypted, target, device)
+        if max_images is not None:
+            pairs = pairs.subset(range(min(max_images, len(pairs.names))))
+        spec = get_spec(target)
+        watcher = None
+        if gallery is not None:
+            observer = observer or default_observer(target)
+            if observer == target:
+                raise UsageError("--observer must be another model than --target")
+            observer_model = load_target(observer, observer_weights).to(resolved)
+            with _progress() as progress:
+                photos = load_gallery(gallery, observer_model, observer_model.spec, resolved,
+                                      _report_events(progress, f"gallery for {observer}"))
+            if photos.identity_count < 300:
+                _say("[yellow]warning:[/]", f"the gallery has {photos.identity_count} identities, fewer than 300: "
+                     "the observer's rates are optimistic")
+            photos_of_originals = []
+            for source in pairs.sources:
+                try:
+                    photos_of_originals.append(contained_path(originals, source, follow_links=True))
+                except ImageError:  # a name no file of the originals' folder can have: not fitted on
+                    continue
+            transform, fitted = fit_observer_transform(photos_of_originals, spec, observer_model.spec, resolved)
+            watcher = Observer(observer_model.spec, observer_model, photos, transform, fitted, resolved)
+        key_model = _load_key_or_fail(key, resolved).model
+        _finish(privacy_report(pairs, spec, key_model, watcher, detect, resolved), out)
+
+
+def _pair_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--pairs takes pair counts of at least 1 separated by ',', e.g. 1,2,5,10,20; got {text!r}")
+    return sorted(set(counts))
+
+
+@evaluate_app.command("key-recovery")
+def evaluate_key_recovery(
+    originals: OriginalsArgument,
+    encrypted: EncryptedArgument,
+    *,
+    target: TargetOption,
+    key: KeyOption,
+    out: ReportOption,
+    pairs_counts: Annotated[str, typer.Option("--pairs", help="How many (ciphertext, original) pairs the attacker holds, one curve point each: comma-separated counts.")] = "1,2,5,10,20",
+    held_out: Annotated[Optional[int], typer.Option(help="Pairs kept out of the attacker's hands (the last ones in manifest order; default: all beyond the largest --pairs).")] = None,
+    rules: Annotated[str, typer.Option(help="How the attacker matches values over the pairs: 'correlation', 'distance' or both, comma-separated.")] = "correlation,distance",
+    device: DeviceOption = "auto",
+) -> None:
+    """A method-aware attacker recovers the key's scramble from N pairs: share recovered, held-out SSIM."""
+    from avpcli.evaluate import RECOVERY_RULES
+    from avpcli.report import key_recovery_report
+
+    with domain_errors():
+        counts = _pair_counts(pairs_counts)
+        chosen_rules = [rule.strip() for rule in rules.split(",") if rule.strip()]
+        if not chosen_rules or any(rule not in RECOVERY_RULES for rule in chosen_rules):
+            raise UsageError(f"--rules takes {' and/or '.join(RECOVERY_RULES)}, comma-separated; got {rules!r}")
+        resolved, pairs = _read_pairs(originals, encrypted, target, device)
+        total = len(pairs.names)
+        kept_out = total - max(counts) if held_out is None else held_out
+        if kept_out < 1 or max(counts) > total - kept_out:
+            raise UsageError(f"{total} pairs cannot give {max(counts)} to the attacker and keep "
+                             f"{max(kept_out, 1)} held out; lower --pairs or --held-out")
+        training, testing = pairs.subset(range(total - kept_out)), pairs.subset(range(total - kept_out, total))
+        report = key_recovery_report(training, testing, _load_key_or_fail(key, resolved).model, counts, chosen_rules)
         _finish(report, out)
 
 

@@ -11,14 +11,19 @@ so nearest neighbours are always taken by Euclidean distance on the target's own
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from functools import partial
+from typing import Callable, Collection, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avpcli.engine import LossKind, decrypt_batch, measure_images, quantize
-from avpcli.metrics import gaussian_blur, luminance, ssim
+from avpcli.metrics import (bandpass_correlation, difference_of_gaussians, edge_correlation, gaussian_blur,
+                            lowpass_correlation, luminance, ssim)
+from avpcli.scramble import ScramblePlan
 
 Direction = Literal["horizontal", "vertical", "diagonal"]
 DIRECTIONS: tuple[Direction, ...] = ("horizontal", "vertical", "diagonal")
@@ -322,7 +327,86 @@ def detection_rate(found: Sequence[bool]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# What a blur shows (docs/PRIVACY.md)
+# What a person with an image editor sees (docs/PRIVACY.md)
+
+
+def percentile_stretch(images: torch.Tensor, low: float = 0.01, high: float = 0.99) -> torch.Tensor:
+    """Auto levels: per image and channel, the `low` and `high` quantiles map to 0 and 1, clipped.
+
+    (N, C, H, W) → (N, C, H, W) in [0, 1]. A flat channel stays finite (it becomes 0).
+    """
+    flat = images.float().flatten(2)
+    bottom = flat.quantile(low, dim=2, keepdim=True)
+    top = flat.quantile(high, dim=2, keepdim=True)
+    return ((flat - bottom) / (top - bottom).clamp_min(1e-6)).clamp(0, 1).view(images.shape)
+
+
+def median_filter(images: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """The median of every size×size window (odd size, reflect borders), per channel: (N, C, H, W), same size."""
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"a median filter needs an odd size, got {size}")
+    radius = size // 2
+    if radius >= min(images.shape[-2:]):
+        raise ValueError(f"a {size}×{size} median needs images larger than {radius} pixels")
+    # One image at a time: the windows take size² times the image's memory.
+    filtered = []
+    for image in images.float():
+        padded = F.pad(image[None], (radius,) * 4, mode="reflect")[0]
+        windows = padded.unfold(1, size, 1).unfold(2, size, 1)  # (C, H, W, size, size)
+        filtered.append(windows.flatten(3).median(dim=3).values)
+    return torch.stack(filtered)
+
+
+def downscale_and_back(images: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """Shrink by `factor` (area average) and enlarge back to the same size (bilinear): a thumbnail, enlarged."""
+    height, width = images.shape[-2:]
+    small = F.interpolate(images.float(), size=(max(1, height // factor), max(1, width // factor)), mode="area")
+    return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def _as_grey(luma: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) → a grey (N, 3, H, W) picture."""
+    return luma.expand(-1, 3, -1, -1).contiguous()
+
+
+def _blur_grey(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    return _as_grey(percentile_stretch(gaussian_blur(luminance(images.float()), sigma)))
+
+
+def _blur_colour(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    return percentile_stretch(gaussian_blur(images.float(), sigma))
+
+
+@dataclass(frozen=True)
+class RevealFilter:
+    """One thing a person would try on a ciphertext: (N, 3, H, W) in [0, 1] → (N, 3, H, W) in [0, 1]."""
+
+    name: str
+    description: str
+    apply: Callable[[torch.Tensor], torch.Tensor]
+
+
+REVEAL_FILTERS: tuple[RevealFilter, ...] = (
+    RevealFilter("none", "the image as it is", lambda images: images.float()),
+    *(RevealFilter(f"blur{sigma:g}-{kind}", f"Gaussian blur σ {sigma:g} px of the {label}, contrast-stretched",
+                   partial(blur, sigma=sigma))
+      for sigma in (1.5, 3.0, 5.0)
+      for kind, label, blur in (("grey", "brightness", _blur_grey), ("colour", "colour channels", _blur_colour))),
+    RevealFilter("median5", "median 5×5 of the colour channels, contrast-stretched",
+                 lambda images: percentile_stretch(median_filter(images, 5))),
+    RevealFilter("downscale4", "shrunk ×4 and enlarged back (colour), contrast-stretched",
+                 lambda images: percentile_stretch(downscale_and_back(images, 4))),
+    RevealFilter("dog1-4", "difference of Gaussians σ 1 − σ 4 of the brightness, contrast-stretched",
+                 lambda images: _as_grey(percentile_stretch(difference_of_gaussians(luminance(images.float()))))),
+)
+
+
+def reveal_filter(name: str) -> RevealFilter:
+    """The filter of REVEAL_FILTERS called `name`."""
+    for candidate in REVEAL_FILTERS:
+        if candidate.name == name:
+            return candidate
+    raise ValueError(f"unknown filter {name!r}; choose one of: {', '.join(f.name for f in REVEAL_FILTERS)}")
 
 
 def blur_reveal(images: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
@@ -331,8 +415,207 @@ def blur_reveal(images: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
     (N, 3, H, W) → (N, 3, H, W) grey pictures in [0, 1]; the 1st and 99th percentiles of each blurred
     image map to black and white. Where the face survives at a coarse scale this shows it.
     """
-    blurred = gaussian_blur(luminance(images.float()), sigma).flatten(1)
-    low = blurred.quantile(0.01, dim=1, keepdim=True)
-    high = blurred.quantile(0.99, dim=1, keepdim=True)
-    stretched = ((blurred - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
-    return stretched.view(images.shape[0], 1, *images.shape[-2:]).expand(-1, 3, -1, -1).contiguous()
+    return _blur_grey(images, sigma)
+
+
+def leak_correlations(encrypted: torch.Tensor, originals: torch.Tensor, batch_size: int = 32) -> dict[str, list[float]]:
+    """Per ciphertext, on luma: |low-pass r|, |band-pass r| and the (signed) edge r with its original.
+
+    0 means that view of x' shows nothing of x (metrics.py: a negative low- or band-pass shows x as
+    well as a positive one, so those count as magnitudes; edges are magnitudes already).
+    """
+    measures = {"lowpass_abs": lambda a, b: lowpass_correlation(a, b).abs(),
+                "bandpass_abs": lambda a, b: bandpass_correlation(a, b).abs(),
+                "edge": edge_correlation}
+    found: dict[str, list[float]] = {name: [] for name in measures}
+    for start in range(0, encrypted.shape[0], batch_size):
+        cipher, plain = encrypted[start:start + batch_size].float(), originals[start:start + batch_size].float()
+        for name, measure in measures.items():
+            found[name] += measure(cipher, plain).tolist()
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# Who an observer takes a picture for: rank of the right identity in a gallery
+
+
+def identity_ranks(queries: torch.Tensor, query_identities: Sequence[str], gallery: torch.Tensor,
+                   gallery_identities: Sequence[str],
+                   excluded: Sequence[Collection[int]] | None = None) -> list[int | None]:
+    """Where each query's own identity comes among the gallery's identities (1: identified).
+
+    queries (Q, D) and gallery (G, D) are features; an identity's distance to a query is that of its
+    nearest gallery image (Euclidean), and the rank is 1 + the number of identities strictly nearer.
+    excluded[q]: gallery indices query q may not use (its very own photo). None for a query whose
+    identity has no usable gallery image.
+    """
+    if gallery.shape[0] != len(gallery_identities) or queries.shape[0] != len(query_identities):
+        raise ValueError("one identity per feature is needed")
+    names = sorted(set(gallery_identities))
+    index = {name: position for position, name in enumerate(names)}
+    if queries.shape[0] == 0 or not names:
+        return [None] * queries.shape[0]
+    distances = torch.cdist(queries.double(), gallery.double())  # (Q, G)
+    for row, indices in enumerate(excluded or []):
+        if indices:
+            distances[row, list(indices)] = math.inf
+    columns = torch.tensor([index[name] for name in gallery_identities]).expand_as(distances)
+    nearest = torch.full((queries.shape[0], len(names)), math.inf, dtype=torch.float64)
+    nearest = nearest.scatter_reduce(1, columns, distances, reduce="amin")  # (Q, identities)
+    ranks: list[int | None] = []
+    for row, identity in enumerate(query_identities):
+        own = nearest[row, index[identity]] if identity in index else torch.tensor(math.inf)
+        ranks.append(None if math.isinf(float(own)) else 1 + int((nearest[row] < own).sum()))
+    return ranks
+
+
+def rank_summary(ranks: Sequence[int | None]) -> dict[str, float | int | None]:
+    """Top-1 and top-10 rates and the median rank of the ranked queries; how many could not be ranked."""
+    ranked = [rank for rank in ranks if rank is not None]
+    if not ranked:
+        return {"queries": 0, "unranked": len(ranks), "top1": None, "top10": None, "median_rank": None}
+    return {"queries": len(ranked), "unranked": len(ranks) - len(ranked),
+            "top1": sum(rank == 1 for rank in ranked) / len(ranked),
+            "top10": sum(rank <= 10 for rank in ranked) / len(ranked),
+            "median_rank": float(statistics.median(ranked))}
+
+
+def chance_ranks(identities: int) -> dict[str, float]:
+    """What a guess scores among `identities` identities: top-1 1/n, top-10 10/n, median rank (n + 1)/2."""
+    return {"top1": 1 / identities, "top10": min(10, identities) / identities, "median_rank": (identities + 1) / 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# Key recovery: an attacker who knows avp's method and holds (ciphertext, original) pairs of one key
+
+RecoveryRule = Literal["correlation", "distance"]
+RECOVERY_RULES: tuple[RecoveryRule, ...] = ("correlation", "distance")
+
+
+def recover_scramble(encrypted: torch.Tensor, originals: torch.Tensor, rule: RecoveryRule = "correlation",
+                     block_rows: int = 512) -> ScramblePlan:
+    """Guess the key's scramble S from N pairs, by S(x′) ≈ x (what G is trained to undo is small).
+
+    For every value i of the original (flattened (C, H, W)), the ciphertext value j whose N values
+    match x_i best across the pairs becomes source[i], inverted when the match is v ↦ 1 − v:
+      "correlation": largest |Pearson r| over the pairs, inverted where r < 0; needs N ≥ 3 (with one
+          pair no value varies, with two every pair of values correlates ±1);
+      "distance": smallest squared distance of x_i to x′_j or to 1 − x′_j (uses that S keeps values,
+          not only their order; works from one pair).
+    Ties go to the lowest j, and to "not inverted". The (3HW × 3HW) scores are taken `block_rows`
+    rows at a time into one reused buffer, so memory stays at block_rows × 3HW numbers.
+    """
+    if encrypted.shape != originals.shape or encrypted.ndim != 4 or encrypted.shape[0] == 0:
+        raise ValueError("key recovery needs (N, C, H, W) ciphertexts and originals of one shape, N ≥ 1")
+    if rule not in RECOVERY_RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of: {', '.join(RECOVERY_RULES)}")
+    if rule == "correlation" and encrypted.shape[0] < 3:
+        raise ValueError("the correlation rule needs at least 3 pairs")
+    plain = originals.flatten(1).double()  # (N, V): what S(x′) must give
+    cipher = encrypted.flatten(1).double()
+    values = plain.shape[1]
+    if rule == "correlation":
+        def standardized(table: torch.Tensor) -> torch.Tensor:
+            centred = table - table.mean(dim=0, keepdim=True)
+            spread = centred.norm(dim=0, keepdim=True)
+            # A value that does not vary over the pairs correlates with nothing (r = 0).
+            return torch.where(spread > 1e-9, centred / spread.clamp_min(1e-12), torch.zeros_like(centred)).float()
+
+        plain, cipher = standardized(plain), standardized(cipher)
+    else:
+        plain, cipher = plain.float(), cipher.float()
+        kept_norm = cipher.pow(2).sum(dim=0)  # ||x′_j||²
+        inverted_norm = (1 - cipher).pow(2).sum(dim=0)  # ||1 − x′_j||²
+        plain_sum = plain.sum(dim=0)
+    source = torch.empty(values, dtype=torch.long)
+    inverted = torch.empty(values, dtype=torch.bool)
+    buffer = torch.empty(min(block_rows, values), values)
+    for start in range(0, values, block_rows):
+        rows = slice(start, min(start + block_rows, values))
+        scores = buffer[:rows.stop - start]
+        if rule == "correlation":
+            torch.mm(plain[:, rows].T, cipher, out=scores)  # r of every (i, j)
+            high, high_index = scores.max(dim=1)
+            low, low_index = scores.min(dim=1)
+            flip = -low > high
+            source[rows] = torch.where(flip, low_index, high_index)
+        else:
+            # ||x_i − x′_j||² and ||x_i − (1 − x′_j)||², less ||x_i||², which every j shares.
+            torch.addmm(kept_norm, plain[:, rows].T, cipher, alpha=-2, out=scores)
+            kept, kept_index = scores.min(dim=1)
+            torch.addmm(inverted_norm, plain[:, rows].T, cipher, alpha=2, out=scores)
+            flipped, flipped_index = scores.min(dim=1)
+            flip = flipped - 2 * plain_sum[rows] < kept
+            source[rows] = torch.where(flip, flipped_index, kept_index)
+        inverted[rows] = flip
+    return ScramblePlan(source, inverted.float())
+
+
+def key_plan(key: nn.Module, height: int, width: int) -> ScramblePlan:
+    """The key's true scramble for H×W images (on the CPU); the identity for a key without one."""
+    scramble = getattr(key, "scramble", None)
+    if scramble is None:
+        values = 3 * height * width
+        return ScramblePlan(torch.arange(values), torch.zeros(values))
+    return scramble.plan(height, width, torch.device("cpu"))
+
+
+def plan_agreement(guess: ScramblePlan, truth: ScramblePlan) -> dict[str, float]:
+    """Share of values whose source is right, and whose source and inversion are both right ("recovered")."""
+    right_source = guess.source.cpu() == truth.source.cpu()
+    right_sign = guess.inverted.cpu() == truth.inverted.cpu()
+    return {"source": float(right_source.float().mean()), "recovered": float((right_source & right_sign).float().mean())}
+
+
+@dataclass
+class RecoveryResult:
+    """One point of the key-recovery curve (key_recovery_curve)."""
+
+    pairs: int
+    rule: str
+    source: float
+    recovered: float
+    ssim_unscrambled: float
+    lowpass_unscrambled: float
+    ssim_decrypted: float
+    plan: ScramblePlan = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in ("pairs", "rule", "source", "recovered", "ssim_unscrambled",
+                                                       "lowpass_unscrambled", "ssim_decrypted")}
+
+
+@torch.no_grad()
+def key_recovery_curve(training_encrypted: torch.Tensor, training_originals: torch.Tensor,
+                       held_out_encrypted: torch.Tensor, held_out_originals: torch.Tensor, key: nn.Module,
+                       pair_counts: Sequence[int], rules: Sequence[RecoveryRule] = RECOVERY_RULES,
+                       block_rows: int = 512) -> list[RecoveryResult]:
+    """For each pair count N and rule: recover S from the first N training pairs, then measure it
+    (the correlation rule only from 3 pairs on).
+
+    Each result: the "source" and "recovered" fractions (plan_agreement against the key's own plan),
+    and on the held-out pairs, against the originals: the mean SSIM and mean |low-pass r| of the
+    attacker's S(x′) (8-bit, as an image: even the key's own S leaves the noise that G removes, so
+    SSIM stays low where a blur shows the face), and the mean SSIM of G(S(x′)) (for an attacker who
+    also has G, the key's generator).
+    """
+    if not pair_counts or min(pair_counts) < 1 or max(pair_counts) > training_encrypted.shape[0]:
+        raise ValueError(f"pair counts must be between 1 and the {training_encrypted.shape[0]} training pairs")
+    if held_out_encrypted.shape[0] == 0:
+        raise ValueError("key recovery needs at least one held-out pair")
+    truth = key_plan(key, *training_encrypted.shape[-2:])
+    generator = getattr(key, "generator", key)
+    results = []
+    for count in pair_counts:
+        for rule in rules:
+            if rule == "correlation" and count < 3:
+                continue  # meaningless (recover_scramble)
+            guess = recover_scramble(training_encrypted[:count], training_originals[:count], rule, block_rows)
+            unscrambled = quantize(guess.to(held_out_encrypted.device).apply(held_out_encrypted.float()))
+            results.append(RecoveryResult(
+                count, rule, **plan_agreement(guess, truth),
+                ssim_unscrambled=float(ssim(unscrambled, held_out_originals.float()).mean()),
+                lowpass_unscrambled=float(lowpass_correlation(unscrambled, held_out_originals.float()).abs().mean()),
+                ssim_decrypted=float(ssim(decrypt_batch(unscrambled, generator), held_out_originals.float()).mean()),
+                plan=guess))
+    return results

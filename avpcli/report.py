@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,11 +20,12 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from avpcli import evaluate
-from avpcli.engine import AttackSettings, decrypt_batch
+from avpcli.engine import AttackSettings, decrypt_batch, quantize
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
 from avpcli.images import atomic_write_bytes, contact_sheet, contained_path, find_images, read_png, to_pil
 from avpcli.jobs import EncryptJob, EventCallback, encrypt_folder
 from avpcli.manifest import read_manifest
+from avpcli.metrics import colour_mean_correlation, lowpass_correlation, ssim
 from avpcli.targets import TargetSpec
 
 # ------------------------------------------------------------------------------------------------
@@ -296,18 +299,23 @@ def quality_report(pairs: PairedImages, target: nn.Module, spec: TargetSpec, key
 # Identification (Table 2)
 
 
-def split_identities(folder: Path, min_images: int) -> tuple[dict[str, list[Path]], list[tuple[str, Path]]]:
-    """LFW layout: identities with more than `min_images` images are probes; every other image is gallery."""
+def identity_images(folder: Path) -> dict[str, list[Path]]:
+    """LFW layout: identity (sub-folder name, hidden ones skipped) → its images, both sorted."""
     if not folder.is_dir():
         raise UsageError(f"not a folder of identities: {folder}")
+    return {person.name: [source.path for source in find_images([person])]
+            for person in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))}
+
+
+def split_identities(folder: Path, min_images: int) -> tuple[dict[str, list[Path]], list[tuple[str, Path]]]:
+    """LFW layout: identities with more than `min_images` images are probes; every other image is gallery."""
     probes: dict[str, list[Path]] = {}
     gallery: list[tuple[str, Path]] = []
-    for person in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")):
-        images = [source.path for source in find_images([person])]
+    for identity, images in identity_images(folder).items():
         if len(images) > min_images:
-            probes[person.name] = images
+            probes[identity] = images
         else:
-            gallery += [(person.name, image) for image in images]
+            gallery += [(identity, image) for image in images]
     if not probes:
         raise UsageError(f"no identity in {folder} has more than {min_images} images; lower --min-images")
     return probes, gallery
@@ -500,6 +508,13 @@ def attack_report(training: PairedImages, held_out: PairedImages, other_key_pair
 # Statistics (appendix A.1) and face detection on ciphertexts
 
 
+def faces_found(images: torch.Tensor, device: str = "cpu") -> list[bool]:
+    """Per (3, H, W) image of a batch: whether MTCNN (avp's aligner) finds any face in it, as 8-bit."""
+    from avpcli.align import detect_faces
+
+    return [bool(detect_faces(to_pil(image), device)) for image in images]
+
+
 def statistics_report(pairs: PairedImages, pairs_per_image: int = 3000, detect: bool = True,
                       device: str = "cpu") -> Report:
     """Adjacent-pixel correlations, grey-level histograms and MTCNN's detection rate, originals vs ciphertexts."""
@@ -512,10 +527,8 @@ def statistics_report(pairs: PairedImages, pairs_per_image: int = 3000, detect: 
             for name in correlations]
     detection: dict[str, float] = {}
     if detect:
-        from avpcli.align import detect_faces
-
         for name, images in (("original", pairs.originals), ("encrypted", pairs.encrypted)):
-            detection[name] = evaluate.detection_rate([bool(detect_faces(to_pil(image), device)) for image in images])
+            detection[name] = evaluate.detection_rate(faces_found(images, device))
     markdown = (f"# Statistics ({len(pairs.names)} image pairs, {pairs_per_image} random adjacent pairs each)\n\n"
                 + markdown_table(["images", "horizontal", "vertical", "diagonal", "histogram entropy (bits)"], rows)
                 + "\nCorrelation: Pearson's r of BT.601 grey levels of adjacent pixels, averaged over images; "
@@ -534,6 +547,298 @@ def statistics_report(pairs: PairedImages, pairs_per_image: int = 3000, detect: 
                   {"histograms": histogram_picture(histograms), "correlation": side_by_side(scatter)})
 
 
+# ------------------------------------------------------------------------------------------------
+# Privacy: what filters, a face detector and a second recognizer get out of ciphertexts
+
+_LFW_FILE = re.compile(r"^(?P<identity>.+)_\d{4}$")
+
+
+def identity_of(name: str) -> str | None:
+    """Whose photo a file is: `Name` for an LFW-style `Name_NNNN.jpg`, else its folder's name (None at the top)."""
+    path = Path(name)
+    match = _LFW_FILE.match(path.stem)
+    if match:
+        return match["identity"]
+    return path.parent.name or None
+
+
+def default_observer(target: str) -> str:
+    """The second recognizer for a target: MobileFaceNet (foamliu) watches dlib's ciphertexts, dlib the others'."""
+    return "mobilefacenet-foamliu" if target == "dlib" else "dlib"
+
+
+@dataclass
+class Gallery:
+    """The observer's features of a folder of identities' photos, with each photo's identity and file stem."""
+
+    features: torch.Tensor
+    identities: list[str]
+    stems: list[str]
+    skipped: int = 0
+
+    @property
+    def identity_count(self) -> int:
+        return len(set(self.identities))
+
+    @property
+    def photos_per_identity(self) -> tuple[int, int]:
+        """The fewest and the most photos any identity has (0, 0 for an empty gallery)."""
+        counts = Counter(self.identities).values()
+        return (min(counts), max(counts)) if counts else (0, 0)
+
+
+def load_gallery(folder: Path, observer: nn.Module, spec: TargetSpec, device: str = "cpu",
+                 on_event: EventCallback = lambda event: None) -> Gallery:
+    """Align every photo under folder/<identity>/ to the observer's input (as `avp encrypt` would) and
+    take its features; photos without a face are counted and left out."""
+    from avpcli.jobs import Event
+
+    photos = [(identity, path) for identity, paths in identity_images(folder).items() for path in paths]
+    if not photos:
+        raise UsageError(f"{folder} has no images in identity sub-folders")
+    kept: list[Path] = []
+    chips: list[torch.Tensor] = []
+    for done, (_, path) in enumerate(photos, 1):
+        found, chip = _plain_chips([path], spec, device)
+        kept += found
+        chips += list(chip)
+        on_event(Event("progress", done=done, total=len(photos)))
+    identity = {path: name for name, path in photos}
+    features = evaluate.features(observer, torch.stack(chips).to(device)) if chips else torch.zeros(0, 0)
+    return Gallery(features, [identity[path] for path in kept], [path.stem for path in kept], len(photos) - len(kept))
+
+
+def fit_observer_transform(photos: Sequence[Path], target: TargetSpec, observer: TargetSpec,
+                           device: str = "cpu") -> tuple[Any, int]:
+    """One 2x3 map from the target's chips to the observer's, and how many photos it was fitted on.
+
+    MTCNN's landmarks in each original photo give that face's chip for both templates
+    (align.chip_transform); photos that are chips already, or without a face, do not count. Targets
+    without a face template get a plain resize.
+    """
+    from avpcli.align import chip_transform, detect_faces, resize_transform
+    from avpcli.images import load_rgb
+
+    if target.alignment is None or observer.alignment is None:
+        return resize_transform(target.input_size, observer.input_size), 0
+    landmarks = []
+    for path in photos:
+        try:
+            image = load_rgb(path)
+        except (ImageError, OSError):
+            continue
+        if image.size == (target.input_size[1], target.input_size[0]):
+            continue
+        faces = detect_faces(image, device)
+        if faces:
+            landmarks.append(faces[0][2])
+    return chip_transform(landmarks, target.alignment, observer.alignment), len(landmarks)
+
+
+def warp_chips(images: torch.Tensor, to_chip: Any, size: tuple[int, int]) -> torch.Tensor:
+    """Every (3, H, W) image warped by one 2x3 map into a (height, width) chip (bilinear, edges repeated)."""
+    from avpcli.align import warp_affine
+    from avpcli.images import to_tensor
+
+    return torch.stack([to_tensor(warp_affine(to_pil(image), to_chip, size)) for image in images]).to(images.device)
+
+
+@dataclass
+class Observer:
+    """A second real recognizer (not the target) that identifies filtered ciphertexts in a gallery.
+
+    to_observer: the fixed 2x3 map from the target's chip to the observer's input, fitted on
+    `fitted_on` original photos (0: the templates alone, or a plain resize). device: the model's.
+    """
+
+    spec: TargetSpec
+    model: nn.Module
+    gallery: Gallery
+    to_observer: Any
+    fitted_on: int = 0
+    device: str = "cpu"
+
+    def ranks(self, images: torch.Tensor, identities: Sequence[str | None], stems: Sequence[str]) -> list[int | None]:
+        """Rank of each image's identity among the gallery's (evaluate.identity_ranks), its own photo left out."""
+        chips = warp_chips(images, self.to_observer, tuple(self.spec.input_size))
+        queries = evaluate.features(self.model, chips.to(self.device))
+        excluded = [{index for index, stem in enumerate(self.gallery.stems) if stem == own} for own in stems]
+        ranks = evaluate.identity_ranks(queries, [name or "" for name in identities], self.gallery.features,
+                                        self.gallery.identities, excluded)
+        return [rank if name else None for rank, name in zip(ranks, identities)]
+
+
+def privacy_report(pairs: PairedImages, spec: TargetSpec, key: nn.Module, observer: Observer | None = None,
+                   detect: bool = True, device: str = "cpu", sheet_rows: int = 8) -> Report:
+    """Leak correlations; MTCNN and an observer on every filter of evaluate.REVEAL_FILTERS, for the
+    ciphertexts and, for scale, their originals; a contact sheet original | ciphertext | the filter
+    under which the observer ranked it best | decrypted."""
+    count = len(pairs.names)
+    sources = pairs.sources or pairs.names
+    identities = [identity_of(source) for source in sources]
+    stems = [Path(source).stem for source in sources]
+    leaks = evaluate.leak_correlations(pairs.encrypted, pairs.originals)
+    colour = colour_mean_correlation(pairs.encrypted, pairs.originals) if count >= 2 else float("nan")
+
+    filters: dict[str, dict[str, Any]] = {}
+    ranks: dict[str, dict[str, list[int | None]]] = {}
+    for reveal in evaluate.REVEAL_FILTERS:
+        row: dict[str, Any] = {"description": reveal.description}
+        ranks[reveal.name] = {}
+        for side, images in (("encrypted", pairs.encrypted), ("original", pairs.originals)):
+            filtered = reveal.apply(images)
+            if detect:
+                row[f"detection_{side}"] = evaluate.detection_rate(faces_found(filtered, device))
+            if observer is not None:
+                ranks[reveal.name][side] = observer.ranks(filtered, identities, stems)
+                row[f"observer_{side}"] = evaluate.rank_summary(ranks[reveal.name][side])
+        filters[reveal.name] = row
+
+    # The filter that shows each ciphertext best to the observer (the first on ties); without an
+    # observer, the classic blur.
+    best: list[tuple[str, int | None]] = []
+    for index in range(count):
+        ranked = [(ranks[name]["encrypted"][index], name) for name in filters
+                  if observer is not None and ranks[name]["encrypted"][index] is not None]
+        best.append((min(ranked)[1], min(ranked)[0]) if ranked else ("blur3-grey", None))
+
+    identity_count = observer.gallery.identity_count if observer is not None else 0
+    leak_summary = {name: evaluate.summarize(values) for name, values in leaks.items()}
+    markdown = (f"# Privacy ({spec.name}, {count} ciphertexts)\n\n## What the ciphertexts correlate with\n\n"
+                + markdown_table(["measure (luma, ciphertext vs its original)", "mean", "worst"], [
+                    ["low-pass r, absolute (Gaussian σ 3)", leak_summary["lowpass_abs"]["mean"], leak_summary["lowpass_abs"]["max"]],
+                    ["band-pass r, absolute (DoG σ 1 − σ 4)", leak_summary["bandpass_abs"]["mean"],
+                     leak_summary["bandpass_abs"]["max"]],
+                    ["edge r (Sobel of a σ 2 blur)", leak_summary["edge"]["mean"], leak_summary["edge"]["max"]],
+                    ["colour-mean r across the set (per-image mean R, G, B)", colour, "—"]])
+                + "\nNear 0: that view of a ciphertext shows nothing of its original; near 1 it shows it.\n")
+    headers, table = ["filter"], []
+    if detect:
+        headers += ["MTCNN finds a face: ciphertexts", "originals"]
+    if observer is not None:
+        headers += ["observer top-1: ciphertexts", "top-10", "median rank", "top-1: originals", "top-10",
+                    "median rank"]
+    for name, row in filters.items():
+        cells: list[Any] = [f"{name}: {row['description']}"]
+        if detect:
+            cells += [percent(row["detection_encrypted"]) + " %", percent(row["detection_original"]) + " %"]
+        if observer is not None:
+            for side in ("encrypted", "original"):
+                summary = row[f"observer_{side}"]
+                cells += [percent(summary["top1"]) + " %", percent(summary["top10"]) + " %", summary["median_rank"]]
+        table.append(cells)
+    chance = evaluate.chance_ranks(identity_count) if identity_count else None
+    if chance is not None:
+        guess = [percent(chance["top1"]) + " %", percent(chance["top10"]) + " %", chance["median_rank"]]
+        table.append(["chance (a guess)"] + (["", ""] if detect else []) + guess + guess)
+    if detect or observer is not None:
+        markdown += "\n## Filters a person would try\n\n" + markdown_table(headers, table)
+    if observer is not None:
+        ranked = filters["none"]["observer_encrypted"]["queries"]
+        markdown += (
+            f"\nObserver: {observer.spec.name}, a second recognizer (not the target). Each filtered image is "
+            f"moved from {spec.name}'s chip to the observer's input by one fixed map, "
+            + (f"a similarity transform fitted on {observer.fitted_on} original photos (MTCNN's landmarks aligned "
+               "to both templates)" if observer.fitted_on
+               else "the similarity transform between the two templates" if spec.alignment and observer.spec.alignment
+               else "a plain resize (a model without a face template)")
+            + f", then identified among {identity_count} identities ({len(observer.gallery.identities)} gallery "
+            f"photos; the very same photo is left out). {ranked} of {count} images could be ranked (their identity "
+            "has a photo in the gallery).\n")
+        if identity_count < 300:
+            markdown += f"\n**A small gallery** ({identity_count} identities, fewer than 300): rates are optimistic.\n"
+        fewest, most = observer.gallery.photos_per_identity
+        if fewest != most:
+            markdown += (f"\n**An unbalanced gallery** ({fewest} to {most} photos per identity): an identity with "
+                         "more photos is nearer to any image by chance alone, so the chance row understates what "
+                         "a guess scores for those identities.\n")
+    markdown += "\n## Per ciphertext\n\n" + markdown_table(
+        ["image", "identity", "low-pass abs. r", "band-pass abs. r", "edge r"]
+        + (["observer's best filter", "its rank"] if observer is not None else []),
+        [[name, identity or "unknown", low, band, edge] + ([best_name, "—" if rank is None else rank]
+                                                           if observer is not None else [])
+         for name, identity, low, band, edge, (best_name, rank)
+         in zip(pairs.names, identities, leaks["lowpass_abs"], leaks["bandpass_abs"], leaks["edge"], best)])
+
+    shown = min(sheet_rows, count)
+    decrypted = decrypt_batch(pairs.encrypted[:shown], key).cpu()
+    sheet = sheet_picture([[pairs.originals[i], pairs.encrypted[i],
+                            evaluate.reveal_filter(best[i][0]).apply(pairs.encrypted[i:i + 1])[0].cpu(), decrypted[i]]
+                           for i in range(shown)])
+    markdown += ("\nContact sheet: original | ciphertext | "
+                 + ("the filter under which the observer ranked it best" if observer is not None
+                    else "blurred (σ 3) and contrast-stretched") + " | decrypted.\n")
+    data = {"target": spec.name, "images": count, "leak_summary": leak_summary, "colour_mean_correlation": colour,
+            "filters": filters,
+            "observer": None if observer is None else {
+                "name": observer.spec.name, "identities": identity_count,
+                "photos_per_identity": list(observer.gallery.photos_per_identity),
+                "gallery_images": len(observer.gallery.identities), "gallery_skipped": observer.gallery.skipped,
+                "transform": observer.to_observer.tolist(), "fitted_on": observer.fitted_on, "chance": chance},
+            "per_image": {"names": pairs.names, "identities": identities, **leaks,
+                          "best_filter": [name for name, _ in best], "best_rank": [rank for _, rank in best],
+                          "ranks": ranks},
+            "skipped": pairs.skipped}
+    return Report("privacy", data, markdown, {"contact-sheet": sheet})
+
+
+# ------------------------------------------------------------------------------------------------
+# Key recovery from (ciphertext, original) pairs
+
+
+def key_recovery_report(training: PairedImages, held_out: PairedImages, key: nn.Module, pair_counts: Sequence[int],
+                        rules: Sequence[str] = evaluate.RECOVERY_RULES, sheet_rows: int = 4) -> Report:
+    """The curve pairs → share of the scramble recovered → SSIM of the attacker's held-out reconstructions."""
+    curve = evaluate.key_recovery_curve(training.encrypted, training.originals, held_out.encrypted,
+                                        held_out.originals, key, pair_counts, rules)
+    height, width = training.encrypted.shape[-2:]
+    baseline = evaluate.summarize(evaluate.decryption_ssim(held_out.encrypted, held_out.originals, nn.Identity()))
+    right_key = evaluate.summarize(evaluate.decryption_ssim(held_out.encrypted, held_out.originals, key))
+    rows = [[result.pairs, result.rule, percent(result.recovered) + " %", percent(result.source) + " %",
+             result.ssim_unscrambled, result.lowpass_unscrambled, result.ssim_decrypted] for result in curve]
+    truth = evaluate.key_plan(key, height, width)
+    perfect = quantize(truth.apply(held_out.encrypted.float()))
+    perfect_ssim = float(ssim(perfect, held_out.originals.float()).mean())
+    perfect_lowpass = float(lowpass_correlation(perfect, held_out.originals.float()).abs().mean())
+    # What knowing faces alone gives: the attacker's training originals averaged, as a guess for every one.
+    mean_face = training.originals[:max(pair_counts)].float().mean(dim=0, keepdim=True).expand_as(held_out.originals)
+    mean_ssim = float(ssim(quantize(mean_face), held_out.originals.float()).mean())
+    mean_lowpass = float(lowpass_correlation(mean_face, held_out.originals.float()).abs().mean())
+    markdown = (f"# Key recovery from (ciphertext, original) pairs ({height}×{width}, "
+                f"{len(held_out.names)} held-out ciphertexts)\n\n"
+                "An attacker who knows avp's method and holds N pairs of one key guesses the key's scramble S: "
+                "for every original value, the ciphertext value that matches it best over the N pairs "
+                "(rule 'correlation': largest |Pearson r|, from 3 pairs on; 'distance': nearest in value, or in "
+                "1 − value). Recovered: the share of the 3·H·W values whose source position and inversion are "
+                f"both right (a guess: 1 in {6 * height * width:,}). The attacker then applies the guessed S to "
+                "ciphertexts it has not seen.\n\n"
+                + markdown_table(["pairs N", "rule", "recovered", "source right", "SSIM(guessed S(x′), x)",
+                                  "low-pass abs. r", "SSIM(G(guessed S(x′)), x), attacker holding G too"], rows)
+                + f"\nFor scale, on the same held-out ciphertexts: no attack, SSIM(x′, x) {number(baseline['mean'])}; "
+                f"a perfect guess (the key's own S), SSIM(S(x′), x) {number(perfect_ssim)} with low-pass abs. r "
+                f"{number(perfect_lowpass)} (S(x′) is the original under the noise that G removes); the mean of the "
+                f"attacker's {max(pair_counts)} training originals as the guess for every face (what knowing that "
+                f"they are aligned faces gives), SSIM {number(mean_ssim)} with low-pass abs. r {number(mean_lowpass)}; "
+                f"the key itself, SSIM {number(right_key['mean'])}.\n")
+    best = {count: max((result for result in curve if result.pairs == count), key=lambda result: result.recovered)
+            for count in pair_counts}
+    shown = min(sheet_rows, len(held_out.names))
+    columns = [held_out.originals[:shown], held_out.encrypted[:shown]]
+    columns += [quantize(result.plan.apply(held_out.encrypted[:shown].float())) for result in best.values()]
+    columns += [perfect[:shown], decrypt_batch(held_out.encrypted[:shown], key).cpu()]
+    sheet = sheet_picture([[column[i] for column in columns] for i in range(shown)])
+    markdown += ("\nContact sheet: original | ciphertext | the attacker's S(x′) with "
+                 + ", ".join(f"{count} pair{'s' if count > 1 else ''} ({result.rule})" for count, result in best.items())
+                 + " | S(x′) with the key's own S | decrypted with the key.\n")
+    data = {"size": [height, width], "training_pairs": len(training.names), "held_out": held_out.names,
+            "curve": [result.to_dict() for result in curve],
+            "reference": {"ssim_encrypted": baseline, "ssim_right_key": right_key, "ssim_perfect_guess": perfect_ssim,
+                          "lowpass_perfect_guess": perfect_lowpass, "ssim_mean_face": mean_ssim,
+                          "lowpass_mean_face": mean_lowpass}}
+    return Report("key-recovery", data, markdown, {"contact-sheet": sheet})
+
+
 __all__ = ["Report", "PairedImages", "Encryptor", "read_pairs", "encrypt_selection", "quality_report",
            "identification_report", "classification_report", "cross_key_report", "attack_report",
-           "statistics_report", "split_identities", "class_folders", "markdown_table", "histogram_picture"]
+           "statistics_report", "split_identities", "class_folders", "markdown_table", "histogram_picture",
+           "privacy_report", "key_recovery_report", "load_gallery", "fit_observer_transform", "Observer", "Gallery"]

@@ -47,6 +47,19 @@ class ScramblePlan:
     def to(self, device: torch.device | str) -> ScramblePlan:
         return ScramblePlan(self.source.to(device), self.inverted.to(device))
 
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) → (N, 3, H, W): output value i is input value source[i], inverted where marked.
+
+        `source` need not be a permutation (a plan guessed by an attacker may use a value twice).
+        """
+        batch, channels, height, width = images.shape
+        if channels * height * width != self.source.numel():
+            raise ValueError(f"a plan for {self.source.numel()} values cannot scramble images of {tuple(images.shape[1:])}")
+        gathered = images.reshape(batch, -1).index_select(1, self.source)
+        inverted = self.inverted.to(images.dtype)
+        # v for kept values, 1 − v for inverted ones.
+        return (inverted + (1 - 2 * inverted) * gathered).reshape(batch, channels, height, width)
+
 
 def _random_bytes(secret: bytes, height: int, width: int, count: int) -> bytes:
     label = f"avp-scramble:{SCHEME}:{height}x{width}".encode()
@@ -109,11 +122,7 @@ class Scramble(nn.Module):
         batch, channels, height, width = images.shape
         if channels != 3:
             raise ValueError(f"the scramble works on RGB images, got {channels} channels")
-        plan = self.plan(height, width, images.device)
-        gathered = images.reshape(batch, -1).index_select(1, plan.source)
-        inverted = plan.inverted.to(images.dtype)
-        # v for kept values, 1 − v for inverted ones.
-        return (inverted + (1 - 2 * inverted) * gathered).reshape(batch, 3, height, width)
+        return self.plan(height, width, images.device).apply(images)
 
     def inverse(self, scrambled: torch.Tensor) -> torch.Tensor:
         """S⁻¹, exact: inverse(forward(x)) == x."""

@@ -27,6 +27,18 @@ def data_folder() -> Path:
     return Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
 
 
+def lfw_by_role(data: Path) -> dict[str, list[tuple[str, Path]]]:
+    """<data>/lfw.csv: role (probe, multi, distractor) → [(identity, photo path)], in the file's order."""
+    import csv
+    from collections import defaultdict
+
+    roles: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    with open(data / "lfw.csv", newline="") as stream:
+        for row in csv.DictReader(stream):
+            roles[row["role"]].append((row["identity"], data / row["path"]))
+    return roles
+
+
 def encrypt_and_measure(images: list[torch.Tensor], names: list[str], target: nn.Module, key: nn.Module,
                         settings: AttackSettings, loss: str, batch_size: int, workspace: Path,
                         device: str = "cpu") -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ Run: python benchmarks/results.py [--key PATH] [--other-key PATH] [--faces-targe
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import os
 import shutil
@@ -27,13 +26,16 @@ from pathlib import Path
 
 import torch
 
-from avpcli import report
-from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, StopCriteria
-from avpcli.images import save_png
-from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key
-from avpcli.targets import get_spec, load_target
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from avpcli import report  # noqa: E402
+from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, StopCriteria  # noqa: E402
+from avpcli.images import save_png  # noqa: E402
+from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key  # noqa: E402
+from avpcli.targets import get_spec, load_target  # noqa: E402
+from benchmarks.common import lfw_by_role  # noqa: E402
+
 DOC = REPO / "docs" / "RESULTS.md"
 PICTURES = REPO / "docs" / "results"
 FACE_WEIGHTS = {"dlib": None, "mobilefacenet": "weights/mobilefacenet_xiaoccer/068.ckpt"}
@@ -93,14 +95,11 @@ def key_file(given: str | None, work: Path, name: str, steps: int | None) -> tup
 
 
 def lfw_split(data: Path, gallery_size: int) -> tuple[dict[str, list[Path]], list[tuple[str, Path]]]:
+    roles = lfw_by_role(data)
     probes: dict[str, list[Path]] = defaultdict(list)
-    gallery: list[tuple[str, Path]] = []
-    with open(data / "lfw.csv", newline="") as stream:
-        for row in csv.DictReader(stream):
-            if row["role"] == "probe":
-                probes[row["identity"]].append(data / row["path"])
-            elif row["role"] == "distractor" and len(gallery) < gallery_size:
-                gallery.append((row["identity"], data / row["path"]))
+    for identity, path in roles["probe"]:
+        probes[identity].append(path)
+    gallery = roles["distractor"][:gallery_size]
     return {name: sorted(paths) for name, paths in sorted(probes.items())}, gallery
 
 

@@ -150,3 +150,22 @@ def test_largest_face_first(data_root):
     assert all(face.image.size == (112, 112) for face in faces)
     only = align.align_faces(photo, "arcface")
     assert len(only) == 1 and only[0].box == faces[0].box
+
+
+def test_chip_transform_between_templates_of_one_face():
+    # arcface96 is arcface less 8 pixels on each side: the map is a shift by −8, whatever the face.
+    template = np.array(align.TEMPLATES["arcface"].points)
+    face = _apply(_similarity(2.3, 11.0, 40.0, -7.0), template)
+    for landmarks in ([], [face], [face, face + 3.0]):
+        assert np.allclose(align.chip_transform(landmarks, "arcface", "arcface96"), [[1, 0, -8], [0, 1, 0]], atol=1e-9)
+    # Any face whose landmarks sit exactly on the dlib template is carried onto the arcface points.
+    dlib_points = np.array(align.TEMPLATES["dlib"].points)
+    to_arcface = align.chip_transform([_apply(_similarity(0.7, -5.0, 3.0, 9.0), dlib_points)], "dlib", "arcface")
+    expected = align.similarity_transform(dlib_points, template, np.array(align.TEMPLATES["arcface"].weights))
+    assert np.allclose(to_arcface, expected, atol=1e-9)
+
+
+def test_resize_transform_keeps_pixel_centres():
+    # Pixel centres 0 and 1 of a 2-wide image cover [−0.5, 1.5], which is [−0.5, 3.5] in a 4-wide one.
+    matrix = align.resize_transform((2, 2), (4, 4))
+    assert np.allclose(_apply(matrix, np.array([[0.0, 0.0], [1.0, 1.0], [-0.5, -0.5]])), [[0.5, 0.5], [2.5, 2.5], [-0.5, -0.5]])

@@ -40,6 +40,18 @@ def test_every_command_has_help():
         assert "Usage" in result.stdout
 
 
+def test_every_evaluate_subcommand_has_help():
+    import typer
+
+    from avpcli.cli import evaluate_app
+
+    names = sorted(typer.main.get_command(evaluate_app).commands)
+    assert {"privacy", "key-recovery", "attack"} <= set(names)
+    for name in names:
+        result = invoke("evaluate", name, "--help")
+        assert result.exit_code == 0 and "Usage" in result.stdout, name
+
+
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("avp ")

@@ -156,3 +156,171 @@ def test_blur_reveal_shows_a_scene_hidden_under_noise():
     assert lowpass_correlation(revealed, scene.contiguous()).item() > 0.6
     # A constant image stays a valid picture (no division by zero).
     assert torch.isfinite(evaluate.blur_reveal(torch.full((1, 3, 32, 32), 0.5))).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Privacy: filters, leak correlations, ranks
+
+
+def test_percentile_stretch_maps_the_1st_and_99th_percentiles_to_black_and_white():
+    # 0, 1, ..., 100: the 1st percentile is 1 and the 99th is 99 (linear interpolation).
+    image = torch.arange(101.0).view(1, 1, 1, 101)
+    stretched = evaluate.percentile_stretch(image)
+    assert stretched[0, 0, 0, 50].item() == pytest.approx(49 / 98)
+    assert stretched[0, 0, 0, 0].item() == 0.0 and stretched[0, 0, 0, 100].item() == 1.0
+    # Per channel: a second channel at ten times the scale stretches to the same picture.
+    both = torch.cat([image, 10 * image], dim=1)
+    stretched_both = evaluate.percentile_stretch(both)
+    assert torch.allclose(stretched_both[:, 0], stretched_both[:, 1])
+    assert torch.equal(evaluate.percentile_stretch(torch.full((1, 1, 4, 4), 0.3)), torch.zeros(1, 1, 4, 4))
+
+
+def test_median_filter_on_hand_computed_images():
+    # The centre of a 5×5 window over 0..24 is their median, 12.
+    ramp = torch.arange(25.0).view(1, 1, 5, 5)
+    assert evaluate.median_filter(ramp, 5)[0, 0, 2, 2].item() == 12.0
+    # A lone bright pixel (salt noise) vanishes; a straight step edge stays exactly where it is.
+    salt = torch.zeros(1, 1, 7, 7)
+    salt[0, 0, 3, 3] = 1.0
+    assert torch.equal(evaluate.median_filter(salt, 5), torch.zeros(1, 1, 7, 7))
+    step = torch.zeros(1, 3, 8, 8)
+    step[..., 4:] = 1.0
+    assert torch.equal(evaluate.median_filter(step, 5), step)
+    with pytest.raises(ValueError):
+        evaluate.median_filter(step, 4)
+
+
+def test_downscale_and_back_keeps_block_averages():
+    # Four constant 4×4 blocks: each corner of the enlarged thumbnail is its block's value.
+    blocks = torch.tensor([[0.1, 0.5], [0.7, 0.9]]).repeat_interleave(4, 0).repeat_interleave(4, 1).view(1, 1, 8, 8)
+    restored = evaluate.downscale_and_back(blocks, 4)
+    assert restored.shape == blocks.shape
+    corners = [restored[0, 0, 0, 0], restored[0, 0, 0, 7], restored[0, 0, 7, 0], restored[0, 0, 7, 7]]
+    assert [round(float(value), 6) for value in corners] == [0.1, 0.5, 0.7, 0.9]
+    assert torch.allclose(evaluate.downscale_and_back(torch.full((1, 3, 12, 12), 0.4)), torch.full((1, 3, 12, 12), 0.4))
+
+
+@pytest.mark.parametrize("reveal", evaluate.REVEAL_FILTERS, ids=lambda reveal: reveal.name)
+def test_every_filter_gives_a_picture_in_range_even_for_a_flat_image(reveal):
+    noise = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(5))
+    for images in (noise, torch.full((1, 3, 24, 24), 0.5)):
+        shown = reveal.apply(images)
+        assert shown.shape == images.shape and torch.isfinite(shown).all()
+        assert shown.min() >= 0 and shown.max() <= 1
+    assert evaluate.reveal_filter(reveal.name) is reveal
+
+
+def _face_like(size: int = 64) -> torch.Tensor:
+    """A grey oval head with two dark eyes and a dark mouth on a light background, (1, 3, size, size)."""
+    rows, cols = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    scale = size / 64
+    head = ((rows - 32 * scale) / (24 * scale)) ** 2 + ((cols - 32 * scale) / (18 * scale)) ** 2 < 1
+    eyes = ((rows - 26 * scale) ** 2 + (cols - 24 * scale) ** 2 < (3 * scale) ** 2) | \
+           ((rows - 26 * scale) ** 2 + (cols - 40 * scale) ** 2 < (3 * scale) ** 2)
+    mouth = ((rows - 44 * scale).abs() < 2 * scale) & ((cols - 32 * scale).abs() < 8 * scale)
+    grey = 0.85 - 0.35 * head.float() - 0.3 * (eyes | mouth).float()
+    return grey.expand(1, 3, size, size).contiguous()
+
+
+def test_leak_correlations_see_a_face_under_noise_and_not_noise_or_a_permutation():
+    face = _face_like()
+    generator = torch.Generator().manual_seed(6)
+    noise = torch.rand(1, 3, 64, 64, generator=generator)
+    hidden = (0.5 + 0.2 * (face - 0.5) + 0.4 * (noise - 0.5)).clamp(0, 1)
+    leaks = evaluate.leak_correlations(hidden, face)
+    assert leaks["lowpass_abs"][0] > 0.8 and leaks["bandpass_abs"][0] > 0.3 and leaks["edge"][0] > 0.5
+    unrelated = evaluate.leak_correlations(noise, face)
+    assert max(unrelated["lowpass_abs"][0], unrelated["bandpass_abs"][0], abs(unrelated["edge"][0])) < 0.2
+    # The face's own pixels, moved to random places: the same histogram, none of the layout.
+    permuted = face.flatten(2)[..., torch.randperm(64 * 64, generator=generator)].view(1, 3, 64, 64)
+    scattered = evaluate.leak_correlations(permuted, face)
+    assert scattered["bandpass_abs"][0] < 0.1 and abs(scattered["edge"][0]) < 0.1
+
+
+def test_identity_ranks_count_identities_strictly_nearer():
+    gallery = torch.tensor([[0.0], [1.0], [3.0], [5.0]])
+    labels = ["ann", "bob", "cy", "ann"]
+    queries = torch.tensor([[0.9], [0.9], [0.9], [0.1], [0.1]])
+    ranks = evaluate.identity_ranks(queries, ["bob", "ann", "cy", "ann", "dee"], gallery, labels,
+                                    excluded=[set(), set(), set(), {0}, set()])
+    # From 0.9: bob 0.1, ann 0.9, cy 2.1. From 0.1 without ann's first photo: bob 0.9, cy 2.9, ann 4.9.
+    assert ranks == [1, 2, 3, 3, None]
+    assert evaluate.rank_summary([1, 3, 12, None]) == {"queries": 3, "unranked": 1, "top1": 1 / 3, "top10": 2 / 3,
+                                                       "median_rank": 3.0}
+    assert evaluate.rank_summary([None])["top1"] is None
+    assert evaluate.chance_ranks(400) == {"top1": 1 / 400, "top10": 10 / 400, "median_rank": 200.5}
+
+
+# ------------------------------------------------------------------------------------------------
+# Key recovery
+
+
+def _scrambled_pairs(count: int, size: int = 8, noise: float = 0.02, seed: int = 7):
+    """Originals x and ciphertexts x′ = S⁻¹(x) + small noise for a known scramble S."""
+    import hashlib
+
+    from avpcli.scramble import Scramble
+
+    scramble = Scramble(hashlib.sha256(b"recovery test").digest())
+    generator = torch.Generator().manual_seed(seed)
+    originals = torch.rand(count, 3, size, size, generator=generator)
+    encrypted = (scramble.inverse(originals) + noise * torch.randn(originals.shape, generator=generator)).clamp(0, 1)
+    return scramble, originals, encrypted
+
+
+@pytest.mark.parametrize(("rule", "few"), [("correlation", 3), ("distance", 1)])
+def test_recover_scramble_finds_a_known_scramble_from_enough_pairs(rule, few):
+    scramble, originals, encrypted = _scrambled_pairs(20)
+    truth = scramble.plan(8, 8, torch.device("cpu"))
+    many = evaluate.plan_agreement(evaluate.recover_scramble(encrypted, originals, rule, block_rows=50), truth)
+    some = evaluate.plan_agreement(evaluate.recover_scramble(encrypted[:few], originals[:few], rule, block_rows=50),
+                                   truth)
+    assert many["recovered"] >= 0.95
+    assert some["recovered"] < 0.3 and some["recovered"] <= some["source"]
+
+
+def test_the_correlation_rule_refuses_fewer_than_three_pairs():
+    _, originals, encrypted = _scrambled_pairs(2)
+    with pytest.raises(ValueError, match="at least 3 pairs"):
+        evaluate.recover_scramble(encrypted, originals, "correlation")
+
+
+def test_key_recovery_curve_measures_the_guess_on_held_out_pairs():
+    class ScrambledIdentity(nn.Module):
+        """A key whose G is exactly the identity: G(S(x′)) = S(x′)."""
+
+        def __init__(self, scramble):
+            super().__init__()
+            self.scramble, self.generator = scramble, nn.Identity()
+
+        def forward(self, images):
+            return self.generator(self.scramble(images))
+
+    scramble, originals, encrypted = _scrambled_pairs(26, size=16, noise=0.01)
+    curve = evaluate.key_recovery_curve(encrypted[:20], originals[:20], encrypted[20:], originals[20:],
+                                        ScrambledIdentity(scramble), [1, 20], rules=["distance"], block_rows=300)
+    assert [(result.pairs, result.rule) for result in curve] == [(1, "distance"), (20, "distance")]
+    assert curve[1].recovered == 1.0 and curve[1].ssim_unscrambled > 0.9
+    assert curve[0].ssim_unscrambled < curve[1].ssim_unscrambled
+    assert curve[1].ssim_decrypted == pytest.approx(curve[1].ssim_unscrambled)
+    assert set(curve[0].to_dict()) == {"pairs", "rule", "source", "recovered", "ssim_unscrambled",
+                                       "lowpass_unscrambled", "ssim_decrypted"}
+    with pytest.raises(ValueError):
+        evaluate.key_recovery_curve(encrypted[:2], originals[:2], encrypted[20:], originals[20:], scramble, [3])
+
+
+def test_key_plan_of_a_key_without_scramble_is_the_identity():
+    plan = evaluate.key_plan(KeyGenerator(ngf=4, blocks=1, norm="batch"), 2, 3)
+    assert torch.equal(plan.source, torch.arange(18)) and not plan.inverted.any()
+
+
+def test_attacker_takes_a_key_model_and_copies_its_generator(tiny_key_file):
+    from avpcli.key import load_key
+
+    key = load_key(tiny_key_file).model
+    assert key.scrambles
+    pairs = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    attacker = evaluate.train_attacker(pairs, pairs, key, steps=1, batch_size=2)
+    generator = key.generator
+    assert isinstance(attacker, KeyGenerator)
+    assert (attacker.ngf, attacker.blocks, attacker.norm) == (generator.ngf, generator.blocks, generator.norm)

@@ -11,6 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from avpcli import report
+from avpcli.align import resize_transform
+from avpcli.targets import get_spec
 from avpcli.cli import app
 from avpcli.images import save_png
 
@@ -106,6 +108,11 @@ def test_evaluate_end_to_end_on_tiny_embedding(tmp_path, tiny_key_file, other_ti
          "--held-out", "2", "--steps", "2", "--iterations", "2", "--out", str(attack))
     attack_data = json.loads((attack / "attack.json").read_text())
     assert attack_data["training_pairs"] == 7 and len(attack_data["other_key"]) == 2
+    # --pairs N: the attacker trains on the first N pairs only (the held-out ones stay the same).
+    _run("evaluate", "attack", originals, encrypted, *common, "--other-key", str(other_tiny_key_file),
+         "--held-out", "2", "--pairs", "3", "--steps", "2", "--iterations", "2", "--out", str(attack))
+    attack_data = json.loads((attack / "attack.json").read_text())
+    assert attack_data["training_pairs"] == 3 and len(attack_data["held_out"]) == 2
 
     statistics = tmp_path / "statistics"
     _run("evaluate", "statistics", originals, encrypted, "--target", "tiny-embedding", "--pairs", "300",
@@ -178,3 +185,118 @@ def test_evaluate_refuses_fp16_on_a_cpu(tmp_path, tiny_key_file):
                                       "--precision", "fp16", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "needs a CUDA device" in " ".join(result.output.split())
+
+
+# ------------------------------------------------------------------------------------------------
+# Privacy and key recovery
+
+
+@pytest.mark.parametrize(("name", "identity"), [("lfw/Ann_Smith/Ann_Smith_0003.jpg", "Ann_Smith"),
+                                                ("Ann_Smith_0003.png", "Ann_Smith"), ("alice/photo.png", "alice"),
+                                                ("photo.png", None)])
+def test_identity_comes_from_an_lfw_file_name_or_the_folder(name, identity):
+    assert report.identity_of(name) == identity
+
+
+class _MeanColour(torch.nn.Module):
+    """A fake observer: an image's feature is its mean colour."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3))
+
+
+def test_privacy_report_ranks_filtered_images_and_leaves_the_same_photo_out():
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9]])
+    originals = colours.view(3, 3, 1, 1).expand(3, 3, 32, 32).clone()
+    encrypted = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    pairs = report.PairedImages(["a.png", "b.png", "c.png"], originals, encrypted,
+                                ["red/red_0001.png", "green/green_0001.png", "blue/blue_0001.png"])
+    # The gallery holds each original's very photo (left out) and a second, slightly darker photo.
+    gallery = report.Gallery(torch.cat([colours, 0.8 * colours]), ["red", "green", "blue"] * 2,
+                             ["red_0001", "green_0001", "blue_0001", "red_0002", "green_0002", "blue_0002"])
+    observer = report.Observer(get_spec("tiny-embedding"), _MeanColour(), gallery,
+                               resize_transform((32, 32), (32, 32)))
+    result = report.privacy_report(pairs, get_spec("tiny-embedding"), torch.nn.Identity(), observer,
+                                   detect=False)
+    filters = result.data["filters"]
+    assert [reveal.name for reveal in report.evaluate.REVEAL_FILTERS] == list(filters)
+    # Plain originals are identified; the very same photo would have been at distance 0 for them all.
+    assert filters["none"]["observer_original"] == {"queries": 3, "unranked": 0, "top1": 1.0, "top10": 1.0,
+                                                    "median_rank": 1.0}
+    assert result.data["observer"]["chance"] == {"top1": 1 / 3, "top10": 1.0, "median_rank": 2.0}
+    assert len(result.data["per_image"]["best_filter"]) == 3
+    assert all(rank in (1, 2, 3) for rank in result.data["per_image"]["best_rank"])
+    assert "detection_encrypted" not in filters["none"]
+    assert "fewer than 300" in result.markdown and "chance" in result.markdown
+    # original | ciphertext | best filter | decrypted, 3 rows of 32-pixel images with 4-pixel gaps.
+    assert result.pictures["contact-sheet"].size == (4 * 36 + 4, 3 * 36 + 4)
+    # Without a gallery: the leak correlations and the sheet (with the classic blur), no observer.
+    plain = report.privacy_report(pairs, get_spec("tiny-embedding"), torch.nn.Identity(), detect=False)
+    assert plain.data["observer"] is None and plain.data["filters"]["none"] == {"description": "the image as it is"}
+    assert plain.data["per_image"]["best_filter"] == ["blur3-grey"] * 3 and "Filters a person" not in plain.markdown
+    assert plain.pictures["contact-sheet"].size == (4 * 36 + 4, 3 * 36 + 4)
+
+
+def test_privacy_and_key_recovery_end_to_end_on_tiny_embedding(tmp_path, tiny_key_file):
+    people = tmp_path / "people"
+    for person in ("Ann_Lee", "Bo_Chan"):
+        _pictures(people / person, [f"{person}_{i:04d}.png" for i in range(1, 4)], seed=len(person))
+    encrypted = tmp_path / "encrypted"
+    _run("encrypt", str(people), "--target", "tiny-embedding", "--key", str(tiny_key_file), "--out", str(encrypted),
+         "--iterations", "2", "--device", "cpu", "--seed", "1")
+    common = ["--target", "tiny-embedding", "--key", str(tiny_key_file), "--device", "cpu"]
+
+    privacy = tmp_path / "privacy"
+    printed = _run("evaluate", "privacy", str(people), str(encrypted), *common, "--gallery", str(people),
+                   "--observer", "tiny-classifier", "--max-images", "5", "--out", str(privacy))
+    assert printed.strip() == str(privacy / "privacy.md")
+    data = json.loads((privacy / "privacy.json").read_text())
+    assert data["images"] == 5 and data["observer"]["identities"] == 2 and data["observer"]["gallery_images"] == 6
+    # Every original's identity has two other photos in the gallery: all are ranked, among 2 identities.
+    assert data["filters"]["none"]["observer_original"]["queries"] == 5
+    assert 0.0 <= data["filters"]["blur3-grey"]["detection_encrypted"] <= 1.0
+    assert data["per_image"]["identities"] == ["Ann_Lee"] * 3 + ["Bo_Chan"] * 2
+    assert (privacy / "privacy-contact-sheet.png").is_file()
+
+    recovery = tmp_path / "recovery"
+    _run("evaluate", "key-recovery", str(people), str(encrypted), *common, "--pairs", "1,3", "--held-out", "2",
+         "--out", str(recovery))
+    curve = json.loads((recovery / "key-recovery.json").read_text())["curve"]
+    # The correlation rule needs 3 pairs: it has no point at 1.
+    assert [(point["pairs"], point["rule"]) for point in curve] == [(1, "distance"), (3, "correlation"),
+                                                                   (3, "distance")]
+    assert all(0.0 <= point["recovered"] <= point["source"] <= 1.0 for point in curve)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["key-recovery", "--pairs", "10"], "cannot give 10 to the attacker"),
+    (["key-recovery", "--pairs", "0,2"], "--pairs takes pair counts"),
+    (["key-recovery", "--rules", "guess"], "--rules takes"),
+    (["privacy", "--observer", "tiny-embedding", "--gallery", "."], "another model than --target"),
+])
+def test_privacy_and_key_recovery_usage_errors_are_one_line(tmp_path, tiny_key_file, arguments, message):
+    people = tmp_path / "people"
+    _pictures(people / "Ann", [f"Ann_{i:04d}.png" for i in range(1, 4)], seed=3)
+    _run("encrypt", str(people), "--target", "tiny-embedding", "--key", str(tiny_key_file), "--out",
+         str(tmp_path / "encrypted"), "--iterations", "1", "--device", "cpu", "--seed", "1")
+    command, *options = arguments
+    result = CliRunner().invoke(app, ["evaluate", command, str(people), str(tmp_path / "encrypted"), "--target",
+                                      "tiny-embedding", "--key", str(tiny_key_file), "--device", "cpu",
+                                      "--out", str(tmp_path / "r"), *options])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and result.stdout == ""
+
+
+def test_observer_transform_fitted_on_lfw_photos_lines_a_dlib_chip_up_with_an_arcface_chip(data_root):
+    from avpcli.metrics import ssim
+
+    photos = [data_root / "lfw" / name / f"{name}_0001.jpg" for name in ("Adrien_Brody", "Al_Sharpton", "Alan_Greenspan")]
+    dlib, arcface = get_spec("dlib"), get_spec("mobilefacenet-foamliu")
+    matrix, fitted = report.fit_observer_transform(photos, dlib, arcface)
+    assert fitted == 3
+    chips = torch.stack([report.prepare_original(photo, dlib)[0] for photo in photos])
+    direct = torch.stack([report.prepare_original(photo, arcface)[0] for photo in photos])
+    moved = report.warp_chips(chips, matrix, arcface.input_size)
+    # The same face, resampled once more: close to the chip cut from the photo, far from another face's.
+    assert ssim(moved, direct).min() > 0.6
+    assert ssim(moved, direct.roll(1, dims=0)).max() < 0.4
