@@ -266,7 +266,7 @@ def quality_report(pairs: PairedImages, target: nn.Module, spec: TargetSpec, key
             ["SSIM_d (G(x'), x) ↑", summary["ssim_decrypted"]["mean"], summary["ssim_decrypted"]["min"]],
             ["feature distance ↓", summary["feature_distance"]["mean"], summary["feature_distance"]["max"]],
             ["cosine ↑", summary["cosine"]["mean"], summary["cosine"]["min"]],
-            ["|low-pass correlation (x', x)| ↓", summary["lowpass_correlation_abs"]["mean"],
+            ["low-pass correlation (x', x), absolute ↓", summary["lowpass_correlation_abs"]["mean"],
              summary["lowpass_correlation_abs"]["max"]]]
     if result.same_class is not None:
         rows.append(["same top-1 class ↑", summary["same_class"]["mean"], summary["same_class"]["min"]])

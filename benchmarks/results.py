@@ -1,16 +1,18 @@
 """Regenerate docs/RESULTS.md: the paper's tables and security analyses measured with avp on shared data.
 
 Faces: LFW from <data>/lfw.csv — the 12 `probe` identities (13–60 images each) are the probe set, the
-first --gallery `distractor` images are the gallery. The first --turns images of each probe identity
+first --gallery `distractor` images are the gallery (one size for every target, or `dlib=1000,mobilefacenet=300`). The first --turns images of each probe identity
 take turns as the (encrypted) inserted image; AVP-ALL encrypts the gallery too. Table 1, the
 statistics, the keys of other seeds and the attack all use those same ciphertexts: the attacker trains
-on the gallery's (ciphertext, original) pairs and is tested on the probe-turn ciphertexts (key A) and
-on --attack-other of them encrypted again with key B. CIFAR-10: --cifar-per-class test images per class.
+on the first N of the gallery's (ciphertext, original) pairs for each N of --attack-pairs, and is tested
+on the probe-turn ciphertexts (key A) and on --attack-other of them encrypted again with key B.
+CIFAR-10: --cifar-per-class test images per class, with --cifar-key (a `small`-preset key) or key A.
 
 Everything is resumable: ciphertexts and keys live under --work and a rerun reuses them.
 
 Run: python benchmarks/results.py [--key PATH] [--other-key PATH] [--faces-targets dlib,mobilefacenet]
-     [--turns 1] [--gallery 20] [--iterations 300] [--cifar-per-class 2] [--data PATH]
+     [--turns 1] [--gallery 20 | dlib=1000,mobilefacenet=300] [--iterations 300] [--attack-pairs 20,200]
+     [--cifar-per-class 2] [--cifar-key PATH] [--data PATH]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import report  # noqa: E402
-from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, StopCriteria  # noqa: E402
+from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS  # noqa: E402
 from avpcli.images import save_png  # noqa: E402
 from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key  # noqa: E402
 from avpcli.targets import get_spec, load_target  # noqa: E402
@@ -103,6 +105,17 @@ def lfw_split(data: Path, gallery_size: int) -> tuple[dict[str, list[Path]], lis
     return {name: sorted(paths) for name, paths in sorted(probes.items())}, gallery
 
 
+def gallery_size_by_target(given: str, targets: list[str]) -> dict[str, int]:
+    """--gallery as a size per face target: 'N' for all, or 'name=N,name=N' (every target named)."""
+    if "=" not in given:
+        return {name: int(given) for name in targets}
+    sizes = {name.strip(): int(size) for name, size in (part.split("=") for part in given.split(","))}
+    missing = [name for name in targets if name not in sizes]
+    if missing:
+        sys.exit(f"--gallery names no size for {', '.join(missing)}")
+    return {name: sizes[name] for name in targets}
+
+
 def picture_links(written: Path, name: str) -> list[str]:
     """Copy a report's PNGs into docs/results/<name>-… and return markdown image links."""
     PICTURES.mkdir(parents=True, exist_ok=True)
@@ -132,12 +145,15 @@ def main() -> None:
     parser.add_argument("--key-steps", type=int, help="training steps for keys trained here (default: the preset's)")
     parser.add_argument("--face-targets", default="dlib", help="comma-separated: dlib, mobilefacenet")
     parser.add_argument("--turns", type=int, default=1, help="encrypted inserted-image turns per probe identity")
-    parser.add_argument("--gallery", type=int, default=20, help="distractor images in the gallery")
+    parser.add_argument("--gallery", default="20",
+                        help="distractor images in the gallery: N for every target, or name=N,name=N")
     parser.add_argument("--iterations", type=int, default=300, help="most attack steps per image")
     parser.add_argument("--key-weight", type=float, default=FACE_SETTINGS.key_weight,
                         help="μ for faces (default: avp encrypt's)")
     parser.add_argument("--attack-other", type=int, default=4, help="probe-turn images encrypted again with key B")
     parser.add_argument("--attack-steps", type=int, default=300)
+    parser.add_argument("--attack-pairs", default="20", help="comma-separated training pair counts of the attacker")
+    parser.add_argument("--cifar-key", help="key for CIFAR-10 (a `small`-preset key; default: key A)")
     parser.add_argument("--cifar-per-class", type=int, default=2, help="0 skips CIFAR-10")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("AVP_THREADS", "2")))
@@ -146,11 +162,13 @@ def main() -> None:
     data, work = data_root(args.data), Path(args.work)
     key_a, key_a_note = key_file(args.key, work, "key-a", args.key_steps)
     loaded_a = load_key(key_a)
-    probes, gallery = lfw_split(data, args.gallery)
+    face_targets = [name.strip() for name in args.face_targets.split(",")]
+    gallery_sizes = gallery_size_by_target(args.gallery, face_targets)
     sections: list[str] = []
     timings: list[str] = []
 
-    for index, target_name in enumerate(name.strip() for name in args.face_targets.split(",")):
+    for index, target_name in enumerate(face_targets):
+        probes, gallery = lfw_split(data, gallery_sizes[target_name])
         weights = FACE_WEIGHTS[target_name] and data / FACE_WEIGHTS[target_name]
         spec = get_spec(target_name)
         target = load_target(target_name, weights)
@@ -161,8 +179,11 @@ def main() -> None:
         identification = report.identification_report(probes, gallery, encryptor, folder / "identification",
                                                        args.turns, on_event=events(target_name))
         written = identification.write(folder / "reports")
-        timings.append(f"{target_name} identification (alignment, encryption, features): {time.perf_counter() - began:.0f} s")
-        sections.append(f"## {target_name}: Table 2, identification\n\n" + identification.markdown.split("\n", 2)[2]
+        seconds = time.perf_counter() - began
+        timings.append(f"{target_name} identification (alignment, encryption of {len(gallery)} gallery and "
+                       f"{args.turns} turn(s) per probe identity, features): {seconds:.0f} s")
+        sections.append(f"## {target_name}: Table 2, identification, gallery of {len(gallery)} distractors\n\n"
+                        + identification.markdown.split("\n", 2)[2]
                         + f"\nPaper (Original / AVP-ONE / AVP-ALL, full LFW): {PAPER_TABLE_2}.\n")
         if index == 0:
             # Key B is needed only from here on (it may still be training elsewhere when a run starts).
@@ -176,7 +197,7 @@ def main() -> None:
         met = sum(1 for e, d, f in zip(quality.data["per_image"]["ssim_encrypted"],
                                        quality.data["per_image"]["ssim_decrypted"],
                                        quality.data["per_image"]["feature_distance"])
-                  if StopCriteria().accepts(f, e, d))
+                  if settings.stop.accepts(f, e, d))
         sections.append(
             f"## {target_name}: Table 1, quality of {len(pairs.names)} ciphertexts (read back from PNG)\n\n"
             + report.markdown_table(["metric", "mean", "worst"], [
@@ -185,9 +206,10 @@ def main() -> None:
                 ["feature distance ↓" + (f" (same person < {spec.match_threshold})" if spec.match_threshold else ""),
                  summary["feature_distance"]["mean"], summary["feature_distance"]["max"]],
                 ["cosine ↑", summary["cosine"]["mean"], summary["cosine"]["min"]],
-                ["|low-pass correlation (x', x)| ↓", summary["lowpass_correlation_abs"]["mean"],
+                ["low-pass correlation (x', x), absolute ↓", summary["lowpass_correlation_abs"]["mean"],
                  summary["lowpass_correlation_abs"]["max"]]])
-            + f"\n{met} of {len(pairs.names)} meet every engine bar (SSIM_e ≤ 0.05, SSIM_d ≥ 0.90, distance ≤ 0.10)."
+            + f"\n{met} of {len(pairs.names)} meet every engine bar (SSIM_e ≤ {settings.stop.max_ssim_encrypted}, "
+              f"SSIM_d ≥ {settings.stop.min_ssim_decrypted}, distance ≤ {settings.stop.max_feature_distance})."
             + f"\nPaper (SSIM_e / SSIM_d / cos): {PAPER_TABLE_1}.\n\n"
             + "Original | encrypted | encrypted, blurred (σ 3 px) and contrast-stretched | decrypted | decrypted "
               "with key B:\n\n" + "\n".join(picture_links(written, target_name)) + "\n")
@@ -215,11 +237,17 @@ def main() -> None:
         began = time.perf_counter()
         encryptor_b = report.Encryptor(spec, target, loaded_b.model, loaded_b.fingerprint, settings)
         other_pairs = report.encrypt_selection(files, folder / "attack" / "key-b", encryptor_b, events("key B"))
-        attack = report.attack_report(training, held_out, other_pairs, loaded_a.model, steps=args.attack_steps)
-        written = attack.write(folder / "reports")
+        for count in (int(value) for value in args.attack_pairs.split(",")):
+            if count > len(training.names):
+                log(f"attack: only {len(training.names)} gallery pairs, not {count}; skipped")
+                continue
+            attack = report.attack_report(training.subset(range(count)), held_out, other_pairs, loaded_a.model,
+                                          steps=args.attack_steps)
+            written = attack.write(folder / "reports" / f"attack-{count}")
+            sections.append(f"## {target_name}: paired-data attack (Fig. 6), {count} pairs\n\n"
+                            + attack.markdown.split("\n", 2)[2] + "\n"
+                            + "\n".join(picture_links(written, f"{target_name}-{count}-pairs")) + "\n")
         timings.append(f"attack (key-B encryption + attacker training): {time.perf_counter() - began:.0f} s")
-        sections.append(f"## {target_name}: paired-data attack (Fig. 6)\n\n" + attack.markdown.split("\n", 2)[2]
-                        + "\n" + "\n".join(picture_links(written, target_name)) + "\n")
 
         statistics = report.statistics_report(pairs)
         written = statistics.write(folder / "reports")
@@ -230,7 +258,8 @@ def main() -> None:
         spec = get_spec(CIFAR_TARGET)
         target = load_target(CIFAR_TARGET, data / CIFAR_WEIGHTS)
         settings = dataclasses.replace(CLASSIFIER_SETTINGS, iterations=args.iterations)
-        encryptor = report.Encryptor(spec, target, loaded_a.model, loaded_a.fingerprint, settings)
+        cifar_key = load_key(args.cifar_key) if args.cifar_key else loaded_a
+        encryptor = report.Encryptor(spec, target, cifar_key.model, cifar_key.fingerprint, settings)
         began = time.perf_counter()
         classification = report.classification_report(data / "cifar10", encryptor, work / CIFAR_TARGET,
                                                        args.cifar_per_class, events(CIFAR_TARGET))
@@ -248,16 +277,15 @@ Generated by `{command.strip()}` on {time.strftime('%Y-%m-%d')} (CPU, {torch.get
 {time.perf_counter() - started:.0f} s in all, on a machine shared with other jobs). Every figure is
 measured on the 8-bit PNGs as written and read back.
 
-**Sizes are tiny** (CPU time): probe set = LFW's 12 probe identities (all their images are
-queries), {args.turns} encrypted turn(s) per probe identity, a gallery of the first {args.gallery}
-distractor images (the paper: 355 probe images, 12,878 gallery images, every turn). With so small a
-gallery, accuracies are near 100 % for any reasonable model: they show that encryption does not
-break identification, not the paper's absolute numbers. Encryption: at most {args.iterations}
-iterations per image, μ = {args.key_weight}, other settings `avp encrypt`'s defaults for faces (SSIM and
-low-pass terms, momentum 0.9, docs/PRIVACY.md) and `CLASSIFIER_SETTINGS` for CIFAR-10 (the research
-CIFAR settings plus an SSIM term, momentum 0.9 and a growing key weight).
+Sizes (CPU time): probe set = LFW's 12 probe identities (all their images are queries),
+{args.turns} encrypted turn(s) per probe identity, a gallery of the first
+{', '.join(f'{size} ({name})' for name, size in gallery_sizes.items())} distractor images (the paper:
+355 probe images, 12,878 gallery images, every turn). Encryption: at most {args.iterations}
+iterations per image, μ = {args.key_weight}, other settings `avp encrypt`'s defaults for faces
+(`FACE_SETTINGS`: the key's preimage as start, an SSIM term, the leak term, momentum 0.9;
+docs/BENCHMARKS.md) and `CLASSIFIER_SETTINGS` for CIFAR-10.
 
-Keys: A — {key_a_note}; B — {key_b_note}. Default-preset keys are much smaller (ngf
+Keys: A — {key_a_note}; B — {key_b_note}; CIFAR-10 — {f"given ({Path(args.cifar_key).name})" if args.cifar_key else "key A"}. Default-preset keys are much smaller (ngf
 {loaded_a.metadata.get('ngf')}, {loaded_a.metadata.get('blocks')} blocks) than the paper's (ngf 64, 9 blocks,
 CelebA), which bounds SSIM_d.
 
