@@ -96,6 +96,7 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
         adversarial = key.preimage(original).detach()
     else:
         adversarial = torch.randn(original.shape, generator=torch.Generator().manual_seed(noise_seed)).to(device).clamp(0, 1)
+    start_colour = adversarial.mean(dim=(2, 3), keepdim=True)
     momentum = torch.zeros_like(adversarial)
     step, rises, losses = settings.step_size, 0, []
     for _ in range(settings.iterations):
@@ -117,6 +118,8 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
         gradient = adversarial.grad / adversarial.grad.abs().mean()
         momentum = settings.momentum * momentum + gradient
         adversarial = (adversarial - step * momentum).clamp(0, 1)
+        if settings.hold_colour:
+            adversarial = (adversarial - adversarial.mean(dim=(2, 3), keepdim=True) + start_colour).clamp(0, 1)
         losses.append(loss.item())  # the per-step host sync
         if len(losses) > 2 and losses[-1] > losses[-2]:
             rises += 1

@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--variance-weight", type=float, default=FACE_SETTINGS.variance_weight)
     parser.add_argument("--leak-weight", type=float, default=FACE_SETTINGS.leak_weight)
     parser.add_argument("--init", choices=["preimage", "noise", "original"], default=FACE_SETTINGS.initialization)
+    parser.add_argument("--hold-colour", action=argparse.BooleanOptionalAction, default=FACE_SETTINGS.hold_colour)
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N faces (faces the settings were not tuned on)")
     parser.add_argument("--other-key", type=Path, help="a key of another seed: decrypt every ciphertext with it, and with "
                         "this key's G behind the other key's scramble")
@@ -117,7 +118,7 @@ def main() -> None:
     settings = dataclasses.replace(
         FACE_SETTINGS, iterations=args.iterations, key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
         step_size=args.step_size, momentum=args.momentum, variance_weight=args.variance_weight,
-        leak_weight=args.leak_weight, initialization=args.init, check_every=args.check_every,
+        leak_weight=args.leak_weight, initialization=args.init, hold_colour=args.hold_colour, check_every=args.check_every,
         stop=dataclasses.replace(FACE_SETTINGS.stop, max_lowpass_correlation=lowpass_bar),
         autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
     bars = settings.stop
@@ -131,7 +132,7 @@ def main() -> None:
           f"(identities {args.skip + 1}-{args.skip + len(files)} of lfw.csv's 'multi'); batch {args.batch_size}; "
           f"K={args.iterations}, start {settings.initialization}, step {args.step_size}, momentum {settings.momentum}, "
           f"mu {args.key_weight}, key SSIM weight {settings.key_ssim_weight}, lambda {settings.variance_weight}, "
-          f"leak weight {settings.leak_weight}, check every {args.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
+          f"leak weight {settings.leak_weight}, colour held {settings.hold_colour}, check every {args.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
           f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {lowpass_bar}; "
           f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")
 

@@ -252,6 +252,17 @@ class ScramblingKey(nn.Module):
         return originals.flip(-1).flip(-2)
 
 
+def test_hold_colour_keeps_each_channels_mean_at_the_start(embedding_target):
+    images = originals(2)
+    settings = dataclasses.replace(FAST, iterations=20, hold_colour=True)
+    start = torch.stack([torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]).clamp(0, 1)
+    held = encrypt_batch(images, embedding_target, near_identity_key(), settings, "embedding", [1, 2])
+    free = encrypt_batch(images, embedding_target, near_identity_key(), FAST, "embedding", [1, 2])
+    start_means, held_means = start.mean(dim=(2, 3)), held.encrypted.mean(dim=(2, 3))
+    assert torch.allclose(held_means, start_means, atol=2e-3)  # 8-bit rounding and the clamp's remainder
+    assert (free.encrypted.mean(dim=(2, 3)) - start_means).abs().max() > 10 * (held_means - start_means).abs().max()
+
+
 def test_preimage_start_begins_from_what_the_key_decrypts(embedding_target):
     images = originals(2)
     settings = AttackSettings(iterations=1, step_size=0.0, stop=None, initialization="preimage")
