@@ -182,17 +182,20 @@ class LeakFilters:
 
 
 def colour_mean_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Across a set: Pearson correlation between the per-image mean R, G and B of a and of b.
+    """Across a set: Pearson correlation between the per-image mean colour of a and of b.
 
-    The 3·N pairs (image, channel) are pooled. Near 1 means a ciphertext's average colour tells the
-    original's (skin tone, background); needs at least two images.
+    Per channel (R, G and B each across the N images), then averaged over the three channels. Near 1
+    means a ciphertext's average colour tells the original's (skin tone, background); needs at least
+    two images. Channels are not pooled: a constant offset between channels (skin is redder than it
+    is blue in every photo) would then count as a correlation although it tells nothing of any one
+    image.
     """
     _check_rgb_pair("colour_mean_correlation", a, b)
     if a.shape[0] < 2:
         raise ValueError("colour_mean_correlation needs at least two images")
-    means_a = a.float().flatten(2).mean(dim=2).reshape(1, -1)
-    means_b = b.float().flatten(2).mean(dim=2).reshape(1, -1)
-    return float(pearson_correlation(means_a, means_b)[0])
+    means_a = a.float().flatten(2).mean(dim=2).T  # (3, N): each channel's means across the images
+    means_b = b.float().flatten(2).mean(dim=2).T
+    return float(pearson_correlation(means_a, means_b).mean())
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -223,6 +223,9 @@ def test_colour_mean_correlation_across_images():
     assert abs(colour_mean_correlation(grey, originals)) < 0.6
     with pytest.raises(ValueError, match="at least two"):
         colour_mean_correlation(originals[:1], originals[:1])
+    # A fixed offset per channel, the same for every image, tells nothing of any image: r 0, not 1.
+    offsets = torch.tensor([0.3, 0.5, 0.7])[None, :, None, None].expand(4, 3, 8, 8)
+    assert abs(colour_mean_correlation(offsets + grey - 0.5, originals * 0 + offsets)) < 1e-6
 
 
 @pytest.mark.parametrize("shape", [(150, 150), (112, 96), (32, 32), (9, 13)])
