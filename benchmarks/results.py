@@ -56,13 +56,14 @@ NOTES = """## How to read these numbers, and what is not measured here
   never as 0. Histogram entropy is in bits (8 = flat).
 - The detection rate is MTCNN (facenet-pytorch, avp's aligner) on the 150×150 aligned chips, original
   and encrypted; a chip is "detected" when MTCNN returns any face.
-- The attacker is a generator of the key's architecture trained with L1 on the gallery's
-  (ciphertext, original) pairs; with this few pairs and steps it is a weak attacker. Published
-  attacks on AVIH (arXiv 2408.04261, 2407.06570) reconstruct ciphertexts far better: avp is
-  obfuscation against people, not cryptography.
+- The paired-data attacker is a generator of the key's architecture trained with L1 on the
+  gallery's (ciphertext, original) pairs; it knows neither the seed nor the scramble. A
+  method-aware attacker who estimates the scramble from pairs does far better (docs/PRIVACY.md,
+  `avp evaluate key-recovery`), and published attacks on AVIH (arXiv 2408.04261, 2407.06570)
+  reconstruct ciphertexts too: avp is obfuscation against people, not cryptography.
 - The low-pass correlation is Pearson's r of the Gaussian-blurred (σ 3 px) brightness of x' and x: the
-  contact sheets' third column shows that blur, contrast-stretched — the simplest attack there is
-  (docs/PRIVACY.md). SSIM_e does not see it.
+  contact sheets' third column shows that blur, contrast-stretched. docs/PRIVACY.md measures the
+  band-pass, the edges, the colour, a filter suite and a second recognizer too.
 - Not run here: the paper's four face models (no weights in shared data besides dlib and the
   MobileFaceNets: add `--face-targets dlib,mobilefacenet`), ResNet-50 / VGG-19 on CIFAR-10 (no
   weights: cifar-resnet20 stands in), the full LFW protocol (every turn, 12,878 gallery images) and
