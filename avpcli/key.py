@@ -104,6 +104,14 @@ def resnet_generator(ngf: int = 64, blocks: int = 9, norm: str = "batch") -> nn.
     return nn.Sequential(*layers)
 
 
+def _frozen(module: nn.Module) -> nn.Module:
+    """The module in eval mode with no gradients for its parameters (returned for chaining)."""
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
 class KeyGenerator(nn.Module):
     """G as the engine sees it: RGB images in [0,1], (N,3,H,W) → (N,3,H,W) in [0,1].
 
@@ -131,10 +139,7 @@ class KeyGenerator(nn.Module):
 
     def freeze(self) -> KeyGenerator:
         """Eval mode and no gradients for the parameters: how encryption and decryption use G."""
-        self.eval()
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-        return self
+        return _frozen(self)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -167,10 +172,7 @@ class KeyModel(nn.Module):
         return self.scramble.inverse(originals) if self.scramble is not None else originals.clone()
 
     def freeze(self) -> KeyModel:
-        self.eval()
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-        return self
+        return _frozen(self)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,11 @@ def _gaussian_filter_valid(images: torch.Tensor, kernel: torch.Tensor) -> torch.
     return F.conv2d(blurred, vertical, groups=channels)
 
 
+def blur_radius(sigma: float, smallest_side: int) -> int:
+    """Taps either side of a Gaussian blur: ±3σ, cut at the image size (reflect padding reaches no further)."""
+    return min(max(1, int(round(3 * sigma))), smallest_side - 1)
+
+
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (N,C,H,W) per channel, same size (reflect padding), taps to ±3σ.
 
@@ -39,7 +44,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     smallest = min(images.shape[-2:])
     if smallest < 2:
         raise ValueError(f"a blur needs images of at least 2×2 pixels, got {tuple(images.shape[-2:])}")
-    radius = min(max(1, int(round(3 * sigma))), smallest - 1)
+    radius = blur_radius(sigma, smallest)
     kernel = gaussian_kernel_1d(2 * radius + 1, sigma, dtype=images.dtype, device=images.device)
     padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
     return _gaussian_filter_valid(padded, kernel)
@@ -108,10 +113,13 @@ def bandpass_correlation(a: torch.Tensor, b: torch.Tensor, sigmas: tuple[float, 
                                difference_of_gaussians(luminance(b.float()), sigmas))
 
 
+# d/dx; its transpose is d/dy.
+SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
 def sobel_magnitude(images: torch.Tensor) -> torch.Tensor:
     """Gradient magnitude √(gx² + gy²) of (N,C,H,W) with 3×3 Sobel kernels, reflect borders, same size."""
-    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype,
-                            device=images.device)
+    kernel_x = torch.tensor(SOBEL_X, dtype=images.dtype, device=images.device)
     kernels = torch.stack([kernel_x, kernel_x.T])[:, None]  # (2,1,3,3): d/dx, d/dy
     batch, channels, height, width = images.shape
     padded = F.pad(images.reshape(batch * channels, 1, height, width), (1, 1, 1, 1), mode="reflect")
@@ -147,7 +155,7 @@ class LeakFilters:
         smallest = min(height, width)
         if smallest < 2:
             raise ValueError(f"image of {height}×{width} is too small for the leak filters")
-        radii = [min(max(1, int(round(3 * sigma))), smallest - 1) for sigma in sigmas]
+        radii = [blur_radius(sigma, smallest) for sigma in sigmas]
         self.pad = min(max(radii) + 1, smallest - 1)  # + 1 for the Sobel kernels' reach
         self.height, self.width = height, width
         padded = (height + 2 * self.pad, width + 2 * self.pad)
@@ -165,7 +173,7 @@ class LeakFilters:
             taps = gaussian_kernel_1d(2 * radius + 1, sigma, dtype=torch.float64)
             blurs.append(taps[:, None] * taps[None, :])
         lowpass, small, large, edge_blur = (response(kernel) for kernel in blurs)
-        sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=torch.float64)
+        sobel_x = torch.tensor(SOBEL_X, dtype=torch.float64)
         # A circular convolution with the kernel flipped is conv2d's cross-correlation; flipping only
         # changes the gradients' sign, which the magnitude drops.
         gradient_x, gradient_y = response(sobel_x) * edge_blur, response(sobel_x.T) * edge_blur

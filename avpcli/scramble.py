@@ -60,6 +60,17 @@ class ScramblePlan:
         # v for kept values, 1 − v for inverted ones.
         return (inverted + (1 - 2 * inverted) * gathered).reshape(batch, channels, height, width)
 
+    def invert(self, scrambled: torch.Tensor) -> torch.Tensor:
+        """The exact inverse of apply for a plan whose `source` is a permutation: invert(apply(x)) == x."""
+        batch, channels, height, width = scrambled.shape
+        if channels * height * width != self.source.numel():
+            raise ValueError(f"a plan for {self.source.numel()} values cannot unscramble images of {tuple(scrambled.shape[1:])}")
+        inverted = self.inverted.to(scrambled.dtype)
+        gathered = inverted + (1 - 2 * inverted) * scrambled.reshape(batch, -1)  # undo the inversion first
+        restored = torch.empty_like(gathered)
+        restored[:, self.source] = gathered
+        return restored.reshape(batch, channels, height, width)
+
 
 def _random_bytes(secret: bytes, height: int, width: int, count: int) -> bytes:
     label = f"avp-scramble:{SCHEME}:{height}x{width}".encode()
@@ -118,20 +129,14 @@ class Scramble(nn.Module):
             self._plans[cache_key] = make_plan(bytes(self.secret.cpu().tolist()), height, width).to(device)
         return self._plans[cache_key]
 
+    def _plan_for(self, images: torch.Tensor) -> ScramblePlan:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"the scramble works on (N, 3, H, W) RGB images, got {tuple(images.shape)}")
+        return self.plan(images.shape[-2], images.shape[-1], images.device)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = images.shape
-        if channels != 3:
-            raise ValueError(f"the scramble works on RGB images, got {channels} channels")
-        return self.plan(height, width, images.device).apply(images)
+        return self._plan_for(images).apply(images)
 
     def inverse(self, scrambled: torch.Tensor) -> torch.Tensor:
         """S⁻¹, exact: inverse(forward(x)) == x."""
-        batch, channels, height, width = scrambled.shape
-        if channels != 3:
-            raise ValueError(f"the scramble works on RGB images, got {channels} channels")
-        plan = self.plan(height, width, scrambled.device)
-        inverted = plan.inverted.to(scrambled.dtype)
-        gathered = inverted + (1 - 2 * inverted) * scrambled.reshape(batch, -1)
-        restored = torch.empty_like(gathered)
-        restored[:, plan.source] = gathered
-        return restored.reshape(batch, 3, height, width)
+        return self._plan_for(scrambled).invert(scrambled)
