@@ -1,3 +1,69 @@
-"""avp: hide what images show from people while a chosen model still sees them (AVP/AVIH)."""
+"""avp: hide what images show from people while a chosen model still sees them (AVP/AVIH).
+
+The public Python API (README "Python"): every name below is importable from `avpcli`, e.g.
+
+    from avpcli import Encryptor, Key, decrypt
+
+    key = Key.load("keys/k.safetensors")
+    encryptor = Encryptor("dlib", key)
+    ciphertexts = encryptor.encrypt(["face.jpg"])
+    originals = decrypt([c.image for c in ciphertexts], key)
+
+The names load on first use, so that `import avpcli` (and `avp --help`) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public name → the module that defines it.
+_PUBLIC = {
+    "Key": "avpcli.key",
+    "load_key": "avpcli.key",
+    "save_key": "avpcli.key",
+    "train_key": "avpcli.key",
+    "find_key": "avpcli.key",
+    "KEY_PRESETS": "avpcli.key",
+    "Encryptor": "avpcli.encryptor",
+    "Ciphertext": "avpcli.encryptor",
+    "attack_settings": "avpcli.encryptor",
+    "decrypt": "avpcli.encryptor",
+    "resolve_device": "avpcli.encryptor",
+    "AttackSettings": "avpcli.engine",
+    "StopCriteria": "avpcli.engine",
+    "FACE_SETTINGS": "avpcli.engine",
+    "CLASSIFIER_SETTINGS": "avpcli.engine",
+    "load_target": "avpcli.targets",
+    "get_spec": "avpcli.targets",
+    "target_names": "avpcli.targets",
+    "TargetSpec": "avpcli.targets",
+    "FolderRun": "avpcli.jobs",
+    "Event": "avpcli.jobs",
+    "DecryptJob": "avpcli.jobs",
+    "decrypt_folder": "avpcli.jobs",
+    "Manifest": "avpcli.manifest",
+    "read_manifest": "avpcli.manifest",
+    "AvpError": "avpcli.errors",
+    "UsageError": "avpcli.errors",
+    "KeyFileError": "avpcli.errors",
+    "ImageError": "avpcli.errors",
+    "NoFaceError": "avpcli.errors",
+    "TargetError": "avpcli.errors",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'avpcli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

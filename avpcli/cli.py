@@ -38,16 +38,6 @@ def default_key_folder() -> Path:
     return Path(os.environ.get("AVP_KEYS", "keys"))
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but torch sees no CUDA GPU")
-    return device
-
-
 # What must not reach a line of output as it is: the backslash (so that escapes read back unambiguously),
 # control characters (a newline splits a path in two; ESC sequences drive the terminal), Unicode line
 # and paragraph separators, bidirectional overrides, and the bytes of names that are not UTF-8
@@ -257,23 +247,10 @@ NullOption = Annotated[bool, typer.Option("--null", "-0", help="End each output 
 PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
 
 
-def _autocast_dtype(precision: str, device: str):
-    """engine.autocast_dtype_for, with what a user may not ask for as usage errors."""
-    from avpcli.engine import PRECISIONS, autocast_dtype_for
+def resolve_device(device: str) -> str:
+    from avpcli.encryptor import resolve_device as resolve
 
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision is one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and not device.startswith("cuda"):
-        raise UsageError("--precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
-    return autocast_dtype_for(precision, device)
-
-
-def _encrypt_device(device: str) -> str:
-    resolved = resolve_device(device)
-    # Under torchrun each process takes its own GPU.
-    if resolved == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return resolved
+    return resolve(device)
 
 
 def _load_key_or_fail(path: Path, device: str):
@@ -320,65 +297,21 @@ def encrypt(
     loss: Annotated[str, typer.Option(help="Own models: 'embedding' (feature vector) or 'classifier' (logits).")] = "embedding",
 ) -> None:
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
-    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, AttackSettings, StopCriteria, prepare_models
-    from avpcli.jobs import EncryptJob, encrypt_folder
-    from avpcli.targets import get_spec, load_target
+    from avpcli.encryptor import NO_SCRAMBLE_WARNING, Encryptor
 
     with domain_errors():
         if null and as_json:
             raise UsageError("--null and --json do not go together: the JSON manifest holds every name safely")
-        if smoothness not in ("variance", "distance"):
-            raise UsageError("--smoothness must be 'variance' or 'distance'")
-        if init not in (None, "preimage", "noise", "original"):
-            raise UsageError("--init must be 'preimage', 'noise' or 'original'")
-        if batch_size < 1 or (iterations is not None and iterations < 1):
-            raise UsageError("--batch-size and --iterations must be at least 1")
         options = _custom_options(target, input_size, mean, std, channels, loss)
-        spec = get_spec(target, options)
         shard_index = _parse_shard(shard)
-        resolved_device = _encrypt_device(device)
         output = out if out is not None else inputs[0].with_name(inputs[0].stem + "-encrypted")
-        loaded_key = _load_key_or_fail(key, resolved_device)
-        target_model = load_target(target, weights, options).to(resolved_device)
-
-        if recipe not in ("tuned", "research"):
-            raise UsageError("--recipe is 'tuned' or 'research'")
-        if spec.loss == "classifier":
-            base = CLASSIFIER_SETTINGS
-        else:
-            base = FACE_SETTINGS if recipe == "tuned" else AttackSettings()
-        overrides = {
-            "smoothness": smoothness,
-            **({"initialization": init} if init is not None else {}),
-            **({"iterations": iterations} if iterations is not None else {}),
-            **({"key_weight": key_weight} if key_weight is not None else {}),
-            **({"variance_weight": variance_weight} if variance_weight is not None else {}),
-            **({"leak_weight": leak_weight} if leak_weight is not None else {}),
-            **({} if early_stop else {"stop": None}),
-        }
-        if max_lowpass_correlation is not None:
-            if not 0 <= max_lowpass_correlation <= 1:
-                raise UsageError("--max-lowpass-correlation must be between 0 and 1")
-            if early_stop:
-                overrides["stop"] = dataclasses.replace(base.stop or StopCriteria(),
-                                                        max_lowpass_correlation=max_lowpass_correlation)
-        overrides["autocast_dtype"] = _autocast_dtype(precision, resolved_device)
-        # The research recipe reproduces the paper, whose key is G alone; the manifest records which.
-        key_model = loaded_key.model_for(scramble=loaded_key.scrambles and recipe == "tuned")
-        if recipe == "tuned" and not loaded_key.scrambles:
-            stderr.print("[yellow]warning:[/] this key has no scramble (format 1 or --no-scramble): filters of its "
-                         "ciphertexts can show the image, and SSIM_d 0.95 is out of reach for most images; "
-                         "a new `avp keygen` key has one", highlight=False)
-        target_model, key_model = prepare_models(target_model, key_model, resolved_device, compile_models)
-        settings = dataclasses.replace(base, **overrides)
-        job = EncryptJob(
-            inputs=list(inputs), output=output, spec=spec, target=target_model, key=key_model,
-            key_fingerprint=loaded_key.fingerprint, settings=settings, batch_size=batch_size,
-            device=resolved_device, align="never" if no_align else "auto", all_faces=all_faces,
-            noise_seed=seed, overwrite=overwrite,
-            shard=shard_index, weights_label=weights.name if weights else "default",
-            anonymize=anonymize, names_map=names_map, key_path=key, follow_links=follow_links,
-        )
+        encryptor = Encryptor(
+            target, key, recipe=recipe, weights=weights, target_options=options, device=device, precision=precision,
+            compile=compile_models, batch_size=batch_size, early_stop=early_stop,
+            max_lowpass_correlation=max_lowpass_correlation, smoothness=smoothness, initialization=init,
+            iterations=iterations, key_weight=key_weight, variance_weight=variance_weight, leak_weight=leak_weight)
+        if recipe == "tuned" and not encryptor.key_scrambles:
+            stderr.print(f"[yellow]warning:[/] {NO_SCRAMBLE_WARNING}", highlight=False)
         # What this run did; the manifest also lists files of earlier runs into the same folder.
         counts = {"failed": 0, "ok": 0, "missed": 0}
         with _progress() as progress:
@@ -396,7 +329,10 @@ def encrypt(
                     if not as_json:
                         _echo_path(event.output, null)
 
-            manifest = encrypt_folder(job, on_event)
+            manifest = encryptor.encrypt_folder(
+                inputs, output, on_event, align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed,
+                overwrite=overwrite, shard=shard_index, anonymize=anonymize, names_map=names_map, key_path=key,
+                follow_links=follow_links)
     if as_json:
         typer.echo(manifest.to_json(), nl=False)
     if counts["missed"]:
@@ -409,28 +345,6 @@ def encrypt(
 
 # ------------------------------------------------------------------------------------------------
 # decrypt
-
-
-def find_key(fingerprint: str, folders: list[Path], device: str):
-    """The key in `folders` whose fingerprint matches, loaded; KeyFileError if there is none.
-
-    A file there that is not a usable key (foreign, damaged, a pipe, too large) is skipped with a warning.
-    """
-    from avpcli.key import load_key
-
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for candidate in sorted(folder.glob("*.safetensors")):
-            try:
-                loaded = load_key(candidate, device=device)
-            except KeyFileError as unusable:
-                _say("[yellow]warning:[/]", f"skipped: {unusable}")
-                continue
-            if loaded.fingerprint == fingerprint:
-                return loaded
-    searched = ", ".join(str(folder) for folder in folders)
-    raise KeyFileError(f"no key with fingerprint {fingerprint[:16]}… in {searched}; give it with --key")
 
 
 @app.command()
@@ -448,6 +362,7 @@ def decrypt(
 ) -> None:
     """Decrypt a folder with the key: writes the images as PNGs and avp-manifest.json; prints one path per output."""
     from avpcli.jobs import DecryptJob, decrypt_folder
+    from avpcli.key import find_key
     from avpcli.manifest import read_manifest
 
     with domain_errors():
@@ -465,7 +380,8 @@ def decrypt(
                         "use --force to decrypt anyway")
                 stderr.print("[yellow]warning:[/] decrypting with a key that does not match the manifest")
         else:
-            loaded = find_key(manifest.key_fingerprint, [default_key_folder()], resolved_device)
+            loaded = find_key(manifest.key_fingerprint, [default_key_folder()], resolved_device,
+                              on_unusable=lambda reason: _say("[yellow]warning:[/]", f"skipped: {reason}"))
         output = out if out is not None else encrypted.with_name(encrypted.name + "-decrypted")
         # Ciphertexts of `--recipe research` were made for G alone (the manifest says so).
         key_model = loaded.model_for(scramble=loaded.scrambles and manifest.settings.get("key_scramble", True) is not False)
@@ -578,23 +494,12 @@ def _report_events(progress: Progress, description: str):
 
 
 def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, iterations: Optional[int],
-               precision: str = "auto", seed: int = 0):
-    """Target, key and attack settings (as `avp encrypt` uses them) for analyses that encrypt what they need."""
-    from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS, prepare_models
-    from avpcli.report import Encryptor
-    from avpcli.targets import get_spec, load_target
+               precision: str = "auto", recipe: str = "tuned"):
+    """The Encryptor `avp encrypt` would build, for analyses that encrypt what they need."""
+    from avpcli.encryptor import Encryptor
 
-    if iterations is not None and iterations < 1:
-        raise UsageError("--iterations must be at least 1")
-    spec = get_spec(target)
-    resolved = resolve_device(device)
-    loaded = _load_key_or_fail(key, resolved)
-    base = CLASSIFIER_SETTINGS if spec.loss == "classifier" else FACE_SETTINGS
-    settings = dataclasses.replace(base, autocast_dtype=_autocast_dtype(precision, resolved),
-                                   **({"iterations": iterations} if iterations is not None else {}))
-    target_model, key_model = prepare_models(load_target(target, weights).to(resolved), loaded.model, resolved)
-    return Encryptor(spec=spec, target=target_model, key=key_model,
-                     key_fingerprint=loaded.fingerprint, settings=settings, device=resolved, noise_seed=seed)
+    return Encryptor(target, key, recipe=recipe, weights=weights, device=device, precision=precision,
+                     iterations=iterations)
 
 
 def _read_pairs(originals: Path, encrypted: Path, target: str, device: str):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from avpcli.engine import FACE_SETTINGS, default_autocast_dtype, prepare_models
+from avpcli.encryptor import Encryptor
 from avpcli.evaluate import blur_reveal
 from avpcli.images import contact_sheet, read_png, save_png
-from avpcli.jobs import DecryptJob, EncryptJob, EventCallback, decrypt_folder, encrypt_folder
-from avpcli.key import load_key, new_seed, save_key, train_key
-from avpcli.targets import get_spec, load_target
+from avpcli.jobs import DecryptJob, EventCallback, decrypt_folder
+from avpcli.key import Key, load_key
 from avpcli.weights import user_cache_home
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -34,7 +32,7 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, int], None]) -> tuple[Any, bool]:
+def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, int], None]) -> tuple[Key, bool]:
     """Load the cached demo key, or train one (the demo preset, a fresh secret seed) and cache it.
 
     A cached key without scramble (made by avp before key format 2) is replaced: the demo shows
@@ -45,9 +43,8 @@ def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, in
         if cached.scrambles:
             return cached, False
     path.parent.mkdir(parents=True, exist_ok=True)
-    trained = train_key(DEMO_PRESET, new_seed(), device=device,
-                        progress=lambda step, total, loss: on_training_step(step, total))
-    save_key(trained, path, overwrite=True)
+    trained = Key.train(DEMO_PRESET, device=device, progress=lambda step, total, loss: on_training_step(step, total))
+    trained.save(path, overwrite=True)
     return load_key(path, device=device), True
 
 
@@ -62,18 +59,12 @@ def run_demo(
     """Train or reuse a key, encrypt `images` against dlib, decrypt them, and draw a contact sheet."""
     started = time.perf_counter()
     key, trained = ensure_demo_key(key_path or demo_key_path(), device, on_training_step)
-    spec = get_spec(DEMO_TARGET)
-    target, generator = prepare_models(load_target(DEMO_TARGET).to(device), key.model, device)
-    settings = dataclasses.replace(FACE_SETTINGS, autocast_dtype=default_autocast_dtype(device))
+    encryptor = Encryptor(DEMO_TARGET, key, device=device, batch_size=4)
     encrypted_folder, decrypted_folder, aligned_folder = output / "encrypted", output / "decrypted", output / "aligned"
-    manifest = encrypt_folder(
-        EncryptJob(inputs=[images], output=encrypted_folder, spec=spec, target=target, key=generator,
-                   key_fingerprint=key.fingerprint, settings=settings, batch_size=4,
-                   device=device, noise_seed=0, overwrite=True, aligned_output=aligned_folder),
-        on_event,
-    )
+    manifest = encryptor.encrypt_folder([images], encrypted_folder, on_event, noise_seed=0, overwrite=True,
+                                        aligned_output=aligned_folder)
     decrypt_folder(DecryptJob(encrypted=encrypted_folder, output=decrypted_folder, key=key.model,
-                              key_fingerprint=key.fingerprint, device=device, overwrite=True), on_event)
+                              key_fingerprint=key.fingerprint, device=encryptor.device, overwrite=True), on_event)
     result = DemoResult(key_trained=trained)
     sheet_rows = []
     for entry in manifest.files:

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from avpcli.metrics import (LeakFilters, box_filter_sum, cosine_similarity, feature_distance, lowpass_correlation,
                             luminance, ssim)
+from avpcli.targets import LossKind
 
-LossKind = Literal["embedding", "classifier"]
 Smoothness = Literal["variance", "distance"]
 Initialization = Literal["noise", "original", "preimage"]
 
@@ -235,6 +235,27 @@ class LeakPenalty:
         return correlations.pow(2).sum(dim=1)
 
 
+class Measured(NamedTuple):
+    """Per-image figures (N,) of a batch of 8-bit ciphertexts; same_class is None for embedding targets."""
+
+    distance: torch.Tensor
+    cosine: torch.Tensor
+    ssim_encrypted: torch.Tensor
+    ssim_decrypted: torch.Tensor
+    same_class: torch.Tensor | None
+    lowpass: torch.Tensor
+
+    def rows(self) -> list[dict]:
+        """One dict per image with the names the manifest uses."""
+        columns = {"feature_distance": self.distance, "cosine": self.cosine, "ssim_encrypted": self.ssim_encrypted,
+                   "ssim_decrypted": self.ssim_decrypted, "lowpass_correlation": self.lowpass}
+        values = {name: column.float().cpu().tolist() for name, column in columns.items()}
+        same_class = self.same_class.cpu().tolist() if self.same_class is not None else None
+        return [{**{name: column[index] for name, column in values.items()},
+                 **({"same_class": bool(same_class[index])} if same_class is not None else {})}
+                for index in range(self.distance.shape[0])]
+
+
 class _Objective:
     """The per-sample loss of Eq. 15 and the measurements on 8-bit images, for one batch."""
 
@@ -275,8 +296,8 @@ class _Objective:
         return loss
 
     @torch.no_grad()
-    def measure(self, encrypted8, originals, reference, reference_class):
-        """Metrics of 8-bit ciphertexts: (distance, cosine, ssim_e, ssim_d, same_class or None, lowpass).
+    def measure(self, encrypted8, originals, reference, reference_class) -> Measured:
+        """The figures of 8-bit ciphertexts.
 
         Always in full precision, also when the optimization runs under autocast: every stop
         decision is taken on the figures a user will see.
@@ -286,23 +307,23 @@ class _Objective:
         distance = feature_distance(outputs, reference)
         cosine = cosine_similarity(outputs, reference)
         same_class = outputs.argmax(dim=1) == reference_class if reference_class is not None else None
-        return (distance, cosine, ssim(encrypted8, originals), ssim(decrypted8, originals), same_class,
-                lowpass_correlation(encrypted8, originals))
+        return Measured(distance, cosine, ssim(encrypted8, originals), ssim(decrypted8, originals), same_class,
+                        lowpass_correlation(encrypted8, originals))
 
-    def meets(self, measured) -> torch.Tensor:
-        distance, _, ssim_e, ssim_d, same_class, lowpass = measured
-        return (self.settings.stop or StopCriteria()).accepts(distance, ssim_e, ssim_d, same_class, lowpass)
+    def meets(self, measured: Measured) -> torch.Tensor:
+        return (self.settings.stop or StopCriteria()).accepts(measured.distance, measured.ssim_encrypted,
+                                                              measured.ssim_decrypted, measured.same_class,
+                                                              measured.lowpass)
 
-    def only_short_of_key(self, measured) -> torch.Tensor:
+    def only_short_of_key(self, measured: Measured) -> torch.Tensor:
         """Images that meet every bar but SSIM_d: candidates for the best state kept of an image."""
-        distance, _, ssim_e, ssim_d, same_class, lowpass = measured
         stop = self.settings.stop or StopCriteria()
-        return stop.accepts(distance, ssim_e, torch.full_like(ssim_d, float("inf")), same_class, lowpass) & (
-            ssim_d < stop.min_ssim_decrypted)
+        unbounded = torch.full_like(measured.ssim_decrypted, float("inf"))
+        return stop.accepts(measured.distance, measured.ssim_encrypted, unbounded, measured.same_class,
+                            measured.lowpass) & (measured.ssim_decrypted < stop.min_ssim_decrypted)
 
-    def feature_ok(self, measured) -> torch.Tensor:
-        distance, _, _, _, same_class, _ = measured
-        return (self.settings.stop or StopCriteria()).feature_ok(distance, same_class)
+    def feature_ok(self, measured: Measured) -> torch.Tensor:
+        return (self.settings.stop or StopCriteria()).feature_ok(measured.distance, measured.same_class)
 
 
 class _StepDecay:
@@ -406,7 +427,7 @@ def encrypt_batch(
             measured = objective.measure(candidate, originals[active], reference[active],
                                          reference_class[active] if reference_class is not None else None)
             finished = objective.meets(measured)
-            ssim_decrypted = measured[3]
+            ssim_decrypted = measured.ssim_decrypted
             short_of_key = objective.only_short_of_key(measured)
             improved = short_of_key & (ssim_decrypted > best_ssim_decrypted[active])
             best[active[improved]] = candidate[improved]
@@ -437,22 +458,9 @@ def encrypt_batch(
         )
 
     measured = objective.measure(results, originals, reference, reference_class)
-    met = objective.meets(measured)
-    distance, cosine, ssim_e, ssim_d, same_class, lowpass = (value.cpu() if value is not None else None
-                                                             for value in measured)
-    metrics = [
-        ImageMetrics(
-            feature_distance=float(distance[i]),
-            cosine=float(cosine[i]),
-            ssim_encrypted=float(ssim_e[i]),
-            ssim_decrypted=float(ssim_d[i]),
-            lowpass_correlation=float(lowpass[i]),
-            iterations=int(iterations_used[i]),
-            met_targets=bool(met[i]),
-            same_class=bool(same_class[i]) if same_class is not None else None,
-        )
-        for i in range(batch)
-    ]
+    met = objective.meets(measured).cpu().tolist()
+    metrics = [ImageMetrics(**row, iterations=int(iterations_used[index]), met_targets=bool(met[index]))
+               for index, row in enumerate(measured.rows())]
     return EncryptionResult(encrypted=results.detach(), metrics=metrics)
 
 
@@ -514,17 +522,5 @@ def measure_images(
     target.eval()
     key.eval()
     objective = _Objective(originals.float(), target, key, AttackSettings(), loss_kind)
-    distance, cosine, ssim_e, ssim_d, same_class, lowpass = objective.measure(
-        encrypted.float(), originals.float(), objective.reference, objective.reference_class
-    )
-    return [
-        {
-            "feature_distance": float(distance[i]),
-            "cosine": float(cosine[i]),
-            "ssim_encrypted": float(ssim_e[i]),
-            "ssim_decrypted": float(ssim_d[i]),
-            "lowpass_correlation": float(lowpass[i]),
-            **({"same_class": bool(same_class[i])} if same_class is not None else {}),
-        }
-        for i in range(originals.shape[0])
-    ]
+    return objective.measure(encrypted.float(), originals.float(), objective.reference,
+                             objective.reference_class).rows()

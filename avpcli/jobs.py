@@ -16,12 +16,12 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from avpcli.engine import AttackSettings, StopCriteria, decrypt_batch, encrypt_batch, measure_images
+from avpcli.engine import AttackSettings, decrypt_batch
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
 from avpcli.images import (
     MAX_PNG_BYTES,
@@ -30,7 +30,6 @@ from avpcli.images import (
     contained_path,
     describe_error,
     find_images,
-    fit_to_size,
     is_inside,
     load_rgb,
     output_names,
@@ -38,13 +37,11 @@ from avpcli.images import (
     png_tensor,
     read_file_bytes,
     read_png,
-    to_tensor,
     write_output,
 )
+from avpcli.encryptor import AlignMode, Encryptor, meets_bars, target_inputs
 from avpcli.manifest import MANIFEST_NAME, Manifest, differences, merge_parts, part_name, read_manifest
 from avpcli.targets import TargetSpec
-
-AlignMode = Literal["auto", "never"]
 
 
 @dataclass(frozen=True)
@@ -66,36 +63,34 @@ EventCallback = Callable[[Event], None]
 
 
 @dataclass
-class EncryptJob:
-    """Everything `avp encrypt` needs, already resolved (modules loaded, paths checked)."""
+class FolderRun:
+    """How an encryption run handles files; what is encrypted with what is the Encryptor's.
+
+    inputs: files and folders (searched recursively, sorted); output: the folder written.
+    align: "auto" aligns faces for face targets, "never" centre-crops; all_faces: every face found.
+    noise_seed: of the initial noise; None takes the earlier run's (so a resumed run finishes exactly
+        as an uninterrupted one would) or, for a new run, 63 random bits.
+    overwrite: redo every output (by default a rerun skips what an earlier run finished).
+    shard: (index, count), 0-based: this process does files index, index + count, ...
+    aligned_output: where to also save each aligned original (what the target saw), for reports and
+        the demo; off by default, since these are plaintext faces.
+    anonymize: name outputs by random ids; the id → name map goes to names_map, by default beside
+        key_path as <key>.names-<run>.json (owner-only), never into the output folder.
+    follow_links: read files that an input folder holds as symbolic links to places outside it; by
+        default each fails with its reason (a planted link must not make avp encrypt what it points to).
+    """
 
     inputs: list[Path]
     output: Path
-    spec: TargetSpec
-    target: nn.Module
-    key: nn.Module
-    key_fingerprint: str
-    settings: AttackSettings
-    batch_size: int = 8
-    device: str = "cpu"
     align: AlignMode = "auto"
     all_faces: bool = False
-    # Seed of the initial noise; None takes the earlier run's (so a resumed run finishes exactly as an
-    # uninterrupted one would) or, for a new run, 63 random bits.
     noise_seed: int | None = None
     overwrite: bool = False
     shard: tuple[int, int] = (0, 1)
-    weights_label: str = ""
-    # Where to also save each aligned original (what the target saw), for reports and the demo.
-    # Off by default: these are plaintext faces.
     aligned_output: Path | None = None
-    # Name outputs by random ids; the id → name map goes to names_map, by default beside key_path
-    # as <key>.names-<run>.json (owner-only), never into the output folder.
     anonymize: bool = False
     names_map: Path | None = None
     key_path: Path | None = None
-    # Read files that an input folder holds as symbolic links to places outside it; by default
-    # each fails with its reason (a planted link must not make avp encrypt what it points to).
     follow_links: bool = False
 
 
@@ -212,20 +207,8 @@ class _Checkpoint:
 
 def prepare_faces(path: Path, spec: TargetSpec, align: AlignMode = "auto", all_faces: bool = False,
                   device: str = "cpu") -> list[tuple[torch.Tensor, str]]:
-    """Load one file and cut it to the target's input: [(tensor, how it was aligned)], one per face.
-
-    The one place that decides what the target sees of a file: `avp encrypt` and the reports use it.
-    """
-    image = load_rgb(path)
-    height, width = spec.input_size
-    if image.size == (width, height):
-        return [(to_tensor(image), "none (already at the target's input size)")]
-    if spec.alignment is None or align == "never":
-        return [(to_tensor(fit_to_size(image, spec.input_size)), "centre crop and resize")]
-    from avpcli.align import align_faces  # MTCNN loads only when a photo needs it
-
-    faces = align_faces(image, spec.alignment, all_faces=all_faces, device=device)
-    return [(to_tensor(face.image), f"mtcnn to the {spec.alignment} template") for face in faces]
+    """Load one file and cut it to the target's input (encryptor.target_inputs): [(tensor, how aligned)]."""
+    return target_inputs(load_rgb(path), spec, align, all_faces, device)
 
 
 def _face_output_name(output: Path, face_index: int) -> Path:
@@ -254,7 +237,7 @@ def remove_stale_temporaries(folder: Path, owned: set[Path]) -> None:
 
 
 @dataclass
-class _Run:
+class _ResumeState:
     """What a run carries over from the one before it in the same folder (if any)."""
 
     noise_seed: int
@@ -274,42 +257,42 @@ def _previous_manifest(folder: Path, names: tuple[str, ...]) -> Manifest | None:
     return None
 
 
-def _resume(job: EncryptJob, manifest: Manifest, previous: Manifest | None) -> _Run:
-    """Check that the earlier run in job.output (`previous`) used the same target, key and settings; carry it over."""
-    if previous is None or job.overwrite:
-        seed = job.noise_seed if job.noise_seed is not None else secrets.randbits(63)
-        return _Run(seed, secrets.token_hex(4) if job.anonymize else None, {})
+def _resume(run: FolderRun, manifest: Manifest, previous: Manifest | None) -> _ResumeState:
+    """Check that the earlier run in run.output (`previous`) used the same target, key and settings; carry it over."""
+    if previous is None or run.overwrite:
+        seed = run.noise_seed if run.noise_seed is not None else secrets.randbits(63)
+        return _ResumeState(seed, secrets.token_hex(4) if run.anonymize else None, {})
     earlier_seed = previous.settings.get("noise_seed")
     different = differences(manifest, previous)
-    if job.noise_seed is not None and job.noise_seed != earlier_seed:
+    if run.noise_seed is not None and run.noise_seed != earlier_seed:
         different.append("--seed")
     if different:
-        raise UsageError(f"{job.output} holds outputs of an earlier run with another {' and '.join(different)}; "
+        raise UsageError(f"{run.output} holds outputs of an earlier run with another {' and '.join(different)}; "
                          "use --overwrite to redo them, or choose another --out")
-    seed = job.noise_seed if job.noise_seed is not None else (
+    seed = run.noise_seed if run.noise_seed is not None else (
         earlier_seed if isinstance(earlier_seed, int) else secrets.randbits(63))
     entries: dict[str, list[dict[str, Any]]] = {}
     for entry in previous.files:
         entries.setdefault(str(entry.get("source")), []).append(entry)
-    return _Run(seed, previous.run or (secrets.token_hex(4) if job.anonymize else None), entries)
+    return _ResumeState(seed, previous.run or (secrets.token_hex(4) if run.anonymize else None), entries)
 
 
-def _names_map_path(job: EncryptJob, run_id: str) -> Path:
-    if job.names_map is not None:
-        path = job.names_map
-    elif job.key_path is not None:
-        path = job.key_path.with_name(f"{job.key_path.name}.names-{run_id}.json")
+def _names_map_path(run: FolderRun, run_id: str) -> Path:
+    if run.names_map is not None:
+        path = run.names_map
+    elif run.key_path is not None:
+        path = run.key_path.with_name(f"{run.key_path.name}.names-{run_id}.json")
     else:
         raise UsageError("--anonymize needs somewhere outside the output folder for the names map: give --names-map")
-    if is_inside(path, job.output):
-        raise UsageError(f"the names map {path} would be inside the output folder {job.output}, which would "
+    if is_inside(path, run.output):
+        raise UsageError(f"the names map {path} would be inside the output folder {run.output}, which would "
                          "undo --anonymize; give --names-map elsewhere")
     return path
 
 
-def _anonymous_names(job: EncryptJob, sources: list[SourceImage], run: _Run) -> dict[Path, Path]:
+def _anonymous_names(run: FolderRun, sources: list[SourceImage], resumed: _ResumeState) -> dict[Path, Path]:
     """Random ids as output names for this shard's sources, reusing (and extending) the run's names map."""
-    path = _names_map_path(job, run.run_id or secrets.token_hex(4))
+    path = _names_map_path(run, resumed.run_id or secrets.token_hex(4))
     known: dict[str, str] = {}
     if path.exists():
         try:
@@ -317,8 +300,8 @@ def _anonymous_names(job: EncryptJob, sources: list[SourceImage], run: _Run) -> 
             known = dict(document["names"])
         except (OSError, ValueError, KeyError, TypeError):
             raise UsageError(f"cannot read the names map {path}; use --overwrite to start afresh") from None
-    elif run.entries:
-        raise UsageError(f"the names map of the earlier run in {job.output} is not at {path}; give it with "
+    elif resumed.entries:
+        raise UsageError(f"the names map of the earlier run in {run.output} is not at {path}; give it with "
                          "--names-map, or use --overwrite to start afresh")
     by_source = {source: Path(output) for output, source in known.items()}
     added = False
@@ -327,7 +310,7 @@ def _anonymous_names(job: EncryptJob, sources: list[SourceImage], run: _Run) -> 
             by_source[str(source.relative)] = Path(f"{secrets.token_hex(8)}.png")
             added = True
     if added or not path.exists():
-        document = {"format": "avp-names", "output": str(job.output.resolve()),
+        document = {"format": "avp-names", "output": str(run.output.resolve()),
                     "names": {str(output): source for source, output in sorted(by_source.items())}}
         write_output(path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
     return {source.relative: by_source[str(source.relative)] for source in sources}
@@ -372,52 +355,52 @@ def _earlier_entries(earlier: Manifest | None, manifest: Manifest, sources: set[
             if str(entry.get("source")) not in sources and entry.get("output") not in outputs]
 
 
-def encrypt_folder(job: EncryptJob, on_event: EventCallback = lambda event: None) -> Manifest:
-    """Encrypt every image under job.inputs into job.output; returns the manifest it wrote.
+def encrypt_folder(encryptor: Encryptor, run: FolderRun, on_event: EventCallback = lambda event: None) -> Manifest:
+    """Encrypt every image under run.inputs into run.output; returns the manifest it wrote.
 
     Files that fail are recorded with a reason and the run goes on. A rerun into the same folder
     skips every output that an earlier run finished (listed in its manifest, unchanged on disk)
     and redoes the rest with the earlier run's noise seed, so that an interrupted run and its
-    rerun together write exactly what one uninterrupted run writes; job.overwrite redoes all.
+    rerun together write exactly what one uninterrupted run writes; run.overwrite redoes all.
     Entries of an earlier run with other inputs (same target, key and settings) stay in the
-    manifest. Every file is written atomically and the manifest is rewritten after every batch.
+    manifest. Every file is written atomically and the manifest is rewritten as the run goes (_Checkpoint).
     The run holds the folder's lock (owned_folder): shared among shards, which write their own
     manifest parts; the last shard to finish merges the parts into avp-manifest.json.
     """
-    if job.names_map is not None and not job.anonymize:
+    if run.names_map is not None and not run.anonymize:
         raise UsageError("--names-map goes with --anonymize")
-    check_output_folder(job.inputs, job.output)
-    with owned_folder(job.output, shared=job.shard[1] > 1):
-        return _encrypt_owned(job, on_event)
+    check_output_folder(run.inputs, run.output)
+    with owned_folder(run.output, shared=run.shard[1] > 1):
+        return _encrypt_owned(encryptor, run, on_event)
 
 
-def _encrypt_owned(job: EncryptJob, on_event: EventCallback) -> Manifest:
-    """encrypt_folder's work, once the run holds job.output."""
-    all_sources = find_images(job.inputs)
-    index, count = job.shard
+def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback) -> Manifest:
+    """encrypt_folder's work, once the run holds run.output."""
+    all_sources = find_images(run.inputs)
+    index, count = run.shard
     sources = all_sources[index::count]
     manifest = Manifest(
         kind="encrypted",
-        target={"name": job.spec.name, "input_size": list(job.spec.input_size), "loss": job.spec.loss,
-                "weights": job.weights_label},
-        key_fingerprint=job.key_fingerprint,
-        settings={**_settings_record(job.settings), "key_scramble": bool(getattr(job.key, "scrambles", False)),
-                  "noise_seed": job.noise_seed,
-                  "alignment": job.align, "all_faces": job.all_faces, "anonymized": job.anonymize},
+        target={"name": encryptor.spec.name, "input_size": list(encryptor.spec.input_size), "loss": encryptor.spec.loss,
+                "weights": encryptor.weights_label},
+        key_fingerprint=encryptor.key_fingerprint,
+        settings={**_settings_record(encryptor.settings), "key_scramble": bool(getattr(encryptor.key, "scrambles", False)),
+                  "noise_seed": run.noise_seed,
+                  "alignment": run.align, "all_faces": run.all_faces, "anonymized": run.anonymize},
         complete=False,
         shard=f"{index + 1}/{count}" if count > 1 else None,
     )
-    manifest_name = part_name(job.shard)
-    previous = _previous_manifest(job.output, (manifest_name, MANIFEST_NAME))
-    run = _resume(job, manifest, previous)
-    manifest.settings["noise_seed"] = run.noise_seed
-    manifest.run = run.run_id if job.anonymize else None
-    names = _anonymous_names(job, sources, run) if job.anonymize else output_names(all_sources)
-    remove_stale_temporaries(job.output, {names[source.relative] for source in sources} | {Path(manifest_name)})
+    manifest_name = part_name(run.shard)
+    previous = _previous_manifest(run.output, (manifest_name, MANIFEST_NAME))
+    resumed = _resume(run, manifest, previous)
+    manifest.settings["noise_seed"] = resumed.noise_seed
+    manifest.run = resumed.run_id if run.anonymize else None
+    names = _anonymous_names(run, sources, resumed) if run.anonymize else output_names(all_sources)
+    remove_stale_temporaries(run.output, {names[source.relative] for source in sources} | {Path(manifest_name)})
 
     def label(source: SourceImage) -> str:
         """What the manifest calls a source: its relative path, or its random id when anonymized."""
-        return names[source.relative].stem if job.anonymize else str(source.relative)
+        return names[source.relative].stem if run.anonymize else str(source.relative)
 
     # A shard's part lists its own files only; the merge keeps what earlier runs left (merge_finished_parts).
     earlier = [] if count > 1 else _earlier_entries(previous, manifest, {label(source) for source in sources},
@@ -425,25 +408,23 @@ def _encrypt_owned(job: EncryptJob, on_event: EventCallback) -> Manifest:
     records: list[tuple[tuple[int, int], dict[str, Any]]] = []
     finished: set[int] = set()
     for position, source in enumerate(sources):
-        entries = run.entries.get(label(source), [])
-        if _finished(entries, job.output, names[source.relative]):
+        entries = resumed.entries.get(label(source), [])
+        if _finished(entries, run.output, names[source.relative]):
             finished.add(position)
             for face, entry in enumerate(entries, 1):
                 records.append(((position, face), entry))
-                on_event(Event("skipped", source=str(source.relative), output=job.output / entry["output"],
+                on_event(Event("skipped", source=str(source.relative), output=run.output / entry["output"],
                                missed_bars=not entry.get("met_targets")))
 
-    def write_manifest() -> None:
-        _write_records(manifest, records, job.output, manifest_name, earlier)
-
-    write_manifest()
+    checkpoint = _Checkpoint(lambda: _write_records(manifest, records, run.output, manifest_name, earlier))
+    checkpoint.write()
 
     def items(position: int, source: SourceImage) -> list[_Item]:
         """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
         try:
-            if not job.follow_links:
+            if not run.follow_links:
                 check_link_stays_inside(source)
-            faces = prepare_faces(source.path, job.spec, job.align, job.all_faces, job.device)
+            faces = prepare_faces(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device)
         except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
             if position not in finished:
                 status, reason = _failure_reason(error, source.path)
@@ -458,7 +439,7 @@ def _encrypt_owned(job: EncryptJob, on_event: EventCallback) -> Manifest:
                                      "alignment": alignment}
             if len(faces) > 1:
                 entry.update(face=face_index + 1, faces=len(faces))
-            prepared.append(_Item(tensor, entry, _noise_seed(run.noise_seed, str(output)), (position, face_index + 1)))
+            prepared.append(_Item(tensor, entry, _noise_seed(resumed.noise_seed, str(output)), (position, face_index + 1)))
         return prepared
 
     # Batches are fixed runs of batch_size files by position, whatever is already done: the engine's
@@ -466,22 +447,22 @@ def _encrypt_owned(job: EncryptJob, on_event: EventCallback) -> Manifest:
     # finished mates of an unfinished batch (writing only what is missing) to match an uninterrupted run.
     pending = len(sources) - len(finished)
     done = 0
-    for start in range(0, len(sources), job.batch_size):
-        positions = range(start, min(start + job.batch_size, len(sources)))
+    for start in range(0, len(sources), encryptor.batch_size):
+        positions = range(start, min(start + encryptor.batch_size, len(sources)))
         if all(position in finished for position in positions):
             continue
         on_event(Event("progress", source=str(sources[start].relative), done=done, total=pending))
         batch = [item for position in positions for item in items(position, sources[position])]
         if batch:
-            _encrypt_and_write(batch, job, records, on_event, skip={position for position in positions
+            _encrypt_and_write(batch, encryptor, run, records, on_event, skip={position for position in positions
                                                                      if position in finished})
-        write_manifest()
+        checkpoint.write_if_due()
         done += sum(position not in finished for position in positions)
     on_event(Event("progress", done=pending, total=pending))
     manifest.complete = True
-    write_manifest()
+    checkpoint.write()
     if count > 1:
-        merge_finished_parts(job.output, count)
+        merge_finished_parts(run.output, count)
     return manifest
 
 
@@ -519,40 +500,32 @@ def merge_finished_parts(folder: Path, count: int) -> Manifest | None:
     return merged
 
 
-def _encrypt_and_write(batch: list[_Item], job: EncryptJob, records: list, on_event: EventCallback,
+def _encrypt_and_write(batch: list[_Item], encryptor: Encryptor, run: FolderRun, records: list, on_event: EventCallback,
                        skip: set[int] = frozenset()) -> None:
     """Encrypt a batch; write and record every item except those of the source positions in `skip`
     (finished earlier: they are recomputed only so that their batch-mates come out the same)."""
-    originals = torch.stack([item.tensor for item in batch]).to(job.device)
-    result = encrypt_batch(
-        originals, job.target, job.key, job.settings, job.spec.loss, noise_seeds=[item.noise_seed for item in batch]
-    )
+    originals = torch.stack([item.tensor for item in batch])
+    encrypted, engine_metrics = encryptor.encrypt_tensors(originals, [item.noise_seed for item in batch])
     written, digests = [], []
-    for item, encrypted in zip(batch, result.encrypted):
-        data = png_bytes(encrypted.cpu())
+    for item, image in zip(batch, encrypted):
+        data = png_bytes(image.cpu())
         digests.append(hashlib.sha256(data).hexdigest())
         if item.order[0] in skip:
             written.append(png_tensor(data))
             continue
-        written.append(read_png(_write(job.output, item.entry["output"], data)))
-        if job.aligned_output is not None:
-            _write(job.aligned_output, item.entry["output"], png_bytes(item.tensor))
+        written.append(read_png(_write(run.output, item.entry["output"], data)))
+        if run.aligned_output is not None:
+            _write(run.aligned_output, item.entry["output"], png_bytes(item.tensor))
     # Every figure in the manifest is measured on the PNG as written and read back.
-    measured = measure_images(originals, torch.stack(written).to(job.device), job.target, job.key, job.spec.loss)
-    for item, metrics, engine_metrics, digest in zip(batch, measured, result.metrics, digests):
+    measured = encryptor.measure(originals, torch.stack(written))
+    for item, metrics, reached, digest in zip(batch, measured, engine_metrics, digests):
         if item.order[0] in skip:
             continue
-        item.entry.update(status="ok", **metrics, iterations=engine_metrics.iterations,
-                          met_targets=_meets(metrics, job.settings), sha256=digest)
+        item.entry.update(status="ok", **metrics, iterations=reached.iterations,
+                          met_targets=meets_bars(metrics, encryptor.settings), sha256=digest)
         records.append((item.order, item.entry))
-        on_event(Event("written", source=item.entry["source"], output=job.output / item.entry["output"],
+        on_event(Event("written", source=item.entry["source"], output=run.output / item.entry["output"],
                        missed_bars=not item.entry["met_targets"]))
-
-
-def _meets(metrics: dict[str, Any], settings: AttackSettings) -> bool:
-    stop = settings.stop or StopCriteria()
-    return bool(stop.accepts(metrics["feature_distance"], metrics["ssim_encrypted"], metrics["ssim_decrypted"],
-                             metrics.get("same_class"), metrics.get("lowpass_correlation")))
 
 
 @dataclass

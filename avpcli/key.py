@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -12,8 +13,9 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ from PIL import Image, ImageOps
 
 from avpcli import __version__
 from avpcli.errors import KeyFileError, UsageError
+from avpcli.images import IMAGE_SUFFIXES
 from avpcli.metrics import ssim
 from avpcli.scramble import SCHEME as SCRAMBLE_SCHEME, SECRET_BYTES, Scramble
 
@@ -35,7 +38,6 @@ SCRAMBLE_SECRET_TENSOR = "scramble.secret"
 ARCHITECTURE = "resnet-generator"
 PROCEDURAL_SOURCE = "procedural-v1"
 NORMS = ("batch", "instance", "none")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # The generator halves the size twice, so it works on multiples of 4 (other sizes are padded).
 SIZE_MULTIPLE = 4
 
@@ -393,7 +395,7 @@ def find_training_images(data_dir: str | os.PathLike[str]) -> list[Path]:
     files = sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+        raise UsageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     return files
 
 
@@ -442,31 +444,9 @@ class _FolderCrops:
 # Training
 # --------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class TrainedKey:
-    """A freshly trained key: the frozen generator, its scramble (None: none), the metadata its file will carry."""
-
-    generator: KeyGenerator
-    metadata: dict[str, str]
-    seconds: float
-    scramble: Scramble | None = None
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Everything the key file stores: G's weights and, for a scrambling key, the scramble secret."""
-        return _key_tensors(self.generator, self.scramble)
-
-    @property
-    def fingerprint(self) -> str:
-        return key_fingerprint(self.tensors())
-
-    @property
-    def model(self) -> KeyModel:
-        return KeyModel(self.generator, self.scramble).freeze()
-
-
 def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLike[str] | None = None,
               steps: int | None = None, device: str | torch.device = "cpu",
-              progress: ProgressCallback | None = None, scramble: bool = True) -> TrainedKey:
+              progress: ProgressCallback | None = None, scramble: bool = True) -> Key:
     """Train G to reproduce its input (L1, plus (1 − SSIM) where the preset asks for it).
 
     Args:
@@ -536,26 +516,52 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
         "avp_version": __version__,
     }
     scrambler = Scramble(scramble_secret(seed)) if scramble else None
-    return TrainedKey(model.cpu(), metadata, time.perf_counter() - started, scrambler)
+    return Key(model.cpu(), metadata, scrambler, seconds=time.perf_counter() - started)
 
 
 # --------------------------------------------------------------------------------------------
 # The file format
 # --------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class LoadedKey:
-    """A key read from disk: the frozen generator in eval mode, its scramble, metadata and fingerprint.
+@dataclasses.dataclass(eq=False)
+class Key:
+    """A key: the frozen generator G, its scramble S (None: the paper's plain G) and its file's metadata.
 
     `model` is the key as encryption and decryption use it (G∘S); `plain_model` is G alone, the
-    paper's key, which `--recipe research` encrypts for.
+    paper's key, which `--recipe research` encrypts for. Made by `Key.train` and `Key.load`,
+    written by `save`; `path` is the file it was read from or last saved to, `seconds` the training
+    time of a key just trained.
     """
 
     generator: KeyGenerator
     metadata: dict[str, str]
-    fingerprint: str
-    path: Path
     scramble: Scramble | None = None
+    path: Path | None = None
+    seconds: float = 0.0
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Key:
+        """load_key: read and check a key file."""
+        return load_key(path, device)
+
+    @classmethod
+    def train(cls, preset: str | KeyPreset = "default", seed: int | None = None, **options: Any) -> Key:
+        """train_key, with a fresh 256-bit secret seed when none is given."""
+        return train_key(preset, new_seed() if seed is None else seed, **options)
+
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """save_key: write the key owner-only and atomically; remembers the path."""
+        self.path = save_key(self, path, overwrite)
+        return self.path
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Everything the key file stores: G's weights and, for a scrambling key, the scramble secret."""
+        return _key_tensors(self.generator, self.scramble)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 over the stored tensors: names the key (in manifests) without giving away its seed."""
+        return key_fingerprint(self.tensors())
 
     @property
     def scrambles(self) -> bool:
@@ -572,7 +578,7 @@ class LoadedKey:
     def model_for(self, scramble: bool) -> KeyModel:
         """G∘S when `scramble` (a key without scramble refuses), else G alone."""
         if scramble and self.scramble is None:
-            raise KeyFileError(f"{self.path} has no scramble (a format-1 or --no-scramble key)")
+            raise KeyFileError(f"{self.path or 'this key'} has no scramble (a format-1 or --no-scramble key)")
         return self.model if scramble else self.plain_model
 
 
@@ -608,7 +614,7 @@ def _canonical_header(payload: bytes) -> bytes:
     return payload[:8] + text + b" " * (length - len(text)) + payload[8 + length:]
 
 
-def save_key(trained: TrainedKey, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+def save_key(trained: Key, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Write the key as safetensors with its metadata: owner-only (0600), fsynced, atomically renamed.
 
     Raises KeyFileError if the file exists and overwrite is False, or if it cannot be written.
@@ -772,7 +778,7 @@ def _check_tensors(header: dict, expected: dict[str, tuple[tuple[int, ...], str]
                            f"architecture needs {needed:,} (truncated or padded)")
 
 
-def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedKey:
+def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Key:
     """Read a key file written by save_key: checks format, architecture, tensor names, shapes and dtypes.
 
     Everything is checked on the header first, before the tensors are read or any memory is spent on
@@ -807,10 +813,31 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise KeyFileError(f"{source} is damaged: tensor {name} holds NaN or infinite values")
-    fingerprint = key_fingerprint(tensors)
     scramble = Scramble(bytes(tensors.pop(SCRAMBLE_SECRET_TENSOR).tolist())).to(device) if scrambles else None
     with torch.device("meta"):  # the loaded tensors become the parameters: nothing is allocated twice
         generator = KeyGenerator(ngf, blocks, norm)
     generator.load_state_dict(tensors, assign=True)
     generator.to(device).freeze()
-    return LoadedKey(generator, dict(metadata), fingerprint, source, scramble)
+    return Key(generator, dict(metadata), scramble, path=source)
+
+
+def find_key(fingerprint: str, folders: Sequence[Path], device: str | torch.device = "cpu",
+             on_unusable: Callable[[str], None] = lambda reason: None) -> Key:
+    """The key in `folders` (their *.safetensors files) whose fingerprint matches, loaded.
+
+    A file there that is not a usable key (foreign, damaged, a pipe, too large) is skipped, its
+    reason passed to on_unusable. Raises KeyFileError if no key matches.
+    """
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for candidate in sorted(folder.glob("*.safetensors")):
+            try:
+                loaded = load_key(candidate, device=device)
+            except KeyFileError as unusable:
+                on_unusable(str(unusable))
+                continue
+            if loaded.fingerprint == fingerprint:
+                return loaded
+    searched = ", ".join(str(folder) for folder in folders)
+    raise KeyFileError(f"no key with fingerprint {fingerprint[:16]}… in {searched}; give it with --key")

@@ -27,7 +27,7 @@ class Manifest:
     """What `avp encrypt` did: target, key fingerprint, settings, and one entry per input file.
 
     It never holds the key's path or seed: an output folder may be handed to an untrusted party.
-    `complete` is False while a run is under way (the manifest is rewritten after every batch);
+    `complete` is False while a run is under way (the manifest is rewritten as the run goes);
     `shard` ("i/n") marks one process's part of a sharded run; `run` names an anonymized run's
     id → name map, which is kept outside the output folder.
     """

@@ -20,10 +20,11 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from avpcli import evaluate
-from avpcli.engine import AttackSettings, decrypt_batch, quantize
+from avpcli.engine import decrypt_batch, quantize
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
 from avpcli.images import atomic_write_bytes, contact_sheet, contained_path, find_images, read_png, to_pil
-from avpcli.jobs import EncryptJob, EventCallback, encrypt_folder
+from avpcli.encryptor import Encryptor
+from avpcli.jobs import EventCallback
 from avpcli.manifest import read_manifest
 from avpcli.metrics import colour_mean_correlation, lowpass_correlation, ssim
 from avpcli.targets import TargetSpec
@@ -179,7 +180,7 @@ def read_pairs(originals: Path, encrypted: Path, spec: TargetSpec, device: str =
                aligned: Path | None = None) -> PairedImages:
     """Pair every ciphertext in an encrypted folder (its manifest) with its aligned original.
 
-    `originals` is either the folder of aligned originals (EncryptJob.aligned_output: files named like
+    `originals` is either the folder of aligned originals (FolderRun.aligned_output: files named like
     the ciphertexts) or the folder that was encrypted, whose files are then aligned again the way the
     manifest records.
     """
@@ -214,22 +215,8 @@ def read_pairs(originals: Path, encrypted: Path, spec: TargetSpec, device: str =
     return PairedImages(names, torch.stack(plain), torch.stack(cipher), sources, skipped)
 
 
-@dataclass
-class Encryptor:
-    """What encrypting a selection needs: the target, its spec, a key and the attack settings."""
-
-    spec: TargetSpec
-    target: nn.Module
-    key: nn.Module
-    key_fingerprint: str
-    settings: AttackSettings
-    device: str = "cpu"
-    batch_size: int = 8
-    noise_seed: int = 0
-
-
 def encrypt_selection(files: dict[str, Path], work: Path, encryptor: Encryptor,
-                      on_event: EventCallback = lambda event: None) -> PairedImages:
+                      on_event: EventCallback = lambda event: None, noise_seed: int = 0) -> PairedImages:
     """Encrypt chosen files (relative name → path) into `work/encrypted`, aligned originals into `work/aligned`.
 
     The selection is a folder of symbolic links (`work/selection`), so outputs keep the relative
@@ -243,11 +230,8 @@ def encrypt_selection(files: dict[str, Path], work: Path, encryptor: Encryptor,
             if link.is_symlink():
                 link.unlink()
             os.symlink(path.resolve(), link)
-    job = EncryptJob(inputs=[selection], output=work / "encrypted", spec=encryptor.spec, target=encryptor.target,
-                     key=encryptor.key, key_fingerprint=encryptor.key_fingerprint, settings=encryptor.settings,
-                     batch_size=encryptor.batch_size, device=encryptor.device, noise_seed=encryptor.noise_seed,
-                     aligned_output=work / "aligned", follow_links=True)  # the selection's links are ours
-    encrypt_folder(job, on_event)
+    encryptor.encrypt_folder([selection], work / "encrypted", on_event, noise_seed=noise_seed,
+                             aligned_output=work / "aligned", follow_links=True)  # the selection's links are ours
     # Ciphertexts kept from an earlier run may have no aligned original saved: those are aligned again.
     return read_pairs(selection, work / "encrypted", encryptor.spec, encryptor.device, aligned=work / "aligned")
 
@@ -838,7 +822,7 @@ def key_recovery_report(training: PairedImages, held_out: PairedImages, key: nn.
     return Report("key-recovery", data, markdown, {"contact-sheet": sheet})
 
 
-__all__ = ["Report", "PairedImages", "Encryptor", "read_pairs", "encrypt_selection", "quality_report",
+__all__ = ["Report", "PairedImages", "read_pairs", "encrypt_selection", "quality_report",
            "identification_report", "classification_report", "cross_key_report", "attack_report",
            "statistics_report", "split_identities", "class_folders", "markdown_table", "histogram_picture",
            "privacy_report", "key_recovery_report", "load_gallery", "fit_observer_transform", "Observer", "Gallery"]

@@ -231,7 +231,7 @@ def test_custom_model_options_are_refused_for_registered_targets(tmp_path, photo
 
 def test_lowpass_bar_is_checked_and_recorded(tmp_path, photo_folder, tiny_key_file):
     refused = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "refused", "--max-lowpass-correlation", "1.5")
-    assert refused.exit_code == 2 and "--max-lowpass-correlation" in refused.stderr
+    assert refused.exit_code == 2 and "low-pass correlation bar must be between 0 and 1" in refused.stderr
     accepted = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--max-lowpass-correlation", "0.3")
     assert accepted.exit_code == 0, accepted.stderr
     files = json.loads((tmp_path / "enc" / "avp-manifest.json").read_text())["files"]

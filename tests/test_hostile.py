@@ -321,11 +321,11 @@ import avpcli.jobs as jobs
 inside, go = Path(sys.argv[1]), Path(sys.argv[2])
 encrypt_owned = jobs._encrypt_owned
 
-def held(job, on_event):
+def held(encryptor, run, on_event):
     inside.write_text("holding")
     while not go.exists():
         time.sleep(0.02)
-    return encrypt_owned(job, on_event)
+    return encrypt_owned(encryptor, run, on_event)
 
 jobs._encrypt_owned = held
 from avpcli.cli import app

@@ -237,14 +237,14 @@ def test_each_kind_of_bad_input_fails_alone_with_its_reason(tmp_path, tiny_key_f
         locked.chmod(0)
     with Image.open(tmp_path / "in" / "trouble.png") as opened:
         trouble = opened.convert("RGB").tobytes()
-    real_fit = avpcli.jobs.fit_to_size
+    real_fit = avpcli.encryptor.fit_to_size
 
     def fit_with_a_bug(image, size):  # a bug in avp while preparing one file must not stop the run
         if image.tobytes() == trouble:
             raise RuntimeError("boom")
         return real_fit(image, size)
 
-    monkeypatch.setattr(avpcli.jobs, "fit_to_size", fit_with_a_bug)
+    monkeypatch.setattr(avpcli.encryptor, "fit_to_size", fit_with_a_bug)
 
     result = encrypt(tmp_path / "in", tiny_key_file, tmp_path / "out")
     assert result.exit_code == 1 and "Traceback" not in result.output
