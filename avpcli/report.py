@@ -168,6 +168,21 @@ class PairedImages:
         return PairedImages([self.names[i] for i in indices], self.originals[index], self.encrypted[index],
                             [self.sources[i] for i in indices] if self.sources else [])
 
+    def split(self, held_out: int | None, training: int | None = None) -> tuple["PairedImages", "PairedImages"]:
+        """(the attacker's pairs, the held-out pairs): the last `held_out` pairs in order are held out
+        (None: all beyond the `training` first); the attacker gets the first `training` of the rest
+        (None: all of them). UsageError where the counts do not fit the pairs there are."""
+        total = len(self.names)
+        kept_out = total - (training or 0) if held_out is None else held_out
+        if not 1 <= kept_out < total:
+            raise UsageError(f"{total} pairs cannot keep {kept_out} held out and give the attacker at least one")
+        available = total - kept_out
+        if training is not None and not 1 <= training <= available:
+            raise UsageError(f"{total} pairs cannot give the attacker {training} and keep {kept_out} held out; "
+                             f"at most {available}")
+        return (self.subset(range(available if training is None else training)),
+                self.subset(range(available, total)))
+
 
 def prepare_original(path: Path, spec: TargetSpec, align: str = "auto", device: str = "cpu") -> list[torch.Tensor]:
     """What the target sees of one file, exactly as `avp encrypt` prepares it (one tensor per face)."""

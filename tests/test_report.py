@@ -300,3 +300,21 @@ def test_observer_transform_fitted_on_lfw_photos_lines_a_dlib_chip_up_with_an_ar
     # The same face, resampled once more: close to the chip cut from the photo, far from another face's.
     assert ssim(moved, direct).min() > 0.6
     assert ssim(moved, direct.roll(1, dims=0)).max() < 0.4
+
+
+def test_pairs_split_into_the_attackers_and_the_held_out():
+    from avpcli.errors import UsageError
+    from avpcli.report import PairedImages
+
+    images = torch.rand(6, 3, 4, 4)
+    pairs = PairedImages([f"p{i}" for i in range(6)], images, images.flip(0), [f"s{i}" for i in range(6)])
+    training, testing = pairs.split(held_out=2)
+    assert training.names == ["p0", "p1", "p2", "p3"] and testing.names == ["p4", "p5"]
+    training, testing = pairs.split(held_out=2, training=3)
+    assert training.names == ["p0", "p1", "p2"] and testing.names == ["p4", "p5"]
+    training, testing = pairs.split(held_out=None, training=4)
+    assert training.names == ["p0", "p1", "p2", "p3"] and testing.names == ["p4", "p5"]
+    assert torch.equal(testing.encrypted, images.flip(0)[4:])
+    for held_out, count in ((0, None), (6, None), (2, 5), (None, 6), (2, 0)):
+        with pytest.raises(UsageError):
+            pairs.split(held_out, count)
