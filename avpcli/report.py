@@ -679,12 +679,16 @@ def privacy_report(pairs: PairedImages, spec: TargetSpec, key: nn.Module, observ
     leaks = evaluate.leak_correlations(pairs.encrypted, pairs.originals)
     colour = colour_mean_correlation(pairs.encrypted, pairs.originals) if count >= 2 else float("nan")
 
+    # The control: uniform noise of the same size, one image per ciphertext and given its identity. A
+    # detector or an observer scores on it by chance alone (MTCNN finds "faces" in blurred noise), so a
+    # ciphertext leaks only where it scores above the noise.
+    noise = quantize(torch.rand(pairs.encrypted.shape, generator=torch.Generator().manual_seed(0)))
     filters: dict[str, dict[str, Any]] = {}
     ranks: dict[str, dict[str, list[int | None]]] = {}
     for reveal in evaluate.REVEAL_FILTERS:
         row: dict[str, Any] = {"description": reveal.description}
         ranks[reveal.name] = {}
-        for side, images in (("encrypted", pairs.encrypted), ("original", pairs.originals)):
+        for side, images in (("encrypted", pairs.encrypted), ("original", pairs.originals), ("noise", noise)):
             filtered = reveal.apply(images)
             if detect:
                 row[f"detection_{side}"] = evaluate.detection_rate(faces_found(filtered, device))
@@ -712,24 +716,26 @@ def privacy_report(pairs: PairedImages, spec: TargetSpec, key: nn.Module, observ
                     ["colour-mean r across the set (per-image mean R, G, B)", colour, "—"]])
                 + "\nNear 0: that view of a ciphertext shows nothing of its original; near 1 it shows it.\n")
     headers, table = ["filter"], []
+    sides = ("encrypted", "original", "noise")
     if detect:
-        headers += ["MTCNN finds a face: ciphertexts", "originals"]
+        headers += ["MTCNN finds a face: ciphertexts", "originals", "noise (control)"]
     if observer is not None:
-        headers += ["observer top-1: ciphertexts", "top-10", "median rank", "top-1: originals", "top-10",
-                    "median rank"]
+        headers += [f"observer {measure}: {label}" if index == 0 else measure
+                    for label in ("ciphertexts", "originals", "noise (control)")
+                    for index, measure in enumerate(("top-1", "top-10", "median rank"))]
     for name, row in filters.items():
         cells: list[Any] = [f"{name}: {row['description']}"]
         if detect:
-            cells += [percent(row["detection_encrypted"]) + " %", percent(row["detection_original"]) + " %"]
+            cells += [percent(row[f"detection_{side}"]) + " %" for side in sides]
         if observer is not None:
-            for side in ("encrypted", "original"):
+            for side in sides:
                 summary = row[f"observer_{side}"]
                 cells += [percent(summary["top1"]) + " %", percent(summary["top10"]) + " %", summary["median_rank"]]
         table.append(cells)
     chance = evaluate.chance_ranks(identity_count) if identity_count else None
     if chance is not None:
         guess = [percent(chance["top1"]) + " %", percent(chance["top10"]) + " %", chance["median_rank"]]
-        table.append(["chance (a guess)"] + (["", ""] if detect else []) + guess + guess)
+        table.append(["chance (a guess)"] + (["", "", ""] if detect else []) + guess * 3)
     if detect or observer is not None:
         markdown += "\n## Filters a person would try\n\n" + markdown_table(headers, table)
     if observer is not None:

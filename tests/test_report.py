@@ -228,6 +228,8 @@ def test_privacy_report_ranks_filtered_images_and_leaves_the_same_photo_out():
     assert all(rank in (1, 2, 3) for rank in result.data["per_image"]["best_rank"])
     assert "detection_encrypted" not in filters["none"]
     assert "fewer than 300" in result.markdown and "chance" in result.markdown
+    # The control: uniform noise given the same identities, ranked like the ciphertexts.
+    assert filters["none"]["observer_noise"]["queries"] == 3 and "noise (control)" in result.markdown
     # original | ciphertext | best filter | decrypted, 3 rows of 32-pixel images with 4-pixel gaps.
     assert result.pictures["contact-sheet"].size == (4 * 36 + 4, 3 * 36 + 4)
     # Without a gallery: the leak correlations and the sheet (with the classic blur), no observer.
@@ -255,6 +257,7 @@ def test_privacy_and_key_recovery_end_to_end_on_tiny_embedding(tmp_path, tiny_ke
     # Every original's identity has two other photos in the gallery: all are ranked, among 2 identities.
     assert data["filters"]["none"]["observer_original"]["queries"] == 5
     assert 0.0 <= data["filters"]["blur3-grey"]["detection_encrypted"] <= 1.0
+    assert 0.0 <= data["filters"]["blur3-grey"]["detection_noise"] <= 1.0
     assert data["per_image"]["identities"] == ["Ann_Lee"] * 3 + ["Bo_Chan"] * 2
     assert (privacy / "privacy-contact-sheet.png").is_file()
 
