@@ -483,12 +483,22 @@ def attack_report(training: PairedImages, held_out: PairedImages, other_key_pair
     same = evaluate.decryption_ssim(held_out.encrypted, held_out.originals, attacker)
     other = evaluate.decryption_ssim(other_key_pairs.encrypted, other_key_pairs.originals, attacker)
     on_training = evaluate.decryption_ssim(training.encrypted, training.originals, attacker)
+    # What an attacker scores without looking at the ciphertext: the mean of its training originals
+    # (an average face) against each held-out original. Above this, the ciphertext told it something.
+    average = training.originals.float().mean(dim=0, keepdim=True)
+    guess = [float(value) for value in ssim(average.expand_as(held_out.originals), held_out.originals.float())]
+    guess_other = [float(value) for value in
+                   ssim(average.expand_as(other_key_pairs.originals), other_key_pairs.originals.float())]
     summaries = {"training pairs (key A)": evaluate.summarize(on_training),
                  "held-out (key A)": evaluate.summarize(same),
-                 "other key (key B)": evaluate.summarize(other)}
+                 "other key (key B)": evaluate.summarize(other),
+                 "no ciphertext: the training originals' mean vs the held-out originals": evaluate.summarize(guess),
+                 "no ciphertext: the same mean vs key B's originals": evaluate.summarize(guess_other)}
     markdown = (f"# Paired-data attack: a generator trained on {len(training.names)} key-A pairs, {steps} steps\n\n"
                 + markdown_table(["ciphertexts", "images", "SSIM(attacker(x'), x) mean", "min", "max"],
-                                 [[name, s["count"], s["mean"], s["min"], s["max"]] for name, s in summaries.items()]))
+                                 [[name, s["count"], s["mean"], s["min"], s["max"]] for name, s in summaries.items()])
+                + "\nThe last rows are the control: what a guess that ignores the ciphertext scores. An attacker "
+                "learns something from ciphertexts only where it beats them.\n")
     shown = min(4, len(held_out.names), len(other_key_pairs.names))
     rows = []
     for i in range(shown):
@@ -499,7 +509,9 @@ def attack_report(training: PairedImages, held_out: PairedImages, other_key_pair
     markdown += ("\nContact sheet: key-A original | ciphertext | attacker's output, then the same for key B.\n"
                  if rows else "")
     data = {"steps": steps, "training_pairs": len(training.names), "summary": summaries,
-            "held_out": dict(zip(held_out.names, same)), "other_key": dict(zip(other_key_pairs.names, other))}
+            "held_out": dict(zip(held_out.names, same)), "other_key": dict(zip(other_key_pairs.names, other)),
+            "mean_original_guess": {"held_out": dict(zip(held_out.names, guess)),
+                                    "other_key": dict(zip(other_key_pairs.names, guess_other))}}
     return Report("attack", data, markdown, pictures)
 
 

@@ -321,3 +321,18 @@ def test_pairs_split_into_the_attackers_and_the_held_out():
     for held_out, count in ((0, None), (6, None), (2, 5), (None, 6), (2, 0)):
         with pytest.raises(UsageError):
             pairs.split(held_out, count)
+
+
+def test_the_attack_report_scores_a_guess_that_ignores_the_ciphertext(tiny_key_file):
+    from avpcli.key import load_key
+    from avpcli.report import PairedImages, attack_report
+
+    face = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)).expand(4, 3, 32, 32).clone()
+    noise = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    pairs = PairedImages([f"p{i}" for i in range(4)], face, noise)
+    result = attack_report(pairs.subset([0, 1]), pairs.subset([2, 3]), pairs.subset([2]),
+                           load_key(tiny_key_file).model, steps=1)
+    # Every original is the same face: their mean is that face, and the guess scores SSIM 1.
+    guessed = result.data["mean_original_guess"]
+    assert list(guessed["held_out"].values()) == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert "no ciphertext" in result.markdown and len(guessed["other_key"]) == 1
