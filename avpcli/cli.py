@@ -477,6 +477,7 @@ IterationsOption = Annotated[Optional[int], typer.Option(help="Most optimization
 WorkOption = Annotated[Optional[Path], typer.Option(
     help="Where the selection, its ciphertexts and aligned originals go (default: --out); ciphertexts "
          "already there are reused.")]
+RecipeOption = Annotated[str, typer.Option(help="How the images are encrypted: 'tuned' or 'research' (see `avp encrypt --recipe`).")]
 OriginalsArgument = Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")]
 EncryptedArgument = Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")]
 
@@ -553,6 +554,7 @@ def evaluate_identification(
     gallery_plain: Annotated[bool, typer.Option("--gallery-plain", help="Skip AVP-ALL (do not encrypt the gallery).")] = False,
     gallery_size: Annotated[Optional[int], typer.Option("--gallery", help="Use only the first N gallery images (sorted by identity and file) to save time; the report states N (default: all).")] = None,
     iterations: IterationsOption = None,
+    recipe: RecipeOption = "tuned",
     precision: PrecisionOption = "auto",
     work: WorkOption = None,
     device: DeviceOption = "auto",
@@ -566,7 +568,7 @@ def evaluate_identification(
             if gallery_size < 1:
                 raise UsageError("--gallery must be at least 1")
             gallery = gallery[:gallery_size]
-        encryptor = _encryptor(target, key, weights, device, iterations, precision)
+        encryptor = _encryptor(target, key, weights, device, iterations, precision, recipe)
         with _progress() as progress:
             report = identification_report(probes, gallery, encryptor, work or out, turns, not gallery_plain,
                                            _report_events(progress, f"encrypting for {target}"))
@@ -583,6 +585,7 @@ def evaluate_classification(
     weights: WeightsOption = None,
     per_class: Annotated[Optional[int], typer.Option(help="Images per class (default: all).")] = None,
     iterations: IterationsOption = None,
+    recipe: RecipeOption = "tuned",
     precision: PrecisionOption = "auto",
     work: WorkOption = None,
     device: DeviceOption = "auto",
@@ -591,7 +594,7 @@ def evaluate_classification(
     from avpcli.report import classification_report
 
     with domain_errors():
-        encryptor = _encryptor(target, key, weights, device, iterations, precision)
+        encryptor = _encryptor(target, key, weights, device, iterations, precision, recipe)
         with _progress() as progress:
             report = classification_report(dataset, encryptor, work or out, per_class,
                                            _report_events(progress, f"encrypting for {target}"))
@@ -632,6 +635,7 @@ def evaluate_attack(
     pairs_count: Annotated[Optional[int], typer.Option("--pairs", help="Train on the first N of the other pairs (default: all of them).")] = None,
     steps: Annotated[int, typer.Option(help="Attacker training steps.")] = 200,
     iterations: IterationsOption = None,
+    recipe: RecipeOption = "tuned",
     precision: PrecisionOption = "auto",
     device: DeviceOption = "auto",
 ) -> None:
@@ -639,7 +643,7 @@ def evaluate_attack(
     from avpcli.report import attack_report, encrypt_selection, read_pairs
 
     with domain_errors():
-        encryptor_b = _encryptor(target, other_key, weights, device, iterations, precision)
+        encryptor_b = _encryptor(target, other_key, weights, device, iterations, precision, recipe)
         pairs = read_pairs(originals, encrypted, encryptor_b.spec, encryptor_b.device)
         if not 1 <= held_out < len(pairs.names):
             raise UsageError(f"--held-out must be between 1 and {len(pairs.names) - 1} (there are {len(pairs.names)} pairs)")
