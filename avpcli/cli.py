@@ -12,13 +12,14 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, Literal, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from avpcli import __version__
 from avpcli.errors import AvpError, ImageError, KeyFileError, UsageError
@@ -78,6 +79,47 @@ def _say(prefix: str, text: str, console: Console = stderr) -> None:
 
 def _say_failed(event, console: Console = stderr) -> None:
     _say("[red]failed:[/]", f"{event.source}: {event.reason}", console)
+
+
+def _json_line(event) -> str:
+    """A finished or failed file as one line of JSON: source, output (its path), status, reason, whether an
+    earlier run had done it (skipped), then the rest of its manifest entry (an encryption's figures)."""
+    entry = dict(event.entry or {})
+    record = {"source": event.source, "output": str(event.output) if event.output is not None else None,
+              "status": entry.pop("status", "failed" if event.kind == "failed" else "ok"),
+              "reason": entry.pop("reason", None) or event.reason or None, "skipped": event.kind == "skipped"}
+    record.update((field, value) for field, value in entry.items() if field not in ("source", "output"))
+    # ensure_ascii: every name, whatever its bytes, reads back from a line that is safe on a terminal.
+    return json.dumps(record, ensure_ascii=True)
+
+
+class EventPrinter:
+    """Reports a run's events as they come, and counts them: a failure as one stderr line, each finished
+    file on stdout (`stdout`: "paths", one path a line or NUL-ended with `null`; "json", one JSON
+    object a line; "none") and progress on a bar of `progress`, if given, described by `description`."""
+
+    def __init__(self, stdout: Literal["paths", "json", "none"] = "none", null: bool = False,
+                 progress: Progress | None = None, description: str = "") -> None:
+        self.stdout, self.null, self.progress = stdout, null, progress
+        self.console = progress.console if progress is not None else stderr
+        self.task = progress.add_task(description, total=None) if progress is not None else None
+        self.finished = self.failed = self.missed_bars = 0
+
+    def __call__(self, event) -> None:
+        if event.kind == "progress":
+            if self.progress is not None:
+                self.progress.update(self.task, completed=event.done, total=event.total)
+            return
+        if event.kind == "failed":
+            self.failed += 1
+            _say_failed(event, self.console)
+        else:
+            self.finished += 1
+            self.missed_bars += event.missed_bars
+            if self.stdout == "paths":
+                _echo_path(event.output, self.null)
+        if self.stdout == "json":
+            typer.echo(_json_line(event))  # echo flushes: a reader downstream gets each file at once
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -243,7 +285,8 @@ def _custom_options(target: str, input_size, mean, std, channels: str, loss: str
     )
 
 
-NullOption = Annotated[bool, typer.Option("--null", "-0", help="End each output path with a NUL byte instead of a newline, and print names exactly as they are (for xargs -0; by default control characters and backslashes are escaped so that each path is one line).")]
+NullOption = Annotated[bool, typer.Option("--null", "-0", help="End each output path with a NUL byte instead of a newline, and print names exactly as they are (for xargs -0; by default control characters and backslashes are escaped so that each path is one line). With - as the input, also read the input paths NUL-separated (for find -print0); with --json, only that.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object a line (NDJSON) per file as it finishes, instead of its output path: source, output, status, reason, skipped (done by an earlier run) and the rest of its manifest entry (for encrypt, the figures).")]
 PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
 
 
@@ -259,13 +302,32 @@ def _load_key_or_fail(path: Path, device: str):
     return load_key(path, device=device)
 
 
+def _reads_stdin(inputs: list[Path], null: bool, as_json: bool, out: Optional[Path]) -> bool:
+    """Whether the inputs are `-` (paths on stdin); UsageError for what does not go together with it."""
+    listed = Path("-") in inputs
+    if listed and len(inputs) > 1:
+        raise UsageError("- reads every input path from stdin: give it alone")
+    if listed and out is None:
+        raise UsageError("with - (input paths from stdin), give --out")
+    if null and as_json and not listed:
+        raise UsageError("--null and --json do not go together: the JSON lines hold every name safely")
+    return listed
+
+
+def _stdin_paths(null: bool) -> list[Path]:
+    """The paths on stdin, one a line or (null) NUL-separated; empty ones are ignored. Names that are
+    not UTF-8 keep their bytes (os.fsdecode)."""
+    data = typer.get_binary_stream("stdin").read()
+    return [Path(os.fsdecode(name)) for name in data.split(b"\0" if null else b"\n") if name]
+
+
 @app.command()
 def encrypt(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively, sorted).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively, sorted); - reads image file paths from stdin, one a line (NUL-separated with --null), and needs --out: each that is missing or no image fails alone.")],
     *,
     target: Annotated[str, typer.Option(help="Target model name (see `avp targets`).")],
     key: Annotated[Path, typer.Option(help="Key file from `avp keygen`.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <input>-encrypted beside the input).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <input>-encrypted beside the input; required with -).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="The target's weights file, where it needs one.")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Most optimization steps per image (default: 800, the research code's K; most images stop far sooner).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images optimized together.")] = 8,
@@ -285,7 +347,7 @@ def encrypt(
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: skip them, resuming).")] = False,
     anonymize: Annotated[bool, typer.Option(help="Name outputs by random ids; the id → name map goes beside the key, not into --out.")] = False,
     names_map: Annotated[Optional[Path], typer.Option(help="With --anonymize: where to write the id → name map (default: <key>.names-<run>.json).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
+    as_json: JsonOption = False,
     null: NullOption = False,
     follow_links: Annotated[bool, typer.Option("--follow-links", help="Encrypt files that an input folder holds as symbolic links to places outside it (default: each fails with its reason).")] = False,
     precision: PrecisionOption = "auto",
@@ -300,8 +362,7 @@ def encrypt(
     from avpcli.encryptor import NO_SCRAMBLE_WARNING, Encryptor
 
     with domain_errors():
-        if null and as_json:
-            raise UsageError("--null and --json do not go together: the JSON manifest holds every name safely")
+        listed = _reads_stdin(inputs, null, as_json, out)
         options = _custom_options(target, input_size, mean, std, channels, loss)
         shard_index = _parse_shard(shard)
         output = out if out is not None else inputs[0].with_name(inputs[0].stem + "-encrypted")
@@ -312,34 +373,20 @@ def encrypt(
             iterations=iterations, key_weight=key_weight, variance_weight=variance_weight, leak_weight=leak_weight)
         if recipe == "tuned" and not encryptor.key_scrambles:
             stderr.print(f"[yellow]warning:[/] {NO_SCRAMBLE_WARNING}", highlight=False)
-        # What this run did; the manifest also lists files of earlier runs into the same folder.
-        counts = {"failed": 0, "ok": 0, "missed": 0}
+        # Read once the options are known to be good: a usage error does not wait for the writer upstream.
+        paths = _stdin_paths(null) if listed else inputs
         with _progress() as progress:
-            task = progress.add_task(f"encrypting for {target}", total=None)
-
-            def on_event(event) -> None:
-                if event.kind == "progress":
-                    progress.update(task, completed=event.done, total=event.total)
-                elif event.kind == "failed":
-                    counts["failed"] += 1
-                    _say_failed(event, progress.console)
-                elif event.kind in ("written", "skipped"):
-                    counts["ok"] += 1
-                    counts["missed"] += event.missed_bars
-                    if not as_json:
-                        _echo_path(event.output, null)
-
-            manifest = encryptor.encrypt_folder(
-                inputs, output, on_event, align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed,
+            # What this run did; the manifest also lists files of earlier runs into the same folder.
+            printer = EventPrinter("json" if as_json else "paths", null, progress, f"encrypting for {target}")
+            encryptor.encrypt_folder(
+                paths, output, printer, align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed,
                 overwrite=overwrite, shard=shard_index, anonymize=anonymize, names_map=names_map, key_path=key,
-                follow_links=follow_links)
-    if as_json:
-        typer.echo(manifest.to_json(), nl=False)
-    if counts["missed"]:
-        stderr.print(f"[yellow]note:[/] {counts['missed']} image(s) did not meet every quality bar within the "
+                follow_links=follow_links, listed=listed)
+    if printer.missed_bars:
+        stderr.print(f"[yellow]note:[/] {printer.missed_bars} image(s) did not meet every quality bar within the "
                      f"iterations allowed; their figures are in the manifest")
-    _say(f"{counts['ok']} encrypted, {counts['failed']} failed ->", str(output))
-    if counts["failed"]:
+    _say(f"{printer.finished} encrypted, {printer.failed} failed ->", str(output))
+    if printer.failed:
         raise typer.Exit(1)
 
 
@@ -349,59 +396,70 @@ def encrypt(
 
 @app.command()
 def decrypt(
-    encrypted: Annotated[Path, typer.Argument(help="A folder written by `avp encrypt` (with its avp-manifest.json).")],
+    inputs: Annotated[list[Path], typer.Argument(help="A folder written by `avp encrypt` (with its avp-manifest.json), or ciphertext PNG files, decrypted one by one at their own size (they need --key and --out; one that a manifest beside it lists is held to that manifest); - reads the files' paths from stdin, one a line (NUL-separated with --null).")],
     *,
-    key: Annotated[Optional[Path], typer.Option(help="Key file (default: the key in keys/ whose fingerprint the manifest names).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <folder>-decrypted beside it).")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="Key file (default for a folder: the key in keys/ whose fingerprint the manifest names; required for files).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default for a folder: <folder>-decrypted beside it; required for files).")] = None,
     force: Annotated[bool, typer.Option(help="Decrypt even with a key whose fingerprint differs from the manifest's.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images decrypted together.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: keep those an earlier run with this key finished, resuming).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of output paths.")] = False,
+    as_json: JsonOption = False,
     null: NullOption = False,
 ) -> None:
-    """Decrypt a folder with the key: writes the images as PNGs and avp-manifest.json; prints one path per output."""
-    from avpcli.jobs import DecryptJob, decrypt_folder
+    """Decrypt a folder or ciphertext files with the key: writes the images as PNGs and avp-manifest.json; prints one path per output."""
+    from avpcli.jobs import DecryptFilesJob, DecryptJob, decrypt_files, decrypt_folder, uses_scramble
     from avpcli.key import find_key
     from avpcli.manifest import read_manifest
 
     with domain_errors():
-        if null and as_json:
-            raise UsageError("--null and --json do not go together: the JSON manifest holds every name safely")
-        manifest = read_manifest(encrypted)
+        listed = _reads_stdin(inputs, null, as_json, out)
+        folder = None if listed or len(inputs) != 1 or not inputs[0].is_dir() else inputs[0]
+        if folder is None:
+            _check_ciphertext_files(inputs, listed, key, out)
         resolved_device = resolve_device(device)
-        if key is not None:
+        printer = EventPrinter("json" if as_json else "paths", null)
+        if folder is None:
             loaded = _load_key_or_fail(key, resolved_device)
-            if loaded.fingerprint != manifest.key_fingerprint:
-                if not force:
-                    raise KeyFileError(
-                        f"{key} is not the key these images were encrypted with (fingerprint "
-                        f"{loaded.fingerprint[:16]}… vs {manifest.key_fingerprint[:16]}… in the manifest); "
-                        "use --force to decrypt anyway")
-                stderr.print("[yellow]warning:[/] decrypting with a key that does not match the manifest")
+            files = _stdin_paths(null) if listed else inputs
+            decrypt_files(DecryptFilesJob(files=files, output=out, key=loaded, batch_size=batch_size,
+                                          device=resolved_device, overwrite=overwrite, force=force), printer)
         else:
-            loaded = find_key(manifest.key_fingerprint, [default_key_folder()], resolved_device,
-                              on_unusable=lambda reason: _say("[yellow]warning:[/]", f"skipped: {reason}"))
-        output = out if out is not None else encrypted.with_name(encrypted.name + "-decrypted")
-        # Ciphertexts of `--recipe research` were made for G alone (the manifest says so).
-        key_model = loaded.model_for(scramble=loaded.scrambles and manifest.settings.get("key_scramble", True) is not False)
-        job = DecryptJob(encrypted=encrypted, output=output, key=key_model, key_fingerprint=loaded.fingerprint,
-                         batch_size=batch_size, device=resolved_device, manifest=manifest, overwrite=overwrite)
-        failures = 0
-
-        def on_event(event) -> None:
-            nonlocal failures
-            if event.kind == "failed":
-                failures += 1
-                _say_failed(event)
-            elif event.kind in ("written", "skipped") and not as_json:
-                _echo_path(event.output, null)
-
-        result = decrypt_folder(job, on_event)
-    if as_json:
-        typer.echo(result.to_json(), nl=False)
-    if failures:
+            manifest = read_manifest(folder)
+            if key is not None:
+                loaded = _load_key_or_fail(key, resolved_device)
+                if loaded.fingerprint != manifest.key_fingerprint:
+                    if not force:
+                        raise KeyFileError(
+                            f"{key} is not the key these images were encrypted with (fingerprint "
+                            f"{loaded.fingerprint[:16]}… vs {manifest.key_fingerprint[:16]}… in the manifest); "
+                            "use --force to decrypt anyway")
+                    stderr.print("[yellow]warning:[/] decrypting with a key that does not match the manifest")
+            else:
+                loaded = find_key(manifest.key_fingerprint, [default_key_folder()], resolved_device,
+                                  on_unusable=lambda reason: _say("[yellow]warning:[/]", f"skipped: {reason}"))
+            output = out if out is not None else folder.with_name(folder.name + "-decrypted")
+            job = DecryptJob(encrypted=folder, output=output,
+                             key=loaded.model_for(scramble=uses_scramble(loaded, manifest)),
+                             key_fingerprint=loaded.fingerprint, batch_size=batch_size, device=resolved_device,
+                             manifest=manifest, overwrite=overwrite)
+            decrypt_folder(job, printer)
+    if printer.failed:
         raise typer.Exit(1)
+
+
+def _check_ciphertext_files(inputs: list[Path], listed: bool, key: Optional[Path], out: Optional[Path]) -> None:
+    """UsageError for what decrypting files one by one cannot do without."""
+    if not listed:
+        for given in inputs:
+            if given.is_dir():
+                raise UsageError(f"{given} is a folder: give one folder written by `avp encrypt`, or ciphertext files")
+            if not given.exists() and not given.is_symlink():
+                raise UsageError(f"input not found: {given}")
+    if key is None:
+        raise UsageError("give --key to decrypt files: only a folder's manifest names the key to look for")
+    if out is None:
+        raise UsageError("give --out: the folder where the decrypted files go")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,40 +480,42 @@ def demo(
         resolved_device = resolve_device(device)
         key_path = demo_key_path()
         if not key_path.exists():
-            stderr.print(f"training the demo key (once; cached at {key_path})")
-        failures = 0
+            _say("training the demo key", f"(once; cached at {key_path})")
         with _progress() as progress:
             training = progress.add_task("training key", total=None, visible=not key_path.exists())
-            encrypting = progress.add_task("encrypting for dlib", total=None)
-
-            def on_event(event) -> None:
-                nonlocal failures
-                if event.kind == "progress":
-                    progress.update(encrypting, completed=event.done, total=event.total)
-                elif event.kind == "failed":
-                    failures += 1
-                    _say_failed(event, progress.console)
-
+            printer = EventPrinter(progress=progress, description="encrypting for dlib")
             result = run_demo(out, images or SAMPLES, resolved_device, key_path,
                               on_training_step=lambda step, total: progress.update(training, completed=step, total=total),
-                              on_event=on_event)
-    table = Table(title="avp demo: dlib target, metrics on the PNGs as written", title_justify="left")
-    for column in ("image", "status", "distance (same person < 0.6)", "SSIM enc (low = hidden)",
-                   "blur corr. (low = hidden)", "SSIM dec (high = recovered)", "iterations"):
-        table.add_column(column)
-    for row in result.rows:
-        if row["status"] == "ok":
-            table.add_row(row["source"], "ok", f"{row['feature_distance']:.3f}", f"{row['ssim_encrypted']:.3f}",
-                          f"{row['lowpass_correlation']:+.2f}", f"{row['ssim_decrypted']:.3f}", str(row["iterations"]))
-        else:
-            table.add_row(row["source"], row["status"], row.get("reason", ""), "", "", "", "")
-    stderr.print(table)
+                              on_event=printer)
+    stderr.print(demo_table(result.rows))
     stderr.print(f"done in {result.seconds:.0f} s; original | encrypted | encrypted, blurred and contrast-stretched "
                  "| decrypted:")
     if result.contact_sheet is not None:
         _echo_path(result.contact_sheet)
-    if failures:
+    if printer.failed:
         raise typer.Exit(1)
+
+
+def demo_table(rows: list[dict]) -> Table:
+    """The demo's figures per image, in 80 columns without cutting a word: one-word headers explained
+    in the caption, figures that never wrap, and a name that folds (only a long one) rather than end
+    in an ellipsis. A file that failed shows its status; its reason is on the failure's own line."""
+    table = Table(title="avp demo: dlib target, figures of the PNGs as written", title_justify="left",
+                  caption="distance < 0.6: the same person; SSIM enc and blur corr low: hidden; "
+                          "SSIM dec high: recovered", caption_justify="left")
+    table.add_column("image", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    for header in ("distance", "SSIM enc", "blur corr", "SSIM dec", "steps"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        # Text, not markup: a file name with [brackets] is shown as it is.
+        name = Text(printable(str(row["source"])))
+        if row["status"] == "ok":
+            table.add_row(name, "ok", f"{row['feature_distance']:.3f}", f"{row['ssim_encrypted']:.3f}",
+                          f"{row['lowpass_correlation']:+.2f}", f"{row['ssim_decrypted']:.3f}", str(row["iterations"]))
+        else:
+            table.add_row(name, Text(printable(str(row["status"]))), "", "", "", "", "")
+    return table
 
 
 # ------------------------------------------------------------------------------------------------
@@ -477,20 +537,9 @@ IterationsOption = Annotated[Optional[int], typer.Option(help="Most optimization
 WorkOption = Annotated[Optional[Path], typer.Option(
     help="Where the selection, its ciphertexts and aligned originals go (default: --out); ciphertexts "
          "already there are reused.")]
+RecipeOption = Annotated[str, typer.Option(help="How the images are encrypted: 'tuned' or 'research' (see `avp encrypt --recipe`).")]
 OriginalsArgument = Annotated[Path, typer.Argument(help="The folder that was encrypted, or its aligned originals.")]
 EncryptedArgument = Annotated[Path, typer.Argument(help="The folder `avp encrypt` wrote (with its manifest).")]
-
-
-def _report_events(progress: Progress, description: str):
-    task = progress.add_task(description, total=None)
-
-    def on_event(event) -> None:
-        if event.kind == "progress":
-            progress.update(task, completed=event.done, total=event.total)
-        elif event.kind == "failed":
-            _say_failed(event, progress.console)
-
-    return on_event
 
 
 def _encryptor(target: str, key: Path, weights: Optional[Path], device: str, iterations: Optional[int],
@@ -553,6 +602,7 @@ def evaluate_identification(
     gallery_plain: Annotated[bool, typer.Option("--gallery-plain", help="Skip AVP-ALL (do not encrypt the gallery).")] = False,
     gallery_size: Annotated[Optional[int], typer.Option("--gallery", help="Use only the first N gallery images (sorted by identity and file) to save time; the report states N (default: all).")] = None,
     iterations: IterationsOption = None,
+    recipe: RecipeOption = "tuned",
     precision: PrecisionOption = "auto",
     work: WorkOption = None,
     device: DeviceOption = "auto",
@@ -566,10 +616,10 @@ def evaluate_identification(
             if gallery_size < 1:
                 raise UsageError("--gallery must be at least 1")
             gallery = gallery[:gallery_size]
-        encryptor = _encryptor(target, key, weights, device, iterations, precision)
+        encryptor = _encryptor(target, key, weights, device, iterations, precision, recipe)
         with _progress() as progress:
             report = identification_report(probes, gallery, encryptor, work or out, turns, not gallery_plain,
-                                           _report_events(progress, f"encrypting for {target}"))
+                                           EventPrinter(progress=progress, description=f"encrypting for {target}"))
         _finish(report, out)
 
 
@@ -583,6 +633,7 @@ def evaluate_classification(
     weights: WeightsOption = None,
     per_class: Annotated[Optional[int], typer.Option(help="Images per class (default: all).")] = None,
     iterations: IterationsOption = None,
+    recipe: RecipeOption = "tuned",
     precision: PrecisionOption = "auto",
     work: WorkOption = None,
     device: DeviceOption = "auto",
@@ -591,10 +642,10 @@ def evaluate_classification(
     from avpcli.report import classification_report
 
     with domain_errors():
-        encryptor = _encryptor(target, key, weights, device, iterations, precision)
+        encryptor = _encryptor(target, key, weights, device, iterations, precision, recipe)
         with _progress() as progress:
             report = classification_report(dataset, encryptor, work or out, per_class,
-                                           _report_events(progress, f"encrypting for {target}"))
+                                           EventPrinter(progress=progress, description=f"encrypting for {target}"))
         _finish(report, out)
 
 
@@ -632,6 +683,7 @@ def evaluate_attack(
     pairs_count: Annotated[Optional[int], typer.Option("--pairs", help="Train on the first N of the other pairs (default: all of them).")] = None,
     steps: Annotated[int, typer.Option(help="Attacker training steps.")] = 200,
     iterations: IterationsOption = None,
+    recipe: RecipeOption = "tuned",
     precision: PrecisionOption = "auto",
     device: DeviceOption = "auto",
 ) -> None:
@@ -639,7 +691,7 @@ def evaluate_attack(
     from avpcli.report import attack_report, encrypt_selection, read_pairs
 
     with domain_errors():
-        encryptor_b = _encryptor(target, other_key, weights, device, iterations, precision)
+        encryptor_b = _encryptor(target, other_key, weights, device, iterations, precision, recipe)
         pairs = read_pairs(originals, encrypted, encryptor_b.spec, encryptor_b.device)
         if not 1 <= held_out < len(pairs.names):
             raise UsageError(f"--held-out must be between 1 and {len(pairs.names) - 1} (there are {len(pairs.names)} pairs)")
@@ -657,7 +709,7 @@ def evaluate_attack(
             files[name] = held_out_dir / name
         with _progress() as progress:
             other_pairs = encrypt_selection(files, out / "key-b", encryptor_b,
-                                            _report_events(progress, "encrypting with key B"))
+                                            EventPrinter(progress=progress, description="encrypting with key B"))
             training_task = progress.add_task("training the attacker", total=steps)
             report = attack_report(training, testing, other_pairs, _load_key_or_fail(key, encryptor_b.device).model,
                                    steps=steps, progress=lambda step, total: progress.update(training_task, completed=step))
@@ -701,7 +753,7 @@ def evaluate_privacy(
             observer_model = load_target(observer, observer_weights).to(resolved)
             with _progress() as progress:
                 photos = load_gallery(gallery, observer_model, observer_model.spec, resolved,
-                                      _report_events(progress, f"gallery for {observer}"))
+                                      EventPrinter(progress=progress, description=f"gallery for {observer}"))
             if photos.identity_count < 300:
                 _say("[yellow]warning:[/]", f"the gallery has {photos.identity_count} identities, fewer than 300: "
                      "the observer's rates are optimistic")

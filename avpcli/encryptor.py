@@ -273,7 +273,7 @@ class Encryptor:
         """Encrypt files and folders into `output` (PNGs and avp-manifest.json), resumably.
 
         run_options are jobs.FolderRun's: align, all_faces, noise_seed, overwrite, shard,
-        aligned_output, anonymize, names_map, key_path, follow_links.
+        aligned_output, anonymize, names_map, key_path, follow_links, listed.
         """
         from avpcli.jobs import FolderRun, encrypt_folder
 

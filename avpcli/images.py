@@ -42,29 +42,87 @@ class SourceImage:
     root: Path | None = None
 
 
-def find_images(inputs: Sequence[Path]) -> list[SourceImage]:
+def find_images(inputs: Sequence[Path], listed: bool = False) -> list[SourceImage]:
     """Image files under the given files and folders, recursively, in sorted order.
 
     A folder's images keep their path relative to it; a file given directly keeps its name. With
-    several inputs, each one's outputs go under the input's own name so that they cannot collide.
-    Anything with an image suffix that is not a folder is listed, including broken links, link
-    loops and other non-files, so that load_rgb reports them instead of them vanishing silently;
-    files with suffixes of formats avp cannot read (HEIC, RAW, ...) are listed for the same reason.
-    Hidden files and links to folders are not followed.
+    several inputs, each one's outputs go under the input's own name so that they cannot collide;
+    where two inputs have the same name (x/a.png and y/a.png, or two folders called photos), each
+    takes as many of its parent folders as make it unique (x/a.png, y/a.png). A path given twice
+    counts once. Anything with an image suffix that is not a folder is listed, including broken
+    links, link loops and other non-files, so that load_rgb reports them instead of them vanishing
+    silently; files with suffixes of formats avp cannot read (HEIC, RAW, ...) are listed for the
+    same reason. Hidden files and links to folders are not followed.
+
+    listed: every input is one file, as read from a list (`avp encrypt -`): none is searched as a
+    folder and none is refused here, so that one that is missing or no image fails alone when read.
     """
-    found: list[SourceImage] = []
-    for given in inputs:
-        if not given.exists() and not given.is_symlink():
-            raise UsageError(f"input not found: {given}")
-        prefix = Path(given.name) if len(inputs) > 1 and given.is_dir() else Path()
-        if given.is_dir():
-            for path in sorted(given.rglob("*")):
-                if (path.suffix.lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES and not path.is_dir()
-                        and not _hidden(path, given)):
-                    found.append(SourceImage(path, prefix / path.relative_to(given), given))
-        else:
-            found.append(SourceImage(given, Path(given.name)))
-    return found
+    given_paths: list[Path] = []
+    seen: set[str] = set()
+    for path in inputs:  # the same path twice counts once
+        if os.path.abspath(path) not in seen:
+            seen.add(os.path.abspath(path))
+            given_paths.append(path)
+    if not listed:
+        for given in given_paths:
+            if not given.exists() and not given.is_symlink():
+                raise UsageError(f"input not found: {given}")
+    # (input's position, path, its path below the input); a file reached twice (by name and in a folder) counts once.
+    files: dict[str, tuple[int, Path, Path]] = {}
+    for position, given in enumerate(given_paths):
+        if listed or not given.is_dir():
+            files.setdefault(os.path.abspath(given), (position, given, Path()))
+            continue
+        for path in sorted(given.rglob("*")):
+            if (path.suffix.lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES and not path.is_dir()
+                    and not _hidden(path, given)):
+                files.setdefault(os.path.abspath(path), (position, path, path.relative_to(given)))
+    found = list(files.values())
+    labels = _input_labels(given_paths, [[below for position, _, below in found if position == index]
+                                         for index in range(len(given_paths))], listed)
+    return [SourceImage(path, labels[position] / below, None if below == Path() else given_paths[position])
+            for position, path, below in found]
+
+
+def _input_labels(inputs: list[Path], contents: list[list[Path]], listed: bool) -> list[Path]:
+    """What each input's outputs are named under (its `contents`' paths go below it).
+
+    A file its name; with several inputs, a folder its name (a lone folder, or ".", nothing). Where
+    two outputs would get the same relative path, the inputs they come from are lengthened by
+    parent folders (of their absolute paths) until none do: x/a.png and y/a.png, not a.png twice.
+    """
+    parts = [Path(os.path.abspath(path)).parts[1:] for path in inputs]
+    folders = [not listed and path.is_dir() for path in inputs]
+    lengths = [0 if folder and (len(inputs) == 1 or not path.name) else 1 for path, folder in zip(inputs, folders)]
+    while True:
+        labels = [parts[index][len(parts[index]) - lengths[index]:] if lengths[index] else ()
+                  for index in range(len(inputs))]
+        holders: dict[tuple[str, ...], set[int]] = {}
+        for index, below in enumerate(contents):
+            for path in below:
+                holders.setdefault(labels[index] + path.parts, set()).add(index)
+        clashing = {index for indices in holders.values() if len(indices) > 1 for index in indices}
+        lengthened = False
+        for index in clashing:
+            if lengths[index] < len(parts[index]):
+                lengths[index] += 1
+                lengthened = True
+        if not lengthened:
+            # Only "/" given as a file has no name at all; it fails when read, under a name of its own.
+            return [Path(*label) if label or folders[index] else Path("unnamed") for index, label in enumerate(labels)]
+
+
+def check_named_file(path: Path, output: Path) -> None:
+    """ImageError for a file named on its own (read from a list) that is not there, or that lies in
+    the output folder, where an output could replace it; either fails alone and the run goes on."""
+    if not path.exists() and not path.is_symlink():
+        raise ImageError("no such file")
+    try:
+        inside = is_inside(path, output)
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13): reading it says so
+        return
+    if inside:
+        raise ImageError("it lies in the output folder, where an output could replace it; choose another --out")
 
 
 def check_link_stays_inside(source: SourceImage) -> None:
@@ -312,16 +370,19 @@ def read_png(path: Path) -> torch.Tensor:
         return to_tensor(opened.convert("RGB"))
 
 
-def png_tensor(data: bytes, size: tuple[int, int] | None = None) -> torch.Tensor:
+def png_tensor(data: bytes, size: tuple[int, int] | None = None, png_only: bool = False) -> torch.Tensor:
     """Decode PNG bytes from png_bytes, as (3, H, W) in [0, 1].
 
     With `size` (H, W), an image of any other size is an ImageError, raised before its pixels are
-    decoded, as is data that is not an image.
+    decoded, as is data that is not an image; with `png_only`, so is anything but an 8-bit RGB PNG
+    (what avp writes: a ciphertext in any other form has lost what the key needs).
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as opened:
+                if png_only and (opened.format, opened.mode) != ("PNG", "RGB"):
+                    raise ImageError(f"not an 8-bit RGB PNG ({opened.format} image, mode {opened.mode})")
                 if size is not None and opened.size != (size[1], size[0]):
                     raise ImageError(f"{opened.size[0]}x{opened.size[1]} pixels, not the target's input size")
                 return to_tensor(opened.convert("RGB"))

@@ -27,6 +27,7 @@ from avpcli.images import (
     MAX_PNG_BYTES,
     SourceImage,
     check_link_stays_inside,
+    check_named_file,
     contained_path,
     describe_error,
     find_images,
@@ -40,7 +41,9 @@ from avpcli.images import (
     write_output,
 )
 from avpcli.encryptor import AlignMode, Encryptor, meets_bars, target_inputs
-from avpcli.manifest import MANIFEST_NAME, Manifest, differences, merge_parts, part_name, read_manifest
+from avpcli.key import Key
+from avpcli.manifest import (MANIFEST_NAME, Manifest, differences, manifest_parts, merge_parts, part_name,
+                             read_manifest)
 from avpcli.targets import TargetSpec
 
 
@@ -48,7 +51,9 @@ from avpcli.targets import TargetSpec
 class Event:
     """Something a user may want to see: a file written ("written"), failed ("failed"),
     skipped because it was already done ("skipped"), or a step of progress ("progress").
-    `missed_bars` marks a ciphertext that did not meet every quality bar."""
+    `missed_bars` marks a ciphertext that did not meet every quality bar; `entry` is the file's
+    manifest entry (status, reason, figures) for written, skipped and failed files, so that a
+    caller can report them as they come without reading the manifest."""
 
     kind: str
     source: str = ""
@@ -57,6 +62,7 @@ class Event:
     done: int = 0
     total: int = 0
     missed_bars: bool = False
+    entry: dict[str, Any] | None = None
 
 
 EventCallback = Callable[[Event], None]
@@ -78,6 +84,8 @@ class FolderRun:
         key_path as <key>.names-<run>.json (owner-only), never into the output folder.
     follow_links: read files that an input folder holds as symbolic links to places outside it; by
         default each fails with its reason (a planted link must not make avp encrypt what it points to).
+    listed: every input is one file, read from a list (`avp encrypt -`): one that is missing, no
+        image, a folder, or inside the output folder fails alone instead of stopping the run.
     """
 
     inputs: list[Path]
@@ -92,6 +100,7 @@ class FolderRun:
     names_map: Path | None = None
     key_path: Path | None = None
     follow_links: bool = False
+    listed: bool = False
 
 
 @dataclass
@@ -369,14 +378,15 @@ def encrypt_folder(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     """
     if run.names_map is not None and not run.anonymize:
         raise UsageError("--names-map goes with --anonymize")
-    check_output_folder(run.inputs, run.output)
+    if not run.listed:  # listed files are checked one by one (check_named_file)
+        check_output_folder(run.inputs, run.output)
     with owned_folder(run.output, shared=run.shard[1] > 1):
         return _encrypt_owned(encryptor, run, on_event)
 
 
 def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback) -> Manifest:
     """encrypt_folder's work, once the run holds run.output."""
-    all_sources = find_images(run.inputs)
+    all_sources = find_images(run.inputs, listed=run.listed)
     index, count = run.shard
     sources = all_sources[index::count]
     manifest = Manifest(
@@ -414,7 +424,7 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
             for face, entry in enumerate(entries, 1):
                 records.append(((position, face), entry))
                 on_event(Event("skipped", source=str(source.relative), output=run.output / entry["output"],
-                               missed_bars=not entry.get("met_targets")))
+                               missed_bars=not entry.get("met_targets"), entry=entry))
 
     checkpoint = _Checkpoint(lambda: _write_records(manifest, records, run.output, manifest_name, earlier))
     checkpoint.write()
@@ -422,15 +432,17 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     def items(position: int, source: SourceImage) -> list[_Item]:
         """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
         try:
+            if run.listed:
+                check_named_file(source.path, run.output)
             if not run.follow_links:
                 check_link_stays_inside(source)
             faces = prepare_faces(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device)
         except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
             if position not in finished:
                 status, reason = _failure_reason(error, source.path)
-                records.append(((position, 0), {"source": label(source), "output": None, "status": status,
-                                                "reason": reason}))
-                on_event(Event("failed", source=str(source.relative), reason=reason))
+                entry = {"source": label(source), "output": None, "status": status, "reason": reason}
+                records.append(((position, 0), entry))
+                on_event(Event("failed", source=str(source.relative), reason=reason, entry=entry))
             return []
         prepared = []
         for face_index, (tensor, alignment) in enumerate(faces):
@@ -525,7 +537,7 @@ def _encrypt_and_write(batch: list[_Item], encryptor: Encryptor, run: FolderRun,
                           met_targets=meets_bars(metrics, encryptor.settings), sha256=digest)
         records.append((item.order, item.entry))
         on_event(Event("written", source=item.entry["source"], output=run.output / item.entry["output"],
-                       missed_bars=not item.entry["met_targets"]))
+                       missed_bars=not item.entry["met_targets"], entry=item.entry))
 
 
 @dataclass
@@ -543,14 +555,68 @@ class DecryptJob:
     overwrite: bool = False
 
 
+@dataclass
+class DecryptFilesJob:
+    """Everything `avp decrypt FILE...` needs: ciphertext files decrypted one by one, and the key.
+
+    files: ciphertext PNGs, each decrypted at its own size. One that is missing, not an 8-bit RGB
+        PNG, smaller than the key takes or inside `output` fails alone. One that a manifest of
+        `avp encrypt` in its folder (or a folder above) lists is held to that manifest, as a folder
+        would be: a key of another fingerprint fails it unless `force`, the manifest's input size
+        applies, and its key_scramble decides between G∘S and G alone.
+    output: the folder written: the decrypted PNGs under the files' names (find_images's: parent
+        folders are added where two would clash) and an avp-manifest.json of kind "decrypted".
+    key: the loaded key (a file may need G∘S and another G alone).
+    """
+
+    files: list[Path]
+    output: Path
+    key: Key
+    batch_size: int = 16
+    device: str = "cpu"
+    overwrite: bool = False
+    force: bool = False
+
+
+def uses_scramble(key: Key, manifest: Manifest | None) -> bool:
+    """Whether ciphertexts listed in `manifest` (None: a loose ciphertext) decrypt with G∘S rather than G alone.
+
+    Ciphertexts of `--recipe research` were made for G alone, and the manifest says so.
+    """
+    return key.scrambles and (manifest is None or manifest.settings.get("key_scramble", True) is not False)
+
+
 @dataclass(frozen=True)
 class _Ciphertext:
-    """One ciphertext to decrypt: its entry's place in the manifest, its name, where it is read and written."""
+    """One ciphertext to decrypt: its place in the run, its name (in the output folder, the events and
+    the manifest), where it is read and written, the key model it needs, and the size it must have (None: any)."""
 
     position: int
     name: str
     source: Path
     output: Path
+    key: nn.Module
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class _Decryption:
+    """A decryption's plan, made before anything is read: what to decrypt, and what is refused already
+    (position, name, reason). `png_only`: refuse anything but 8-bit RGB PNGs (loose files)."""
+
+    output: Path
+    key_fingerprint: str
+    target: dict[str, Any]
+    ciphertexts: list[_Ciphertext]
+    refused: list[tuple[int, str, str]]
+    batch_size: int
+    device: str
+    overwrite: bool
+    png_only: bool = False
+
+
+# The key's generator takes images of at least 8×8 pixels (key.KeyGenerator).
+_SMALLEST_CIPHERTEXT_SIDE = 8
 
 
 def decrypt_folder(job: DecryptJob, on_event: EventCallback = lambda event: None) -> Manifest:
@@ -569,23 +635,8 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = lambda event: None
     size = source_manifest.target.get("input_size")
     if size is None:
         raise AvpError(f"the manifest of {job.encrypted} does not give the target's input size; it is damaged")
-    with owned_folder(job.output):
-        return _decrypt_owned(job, source_manifest, tuple(size), on_event)
-
-
-def _decrypt_owned(job: DecryptJob, source_manifest: Manifest, size: tuple[int, int],
-                   on_event: EventCallback) -> Manifest:
-    """decrypt_folder's work, once the run holds job.output."""
-    earlier = _earlier_decryption(job)
-    manifest = Manifest(kind="decrypted", target=source_manifest.target, key_fingerprint=job.key_fingerprint,
-                        complete=False)
-    records: list[tuple[int, dict[str, Any]]] = []
-
-    def fail(position: int, label: str, reason: str) -> None:
-        records.append((position, {"source": label, "output": None, "status": "failed", "reason": reason}))
-        on_event(Event("failed", source=label, reason=reason))
-
-    ciphertexts: list[_Ciphertext] = []
+    plan = _Decryption(job.output, job.key_fingerprint, source_manifest.target, [], [], job.batch_size, job.device,
+                       job.overwrite)
     seen: set[str] = set()
     for position, entry in enumerate(source_manifest.files):
         if entry.get("status") != "ok":
@@ -595,59 +646,181 @@ def _decrypt_owned(job: DecryptJob, source_manifest: Manifest, size: tuple[int, 
         try:
             paths = contained_path(job.encrypted, name), contained_path(job.output, name)
         except ImageError as unsafe:
-            fail(position, label, str(unsafe))
+            plan.refused.append((position, label, str(unsafe)))
             continue
         if name in seen:
-            fail(position, label, "listed twice in the manifest")
+            plan.refused.append((position, label, "listed twice in the manifest"))
             continue
         seen.add(name)
-        ciphertexts.append(_Ciphertext(position, name, *paths))
-    remove_stale_temporaries(job.output, {Path(item.name) for item in ciphertexts} | {Path(MANIFEST_NAME)})
-    checkpoint = _Checkpoint(lambda: _write_records(manifest, records, job.output))
+        plan.ciphertexts.append(_Ciphertext(position, name, *paths, job.key, tuple(size)))
+    with owned_folder(job.output):
+        return _decrypt(plan, on_event)
+
+
+def decrypt_files(job: DecryptFilesJob, on_event: EventCallback = lambda event: None) -> Manifest:
+    """Apply the key to ciphertext files one by one (DecryptFilesJob); writes PNGs and a manifest.
+
+    As decrypt_folder does: each file that cannot be decrypted fails alone with its reason, the
+    output folder is locked and its manifest rewritten as the run goes, and a rerun keeps what an
+    earlier run with the same key finished (job.overwrite redoes all).
+    """
+    sources = find_images(job.files, listed=True)
+    names = output_names(sources)
+    models: dict[bool, nn.Module] = {}  # one module per kind, so that a batch's files share it
+    manifests = _ListingManifests()
+    plan = _Decryption(job.output, job.key.fingerprint, {}, [], [], job.batch_size, job.device, job.overwrite,
+                       png_only=True)
+    for position, source in enumerate(sources):
+        name = str(names[source.relative])
+        try:
+            check_named_file(source.path, job.output)
+            output = contained_path(job.output, name)
+            manifest = manifests.listing(source.path)
+        except (ImageError, AvpError) as refused:
+            plan.refused.append((position, name, str(refused)))
+            continue
+        if manifest is not None and manifest.key_fingerprint != job.key.fingerprint and not job.force:
+            plan.refused.append((position, name, f"encrypted with another key (fingerprint "
+                                 f"{manifest.key_fingerprint[:16]}… in its folder's manifest, not "
+                                 f"{job.key.fingerprint[:16]}…); use --force to decrypt it anyway"))
+            continue
+        scramble = uses_scramble(job.key, manifest)
+        if scramble not in models:
+            models[scramble] = job.key.model_for(scramble=scramble).to(job.device)
+        size = manifest.target.get("input_size") if manifest is not None else None
+        plan.ciphertexts.append(_Ciphertext(position, name, source.path, output, models[scramble],
+                                            tuple(size) if size else None))
+    with owned_folder(job.output):
+        return _decrypt(plan, on_event)
+
+
+class _ListingManifests:
+    """The manifests of `avp encrypt` that list ciphertext files, found by looking up from each file's
+    folder to the first folder that holds a manifest, and read once per folder."""
+
+    def __init__(self) -> None:
+        self._nearest: dict[Path, Path | None] = {}
+        self._read: dict[Path, tuple[Manifest, set[str]] | AvpError] = {}
+
+    def listing(self, path: Path) -> Manifest | None:
+        """The manifest of the nearest folder above `path` that has one, if it is an encryption's and lists
+        `path` as a finished output; AvpError if that manifest cannot be read."""
+        absolute = Path(os.path.abspath(path))
+        folder = self._nearest_manifest_folder(absolute.parent)
+        if folder is None:
+            return None
+        if folder not in self._read:
+            try:
+                manifest = read_manifest(folder)
+                self._read[folder] = manifest, {entry.get("output") for entry in manifest.files
+                                                if entry.get("status") == "ok" and isinstance(entry.get("output"), str)}
+            except AvpError as damaged:
+                self._read[folder] = damaged
+        found = self._read[folder]
+        if isinstance(found, AvpError):
+            raise found
+        manifest, outputs = found
+        if manifest.kind != "encrypted" or absolute.relative_to(folder).as_posix() not in outputs:
+            return None
+        return manifest
+
+    def _nearest_manifest_folder(self, folder: Path) -> Path | None:
+        visited = []
+        found: Path | None = None
+        while True:
+            if folder in self._nearest:
+                found = self._nearest[folder]
+                break
+            visited.append(folder)
+            if (folder / MANIFEST_NAME).is_file() or manifest_parts(folder):
+                found = folder
+                break
+            if folder.parent == folder:
+                break
+            folder = folder.parent
+        for seen in visited:
+            self._nearest[seen] = found
+        return found
+
+
+def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
+    """A decryption's work (decrypt_folder, decrypt_files), once the run holds plan.output."""
+    earlier = _earlier_decryption(plan)
+    manifest = Manifest(kind="decrypted", target=plan.target, key_fingerprint=plan.key_fingerprint, complete=False)
+    records: list[tuple[int, dict[str, Any]]] = []
+
+    def fail(position: int, label: str, reason: str) -> None:
+        entry = {"source": label, "output": None, "status": "failed", "reason": reason}
+        records.append((position, entry))
+        on_event(Event("failed", source=label, reason=reason, entry=entry))
+
+    for refused in plan.refused:
+        fail(*refused)
+    ciphertexts = plan.ciphertexts
+    remove_stale_temporaries(plan.output, {Path(item.name) for item in ciphertexts} | {Path(MANIFEST_NAME)})
+    checkpoint = _Checkpoint(lambda: _write_records(manifest, records, plan.output))
     checkpoint.write()
 
     # Batches are fixed runs of the list, whatever is already done, as in encrypt: a rerun decrypts
     # an unfinished batch whole so that every image comes out as in an uninterrupted run.
-    for start in range(0, len(ciphertexts), job.batch_size):
+    for start in range(0, len(ciphertexts), plan.batch_size):
         batch = []
-        for item in ciphertexts[start:start + job.batch_size]:
+        for item in ciphertexts[start:start + plan.batch_size]:
             try:
                 data = read_file_bytes(item.source, MAX_PNG_BYTES)
-                batch.append((item, hashlib.sha256(data).hexdigest(), png_tensor(data, size)))
+                tensor = png_tensor(data, item.size, png_only=plan.png_only)
+                if min(tensor.shape[-2:]) < _SMALLEST_CIPHERTEXT_SIDE:
+                    raise ImageError(f"{tensor.shape[-1]}x{tensor.shape[-2]} pixels, smaller than the key takes "
+                                     f"({_SMALLEST_CIPHERTEXT_SIDE} a side)")
+                batch.append((item, hashlib.sha256(data).hexdigest(), tensor))
             except Exception as broken:  # noqa: BLE001 - a damaged ciphertext fails alone
                 fail(item.position, item.name, f"cannot read: {describe_error(broken, item.source)}")
-        kept = [_decrypted_before(earlier.get(item.name), job.output, item.name, digest) for item, digest, _ in batch]
+        kept = [_decrypted_before(earlier.get(item.name), plan.output, item.name, digest) for item, digest, _ in batch]
         if not all(kept):
-            decrypted = decrypt_batch(torch.stack([tensor for *_, tensor in batch]).to(job.device), job.key).cpu()
+            decrypted = _apply_keys([(item.key, tensor) for item, _, tensor in batch], plan.device)
         for index, ((item, digest, _), entry) in enumerate(zip(batch, kept)):
             kind = "skipped"
             if entry is None:
                 data = png_bytes(decrypted[index])
-                _write(job.output, item.name, data)
+                _write(plan.output, item.name, data)
                 entry = {"source": item.name, "output": item.name, "status": "ok", "source_sha256": digest,
                          "sha256": hashlib.sha256(data).hexdigest()}
                 kind = "written"
             records.append((item.position, entry))
-            on_event(Event(kind, source=item.name, output=item.output))
-        on_event(Event("progress", done=min(start + job.batch_size, len(ciphertexts)), total=len(ciphertexts)))
+            on_event(Event(kind, source=item.name, output=item.output, entry=entry))
+        on_event(Event("progress", done=min(start + plan.batch_size, len(ciphertexts)), total=len(ciphertexts)))
         checkpoint.write_if_due()
     manifest.complete = True
     checkpoint.write()
     return manifest
 
 
-def _earlier_decryption(job: DecryptJob) -> dict[str, dict[str, Any]]:
-    """The entries of an earlier decryption into job.output by ciphertext name ({} with job.overwrite).
+def _apply_keys(batch: list[tuple[nn.Module, torch.Tensor]], device: str) -> list[torch.Tensor]:
+    """Decrypt (key, ciphertext) pairs: together those of one key and one size, each result in its pair's place."""
+    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    for index, (key, tensor) in enumerate(batch):
+        groups.setdefault((id(key), tuple(tensor.shape)), []).append(index)
+    results: list[torch.Tensor] = [torch.empty(0)] * len(batch)
+    for indices in groups.values():
+        key = batch[indices[0]][0]
+        decrypted = decrypt_batch(torch.stack([batch[index][1] for index in indices]).to(device), key).cpu()
+        for index, image in zip(indices, decrypted):
+            results[index] = image
+    return results
+
+
+def _earlier_decryption(plan: _Decryption) -> dict[str, dict[str, Any]]:
+    """The entries of an earlier decryption into plan.output by ciphertext name ({} with plan.overwrite).
 
     UsageError if the folder holds avp output of another kind, or a decryption with another key.
     """
-    earlier = None if job.overwrite else _previous_manifest(job.output, (MANIFEST_NAME,))
+    earlier = None if plan.overwrite else _previous_manifest(plan.output, (MANIFEST_NAME,))
     if earlier is None:
         return {}
     if earlier.kind != "decrypted":
-        raise UsageError(f"{job.output} holds avp output of another kind ({earlier.kind}); choose another --out")
-    if earlier.key_fingerprint != job.key_fingerprint:
-        raise UsageError(f"{job.output} holds a decryption with another key; use --overwrite to redo it, "
+        raise UsageError(f"{plan.output} holds avp output of another kind ({earlier.kind}); choose another --out")
+    if earlier.key_fingerprint != plan.key_fingerprint:
+        raise UsageError(f"{plan.output} holds a decryption with another key; use --overwrite to redo it, "
                          "or choose another --out")
     return {entry["source"]: entry for entry in earlier.files if isinstance(entry.get("source"), str)}
 

@@ -166,11 +166,31 @@ def test_output_inside_the_input_is_refused(photo_folder, tiny_key_file):
     assert not (photo_folder / "enc").exists()
 
 
-def test_json_output_is_the_manifest(tmp_path, photo_folder, tiny_key_file):
-    result = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--json")
-    assert result.exit_code == 0
-    document = json.loads(result.stdout)
-    assert document["format"] == "avp-manifest" and len(document["files"]) == 3
+def test_json_prints_one_line_per_file_with_its_manifest_figures(tmp_path, photo_folder, tiny_key_file):
+    (photo_folder / "broken.jpg").write_bytes(b"garbage")
+    out = tmp_path / "enc"
+    result = encrypt_tiny(photo_folder, tiny_key_file, out, "--json")
+    assert result.exit_code == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    manifest = {entry["source"]: entry for entry in json.loads((out / "avp-manifest.json").read_text())["files"]}
+    assert sorted(line["source"] for line in lines) == sorted(manifest) == ["a.jpg", "broken.jpg", "c.png", "nested/b.png"]
+    for line in lines:
+        entry = manifest[line["source"]]
+        assert line["status"] == entry["status"] and line["skipped"] is False
+        if entry["status"] == "ok":
+            assert line["output"] == str(out / entry["output"]) and line["reason"] is None
+            for figure in ("feature_distance", "ssim_encrypted", "ssim_decrypted", "iterations", "met_targets", "sha256"):
+                assert line[figure] == entry[figure]
+        else:
+            assert line["output"] is None and line["reason"] == entry["reason"]
+    again = encrypt_tiny(photo_folder, tiny_key_file, out, "--json")
+    assert all(json.loads(line)["skipped"] for line in again.stdout.splitlines() if "broken" not in line)
+
+    decrypted = invoke("decrypt", out, "--key", tiny_key_file, "--out", tmp_path / "dec", "--device", "cpu", "--json")
+    assert decrypted.exit_code == 0, decrypted.stderr
+    lines = [json.loads(line) for line in decrypted.stdout.splitlines()]
+    assert [line["output"] for line in lines] == [str(tmp_path / "dec" / name) for name in ("a.png", "c.png", "nested/b.png")]
+    assert all(line["status"] == "ok" and len(line["sha256"]) == 64 for line in lines)
 
 
 def test_unknown_target_lists_the_choices(tmp_path, photo_folder, tiny_key_file):

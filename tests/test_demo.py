@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from avpcli.demo import demo_key_path
 
 
@@ -25,3 +27,21 @@ def test_a_cached_demo_key_without_scramble_is_replaced(monkeypatch, tmp_path):
     assert trained and key.scrambles and load_key(path).scrambles
     again, trained_again = demo.ensure_demo_key(path, "cpu", lambda step, total: None)
     assert not trained_again and again.fingerprint == key.fingerprint
+
+
+def test_the_demo_table_fits_80_columns_without_cutting_a_word():
+    from rich.console import Console
+
+    from avpcli.cli import demo_table
+
+    rows = [{"source": "astronaut.png", "status": "ok", "feature_distance": 0.1234, "ssim_encrypted": 0.0123,
+             "lowpass_correlation": -0.051, "ssim_decrypted": 0.9612, "iterations": 312},
+            {"source": "esc\x1b[31m[bold]x.png", "status": "no_face", "reason": "no face found"}]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(demo_table(rows))
+    text = console.export_text()
+    assert "…" not in text and "\x1b" not in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    for word in ("astronaut.png", "distance", "SSIM enc", "blur corr", "SSIM dec", "steps", "0.961", "312",
+                 "no_face", "recovered", "esc\\x1b[31m[b"):  # a name is shown as it is, escaped, not as markup
+        assert word in text, word

@@ -60,6 +60,26 @@ def test_find_images_keeps_several_inputs_apart(tmp_path):
     assert [str(source.relative) for source in found] == ["one/a.png", "two/a.png", "single.png"]
 
 
+def test_named_files_of_one_name_take_their_folders_names(tmp_path):
+    for name in ("a/x.png", "b/x.png", "deep/a/x.png", "c.png"):
+        write_image(tmp_path / name)
+    given = [tmp_path / name for name in ("a/x.png", "b/x.png", "c.png", "a/x.png", "deep/a/x.png")]
+    found = find_images(given)
+    # The same path twice counts once; parent folders are added until no two names clash.
+    assert [str(source.relative) for source in found] == [f"{tmp_path.name}/a/x.png", "b/x.png", "c.png",
+                                                          "deep/a/x.png"]
+    assert len(set(output_names(found).values())) == 4
+    assert [str(source.relative) for source in find_images([tmp_path / "a/x.png"])] == ["x.png"]
+
+
+def test_listed_inputs_are_files_and_a_missing_one_is_kept_for_its_own_failure(tmp_path):
+    write_image(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    found = find_images([tmp_path / "a.png", tmp_path / "nope.png", tmp_path / "sub"], listed=True)
+    assert [(source.path.name, str(source.relative), source.root) for source in found] == [
+        ("a.png", "a.png", None), ("nope.png", "nope.png", None), ("sub", "sub", None)]
+
+
 def test_missing_input_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError):
         find_images([tmp_path / "nope"])

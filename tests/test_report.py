@@ -153,16 +153,17 @@ def test_evaluate_reports_a_folder_without_probe_identities_as_a_usage_error(tmp
 
 
 @pytest.mark.parametrize("command", ["classification", "identification", "attack"])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_evaluate_commands_that_encrypt_take_precision(tmp_path, tiny_key_file, other_tiny_key_file, monkeypatch,
-                                                       command, precision):
+@pytest.mark.parametrize(("option", "value"), [("precision", "fp32"), ("precision", "bf16"), ("recipe", "research"),
+                                               ("recipe", None)])
+def test_evaluate_commands_that_encrypt_take_precision_and_recipe(tmp_path, tiny_key_file, other_tiny_key_file,
+                                                                  monkeypatch, command, option, value):
     seen = []
 
     class Stop(Exception):
         pass
 
     def capture(*arguments, **fields):
-        seen.append(fields["precision"])
+        seen.append(fields[option])
         raise Stop
 
     monkeypatch.setattr("avpcli.encryptor.Encryptor", capture)
@@ -172,10 +173,11 @@ def test_evaluate_commands_that_encrypt_take_precision(tmp_path, tiny_key_file, 
     target = "tiny-classifier" if command == "classification" else "tiny-embedding"
     arguments = {"classification": [str(folder)], "identification": [str(folder), "--min-images", "2"],
                  "attack": [str(folder), str(tmp_path / "encrypted"), "--other-key", str(other_tiny_key_file)]}[command]
+    chosen = [f"--{option}", value] if value else []
     result = CliRunner().invoke(app, ["evaluate", command, *arguments, "--target", target, "--key", str(tiny_key_file),
-                                      "--device", "cpu", "--precision", precision, "--out", str(tmp_path / "r")])
+                                      "--device", "cpu", *chosen, "--out", str(tmp_path / "r")])
     assert isinstance(result.exception, Stop), result.output
-    assert seen == [precision]
+    assert seen == [value or "tuned"]  # without --recipe, avp encrypt's default
 
 
 def test_evaluate_refuses_fp16_on_a_cpu(tmp_path, tiny_key_file):
