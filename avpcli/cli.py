@@ -693,13 +693,7 @@ def evaluate_attack(
     with domain_errors():
         encryptor_b = _encryptor(target, other_key, weights, device, iterations, precision, recipe)
         pairs = read_pairs(originals, encrypted, encryptor_b.spec, encryptor_b.device)
-        if not 1 <= held_out < len(pairs.names):
-            raise UsageError(f"--held-out must be between 1 and {len(pairs.names) - 1} (there are {len(pairs.names)} pairs)")
-        split = len(pairs.names) - held_out
-        if pairs_count is not None and not 1 <= pairs_count <= split:
-            raise UsageError(f"--pairs must be between 1 and {split} (the pairs not held out)")
-        training = pairs.subset(range(split if pairs_count is None else pairs_count))
-        testing = pairs.subset(range(split, len(pairs.names)))
+        training, testing = pairs.split(held_out, pairs_count)
         held_out_dir = out / "held-out-aligned"
         from avpcli.images import save_png
 
@@ -802,12 +796,7 @@ def evaluate_key_recovery(
         if not chosen_rules or any(rule not in RECOVERY_RULES for rule in chosen_rules):
             raise UsageError(f"--rules takes {' and/or '.join(RECOVERY_RULES)}, comma-separated; got {rules!r}")
         resolved, pairs = _read_pairs(originals, encrypted, target, device)
-        total = len(pairs.names)
-        kept_out = total - max(counts) if held_out is None else held_out
-        if kept_out < 1 or max(counts) > total - kept_out:
-            raise UsageError(f"{total} pairs cannot give {max(counts)} to the attacker and keep "
-                             f"{max(kept_out, 1)} held out; lower --pairs or --held-out")
-        training, testing = pairs.subset(range(total - kept_out)), pairs.subset(range(total - kept_out, total))
+        training, testing = pairs.split(held_out, max(counts))
         report = key_recovery_report(training, testing, _load_key_or_fail(key, resolved).model, counts, chosen_rules)
         _finish(report, out)
 

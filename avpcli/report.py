@@ -173,13 +173,15 @@ class PairedImages:
         (None: all beyond the `training` first); the attacker gets the first `training` of the rest
         (None: all of them). UsageError where the counts do not fit the pairs there are."""
         total = len(self.names)
-        kept_out = total - (training or 0) if held_out is None else held_out
-        if not 1 <= kept_out < total:
-            raise UsageError(f"{total} pairs cannot keep {kept_out} held out and give the attacker at least one")
-        available = total - kept_out
+        if held_out is None:
+            if training is None or not 1 <= training < total:
+                raise UsageError(f"{total} pairs cannot give {training} to the attacker and keep at least one held out")
+            held_out = total - training
+        if not 1 <= held_out < total:
+            raise UsageError(f"{total} pairs cannot keep {held_out} held out and give the attacker at least one")
+        available = total - held_out
         if training is not None and not 1 <= training <= available:
-            raise UsageError(f"{total} pairs cannot give the attacker {training} and keep {kept_out} held out; "
-                             f"at most {available}")
+            raise UsageError(f"{total} pairs cannot give {training} to the attacker and keep {held_out} held out")
         return (self.subset(range(available if training is None else training)),
                 self.subset(range(available, total)))
 
