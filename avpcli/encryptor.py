@@ -206,6 +206,9 @@ class Encryptor:
         key_model = self.loaded_key.model_for(scramble=self.loaded_key.scrambles and recipe == "tuned")
         self.target, self.key = prepare_models(model.to(self.device), key_model.to(self.device), self.device, compile)
         self.key_fingerprint = self.loaded_key.fingerprint
+        # Tags the source files in a folder run's manifest, so that a rerun knows a file it did before
+        # without the manifest holding a plain hash of a photo (which would confirm a guessed photo).
+        self.source_tag_secret = self.loaded_key.derived_secret("source-tag")
         self.batch_size = batch_size
         self.weights_label = Path(weights).name if weights is not None else "default"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -325,20 +326,38 @@ def _anonymous_names(run: FolderRun, sources: list[SourceImage], resumed: _Resum
     return {source.relative: by_source[str(source.relative)] for source in sources}
 
 
-def _finished(entries: list[dict[str, Any]], folder: Path, output: Path) -> bool:
+def _finished(entries: list[dict[str, Any]], folder: Path, output: Path, source_tag: str | None) -> bool:
     """True if an earlier run wrote every output of one source's entries, under the names this run
-    gives them (`output` and its _faceN siblings), and none has changed since.
+    gives them (`output` and its _faceN siblings), from this very source file, and none has changed since.
 
     The names are compared, not trusted: a manifest naming any other file makes the source redone.
+    So is a source whose bytes differ from those the entries were made from (another file of the same
+    name, or the same file edited); entries of avp versions that did not record them count by name.
     """
     count = len(entries)
     for number, entry in enumerate(entries, 1):
         if entry.get("status") != "ok" or (entry.get("face", 1), entry.get("faces", 1)) != (number, count):
             return False
+        if "source_tag" in entry and entry["source_tag"] != source_tag:
+            return False
         name = str(_face_output_name(output, number - 1))
         if entry.get("output") != name or _file_digest(folder, name) != entry.get("sha256"):
             return False
     return count > 0
+
+
+def _source_tag(path: Path, secret: bytes) -> str | None:
+    """HMAC-SHA256 of a source file's bytes under the key's tag secret (hex), or None if it cannot be
+    read (it then fails when it is loaded). Keyed: a plain hash in a manifest would let anyone holding
+    a photo check whether it was encrypted."""
+    digest = hmac.new(secret, digestmod="sha256")
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _file_digest(folder: Path, name: str) -> str | None:
@@ -419,7 +438,8 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     finished: set[int] = set()
     for position, source in enumerate(sources):
         entries = resumed.entries.get(label(source), [])
-        if _finished(entries, run.output, names[source.relative]):
+        if entries and _finished(entries, run.output, names[source.relative],
+                                 _source_tag(source.path, encryptor.source_tag_secret)):
             finished.add(position)
             for face, entry in enumerate(entries, 1):
                 records.append(((position, face), entry))
@@ -445,10 +465,11 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
                 on_event(Event("failed", source=str(source.relative), reason=reason, entry=entry))
             return []
         prepared = []
+        source_tag = _source_tag(source.path, encryptor.source_tag_secret)
         for face_index, (tensor, alignment) in enumerate(faces):
             output = _face_output_name(names[source.relative], face_index)
             entry: dict[str, Any] = {"source": label(source), "output": str(output), "status": "pending",
-                                     "alignment": alignment}
+                                     "alignment": alignment, "source_tag": source_tag}
             if len(faces) > 1:
                 entry.update(face=face_index + 1, faces=len(faces))
             prepared.append(_Item(tensor, entry, _noise_seed(resumed.noise_seed, str(output)), (position, face_index + 1)))

@@ -162,6 +162,10 @@ class KeyModel(nn.Module):
         self.generator = generator
         self.scramble = scramble
 
+    def derived_secret(self, purpose: str) -> bytes:
+        """32 secret bytes of this key's for `purpose` (e.g. tagging sources in a manifest)."""
+        return bytes.fromhex(key_fingerprint(self.tensors(), purpose))
+
     @property
     def scrambles(self) -> bool:
         return self.scramble is not None
@@ -563,6 +567,10 @@ class Key:
         """sha256 over the stored tensors: names the key (in manifests) without giving away its seed."""
         return key_fingerprint(self.tensors())
 
+    def derived_secret(self, purpose: str) -> bytes:
+        """32 secret bytes of this key's for `purpose` (e.g. tagging sources in a manifest)."""
+        return bytes.fromhex(key_fingerprint(self.tensors(), purpose))
+
     @property
     def scrambles(self) -> bool:
         return self.scramble is not None
@@ -582,9 +590,13 @@ class Key:
         return self.model if scramble else self.plain_model
 
 
-def key_fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """sha256 (hex) over the sorted tensor names, dtypes, shapes and bytes: names a key without its seed."""
-    digest = hashlib.sha256()
+def key_fingerprint(state_dict: Mapping[str, torch.Tensor], purpose: str = "") -> str:
+    """sha256 (hex) over the sorted tensor names, dtypes, shapes and bytes: names a key without its seed.
+
+    With a `purpose`, the hash starts with it: a secret of the key's own for that purpose, which only
+    a holder of the key can compute and which the public fingerprint does not give away.
+    """
+    digest = hashlib.sha256(f"avp-key-derived:{purpose}\0".encode() if purpose else b"")
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())

@@ -77,3 +77,29 @@ def test_inputs_are_never_modified(tmp_path, photos, tiny_key_file):
         assert result.exit_code == 0, result.stderr
     after = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in photos.rglob("*") if path.is_file()}
     assert after == before and {path: path.stat().st_mode for path in after} == modes
+
+
+def test_a_rerun_redoes_a_source_whose_bytes_changed_and_tags_sources_by_key(tmp_path, tiny_key_file):
+    import json
+
+    from avpcli import Encryptor
+
+    first, second = tmp_path / "one" / "c.png", tmp_path / "two" / "c.png"
+    for path, seed in ((first, 1), (second, 2)):
+        path.parent.mkdir()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    encryptor = Encryptor("tiny-embedding", tiny_key_file, device="cpu", iterations=2)
+    out = tmp_path / "enc"
+    events = []
+    encryptor.encrypt_folder([first], out, events.append, noise_seed=1)
+    before = (out / "c.png").read_bytes()
+    encryptor.encrypt_folder([first], out, events.append)  # the same file: skipped
+    assert [event.kind for event in events if event.kind != "progress"] == ["written", "skipped"]
+    # Another file of the same name into the same folder is encrypted, not taken for the one done.
+    events.clear()
+    encryptor.encrypt_folder([second], out, events.append)
+    assert [event.kind for event in events if event.kind != "progress"] == ["written"]
+    assert (out / "c.png").read_bytes() != before
+    # The manifest tags the source under the key, never with a plain hash a photo's holder could check.
+    [entry] = json.loads((out / "avp-manifest.json").read_text())["files"]
+    assert entry["source_tag"] and entry["source_tag"] != hashlib.sha256(second.read_bytes()).hexdigest()
