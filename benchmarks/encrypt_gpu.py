@@ -20,9 +20,9 @@ steps, and the speed-up is a lower bound).
 avp: its Encryptor with the tuned face settings (attack_settings), per-sample early stopping, model
 forwards under autocast (--precision), channels_last weights, cuDNN autotuning, optionally
 torch.compile. Its time per batch covers Encryptor.encrypt: the engine's steps, the PNG round trip
-and the measurement on the PNG; a warm-up batch of a few steps runs first and is not counted. Naive: the research code's loop (batch 1, fp32, weight gradients on, fixed
-K, `.item()` every step, cuDNN defaults) on the first --naive-faces faces, run before avp's
-settings touch cuDNN. Speed-up: naive seconds per face ÷ avp's seconds per face (total time ÷ faces).
+and the measurement on the PNG; a warm-up batch of a few steps runs first and is not counted.
+Naive: the research code's loop (batch 1, fp32, weight gradients on, fixed K, `.item()` every step,
+cuDNN defaults) on the first --naive-faces faces, run before the Encryptor touches cuDNN. Speed-up: naive seconds per face ÷ avp's seconds per face (total time ÷ faces).
 """
 
 from __future__ import annotations
