@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,12 +30,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avpcli import align
-from avpcli.targets import load_target
-from avpcli.targets.dlib import default_model_path
-
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(REPO))
+
+from avpcli import align  # noqa: E402
+from avpcli.targets import load_target  # noqa: E402
+from avpcli.targets.dlib import default_model_path  # noqa: E402
+from benchmarks.common import data_folder  # noqa: E402
+
+DATA = data_folder()
 CHIP, PADDING = 150, 0.25
 
 

@@ -1,9 +1,8 @@
-"""Pieces the benchmark scripts share: where the data is, encrypt → write PNG → read back → measure,
-and the naive research-style loop the speed-ups are taken against."""
+"""Pieces the benchmark scripts share: where the data is, encrypting through avp's Encryptor with
+per-image rows, and the naive research-style loop the speed-ups are taken against."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 import sys
@@ -12,18 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
-from avpcli.engine import AttackSettings, LeakPenalty, encrypt_batch, measure_images  # noqa: E402
-from avpcli.images import read_png, save_png  # noqa: E402
+from avpcli.encryptor import Encryptor  # noqa: E402
+from avpcli.engine import AttackSettings, LeakPenalty  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.metrics import ssim  # noqa: E402
 
 
 def data_folder() -> Path:
-    """../shared/data beside the repo, or $AVP_DATA."""
+    """../shared/data beside the repo, or $AVP_DATA: the one place the benchmarks look for shared data."""
     return Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -39,43 +37,45 @@ def lfw_by_role(data: Path) -> dict[str, list[tuple[str, Path]]]:
     return roles
 
 
-def encrypt_and_measure(images: list[torch.Tensor], names: list[str], target: nn.Module, key: nn.Module,
-                        settings: AttackSettings, loss: str, batch_size: int, workspace: Path,
-                        device: str = "cpu") -> list[dict[str, Any]]:
-    """Encrypt in batches, save each ciphertext as PNG, read it back and measure it (never the float tensor).
+def encrypt_and_measure(encryptor: Encryptor, images: list[torch.Tensor], names: list[str],
+                        workspace: Path) -> list[dict[str, Any]]:
+    """Encrypt target inputs (each (3, H, W) at the target's input size) in batches of the
+    encryptor's batch_size; write each ciphertext's PNG into `workspace`.
 
-    Each row: name, the metrics of engine.measure_images, iterations, seconds (the batch's time
-    shared equally among its images) and the PNG's path. Progress lines go to stderr. `target` and
-    `key` must already be on `device`.
+    The figures are the Encryptor's own, measured on the PNG as written and read back (never the
+    float tensor). Each row: name, those figures, iterations, seconds (the batch's time, the engine's
+    steps plus the PNG round trip and the measurement, shared equally among its images),
+    batch_seconds, the PNG's path and the ciphertext as read back ("image"). Progress lines go to stderr.
     """
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack(images[start:start + batch_size]).to(device)
+    for start in range(0, len(images), encryptor.batch_size):
+        batch = images[start:start + encryptor.batch_size]
         began = time.perf_counter()
-        result = encrypt_batch(batch, target, key, settings, loss, noise_seeds=list(range(start, start + len(batch))))
-        seconds = (time.perf_counter() - began) / len(batch)
-        written, paths = [], []
-        for offset, image in enumerate(result.encrypted):
-            path = workspace / f"{start + offset:04d}.png"
-            save_png(image.cpu(), path)
-            written.append(read_png(path))
-            paths.append(path)
-        measured = measure_images(batch, torch.stack(written).to(device), target, key, loss)
-        for offset, metrics in enumerate(measured):
-            rows.append({"file": names[start + offset], **metrics, "iterations": result.metrics[offset].iterations,
-                         "seconds": seconds, "batch_seconds": seconds * len(batch), "png": paths[offset]})
+        # One call per batch, so that each call is one engine batch and its time is the batch's.
+        # noise_seed: the Encryptor seeds image i of a call with noise_seed + 1000·i + 1, so every
+        # image of the run gets its own initial noise.
+        ciphertexts = encryptor.encrypt(batch, noise_seed=1000 * start)
+        batch_seconds = time.perf_counter() - began
+        seconds = batch_seconds / len(batch)
+        for ciphertext in ciphertexts:
+            path = workspace / f"{start + ciphertext.source:04d}.png"
+            path.write_bytes(ciphertext.png())
+            rows.append({"file": names[start + ciphertext.source], **ciphertext.metrics, "seconds": seconds,
+                         "batch_seconds": batch_seconds, "png": path, "image": ciphertext.image})
             row = rows[-1]
             print(f"  {row['file']}: distance {row['feature_distance']:.4f}, SSIM_e {row['ssim_encrypted']:.4f}, "
                   f"SSIM_d {row['ssim_decrypted']:.4f}, {row['iterations']} iterations, {seconds:.1f} s", file=sys.stderr)
     return rows
 
 
-def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: AttackSettings, noise_seed: int,
-                  device: str = "cpu") -> float:
+def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: AttackSettings, iterations: int,
+                  noise_seed: int, device: str = "cpu") -> float:
     """The research code's loop, for timing: batch 1, fp32, fresh unfrozen modules, fixed K, sync per step.
 
-    `original` is one image (1, 3, H, W); `target` a TargetModel on `device`. Computes the same
-    objective as `settings` asks of avp's engine, so the ratio measures the engine, not the loss.
+    `original` is one image (1, 3, H, W); `target` a TargetModel on `device`; `settings` the caller's
+    (from attack_settings, as avp's engine got them). Computes the same objective as `settings` asks
+    of avp's engine, so the ratio measures the engine, not the loss; runs exactly `iterations` steps
+    (the research code has no early stop) and ignores settings.autocast_dtype (always fp32).
     Returns the seconds taken.
     """
     # Weight gradients on, as in the research code: a fresh copy whose parameters require grad.
@@ -99,7 +99,7 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
     start_colour = adversarial.mean(dim=(2, 3), keepdim=True)
     momentum = torch.zeros_like(adversarial)
     step, rises, losses = settings.step_size, 0, []
-    for _ in range(settings.iterations):
+    for _ in range(iterations):
         adversarial = adversarial.detach().clone().requires_grad_(True)
         decrypted = key(adversarial).clamp(0, 1)
         features = target(adversarial)
@@ -133,10 +133,9 @@ def naive_encrypt(original: torch.Tensor, target, key_path: Path, settings: Atta
 def time_naive_loop(images: list[torch.Tensor], target, key_path: Path, settings: AttackSettings, iterations: int,
                     device: str = "cpu") -> list[float]:
     """Seconds of naive_encrypt on each image, one after another, at a fixed K of `iterations`."""
-    fixed = dataclasses.replace(settings, iterations=iterations)
     seconds = []
     for index, image in enumerate(images):
-        seconds.append(naive_encrypt(image[None], target, key_path, fixed, index, device))
+        seconds.append(naive_encrypt(image[None], target, key_path, settings, iterations, index, device))
         print(f"  naive face {index}: {seconds[-1]:.1f} s", file=sys.stderr)
     return seconds
 

@@ -4,7 +4,8 @@
                                        [--weights PATH] [--threads 2] [--batch-size 50]
 
 Images: the first images/10 PNGs (sorted) of each class folder of ../shared/data/cifar10 (or
-$AVP_DATA). Each is encrypted with the research code's CIFAR settings (METHOD.md §1) and avp's
+$AVP_DATA). Each is encrypted by avp's Encryptor on the CPU with the settings `avp encrypt` takes for
+classifiers (attack_settings: CLASSIFIER_SETTINGS, this script's options as overrides) and avp's
 per-image early stopping, written as PNG, read back and measured: top-1 of the target on the PNG
 versus on the original, SSIM_e and SSIM_d. Also the target's top-1 accuracy against the true labels
 on originals and on ciphertexts (paper Table 4).
@@ -13,7 +14,6 @@ on originals and on ciphertexts (paper Table 4).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -25,13 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
-from avpcli.engine import CLASSIFIER_SETTINGS, autocast_dtype_for, prepare_models  # noqa: E402
-from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
+from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
+from avpcli.images import load_rgb, to_tensor  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.metrics import (bandpass_correlation, colour_mean_correlation, edge_correlation,  # noqa: E402
                             lowpass_correlation)
-from avpcli.targets import load_target  # noqa: E402
 from benchmarks.common import data_folder, encrypt_and_measure  # noqa: E402
+
+# The options' defaults: the settings `avp encrypt` takes for classifiers.
+CLASSIFIER_DEFAULTS = attack_settings("classifier")
 
 
 def cifar_images(count: int) -> tuple[list[Path], list[int], list[str]]:
@@ -58,11 +60,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--iterations", type=int, default=CLASSIFIER_SETTINGS.iterations)
-    parser.add_argument("--key-weight", type=float, default=CLASSIFIER_SETTINGS.key_weight)
-    parser.add_argument("--key-ssim-weight", type=float, default=CLASSIFIER_SETTINGS.key_ssim_weight)
-    parser.add_argument("--momentum", type=float, default=CLASSIFIER_SETTINGS.momentum)
-    parser.add_argument("--leak-weight", type=float, default=CLASSIFIER_SETTINGS.leak_weight)
+    parser.add_argument("--iterations", type=int, default=CLASSIFIER_DEFAULTS.iterations)
+    parser.add_argument("--key-weight", type=float, default=CLASSIFIER_DEFAULTS.key_weight)
+    parser.add_argument("--key-ssim-weight", type=float, default=CLASSIFIER_DEFAULTS.key_ssim_weight)
+    parser.add_argument("--momentum", type=float, default=CLASSIFIER_DEFAULTS.momentum)
+    parser.add_argument("--leak-weight", type=float, default=CLASSIFIER_DEFAULTS.leak_weight)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="model forwards, as avp encrypt's --precision")
     args = parser.parse_args()
@@ -72,12 +74,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     workspace = Path(tempfile.mkdtemp(prefix="avp-bench-cifar-"))
     key = load_key(args.key)
-    target = load_target(args.target, args.weights or default_weights(args.target))
-    settings = dataclasses.replace(
-        CLASSIFIER_SETTINGS, iterations=args.iterations, key_weight=args.key_weight,
-        key_ssim_weight=args.key_ssim_weight, leak_weight=args.leak_weight,
-        momentum=args.momentum, autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
-    target_model, key_model = prepare_models(target, key.model, "cpu")
+    encryptor = Encryptor(args.target, key, weights=args.weights or default_weights(args.target), device="cpu",
+                          precision=args.precision, batch_size=args.batch_size, iterations=args.iterations,
+                          key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
+                          leak_weight=args.leak_weight, momentum=args.momentum)
+    settings, target = encryptor.settings, encryptor.target
     files, labels, classes = cifar_images(args.images)
     images = [to_tensor(load_rgb(path)) for path in files]
     print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
@@ -87,11 +88,11 @@ def main() -> None:
           f"lambda {settings.variance_weight}, key SSIM weight {settings.key_ssim_weight}, classifier scale {settings.classifier_scale}, "
           f"leak weight {settings.leak_weight}, start {settings.initialization}, bars SSIM_e ≤ "
           f"{settings.stop.max_ssim_encrypted} and SSIM_d ≥ {settings.stop.min_ssim_decrypted} per image, forwards in {settings.autocast_dtype or torch.float32}, NHWC")
-    rows = encrypt_and_measure(images, [path.name for path in files], target_model, key_model, settings, "classifier",
-                               args.batch_size, workspace)
+    rows = encrypt_and_measure(encryptor, images, [path.name for path in files], workspace)
+    encrypted = torch.stack([row["image"] for row in rows])  # the PNGs as written, read back
     with torch.no_grad():
         original_top1 = target(torch.stack(images)).argmax(1)
-        encrypted_top1 = target(torch.stack([read_png(row["png"]) for row in rows])).argmax(1)
+        encrypted_top1 = target(encrypted).argmax(1)
     truth = torch.tensor(labels)
     unchanged = (original_top1 == encrypted_top1).float().mean().item()
     ssim_e = statistics.mean(row["ssim_encrypted"] for row in rows)
@@ -107,7 +108,6 @@ def main() -> None:
     print(f"| max SSIM_e | {max(row['ssim_encrypted'] for row in rows):.4f} | |")
     print(f"| mean SSIM_d | {ssim_d:.4f} | ≥ 0.95 |")
     print(f"| min SSIM_d | {min(row['ssim_decrypted'] for row in rows):.4f} | |")
-    encrypted = torch.stack([read_png(row["png"]) for row in rows])
     originals = torch.stack(images)
     print(f"| mean low-pass \\|r\\| (σ 3, luma) | {lowpass_correlation(encrypted, originals).abs().mean():.3f} | ≤ 0.1 |")
     print(f"| mean band-pass \\|r\\| (σ 1 − σ 4) | {bandpass_correlation(encrypted, originals).abs().mean():.3f} | ≤ 0.05 |")

@@ -9,8 +9,10 @@ face is encrypted by avp's engine (per-sample early stopping on the 8-bit image)
 read back, and measured: feature distance, SSIM_e, SSIM_d, and what a filter shows of the original
 (low-pass, band-pass and edge correlation of luma, and the colour-mean correlation across the
 faces; avpcli/metrics.py). --other-key decrypts every ciphertext with a key of another seed. For the dlib target the distances are also computed by the real dlib
-(dlib-bin) on the written PNGs. Speed: seconds per face (median) and faces per second; in the same
-run, a naive loop written the way the research code works (batch 1, fp32, weight gradients on,
+(dlib-bin) on the written PNGs. The encryptor is avp's own (avpcli.encryptor.Encryptor on the CPU,
+settings from attack_settings with this script's options as overrides). Speed: seconds per face
+(median; a batch's time — the engine's steps, the PNG round trip and the measurement — shared
+equally by its faces) and faces per second; in the same run, a naive loop written the way the research code works (batch 1, fp32, weight gradients on,
 fixed K iterations, a host sync every step) encrypts the first --naive-faces faces, and the ratio
 of median seconds per face is the speed-up. Without --key a default-preset key is trained first
 (seed 1) and its training time is reported separately.
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -36,13 +37,19 @@ from avpcli import __version__  # noqa: E402
 from benchmarks.common import (data_folder, encrypt_and_measure, print_speedup,  # noqa: E402
                                time_naive_loop)
 from avpcli.align import align_faces  # noqa: E402
-from avpcli.engine import FACE_SETTINGS, AttackSettings, autocast_dtype_for, prepare_models, quantize  # noqa: E402
+from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
+from avpcli.engine import quantize  # noqa: E402
 from avpcli.evaluate import blur_reveal  # noqa: E402
 from avpcli.report import sheet_picture  # noqa: E402
-from avpcli.images import load_rgb, read_png, to_tensor  # noqa: E402
+from avpcli.images import load_rgb, to_tensor  # noqa: E402
 from avpcli.key import KeyModel, load_key, save_key, train_key  # noqa: E402
 from avpcli.metrics import bandpass_correlation, colour_mean_correlation, edge_correlation, ssim  # noqa: E402
-from avpcli.targets import get_spec, load_target  # noqa: E402
+from avpcli.targets import load_target  # noqa: E402
+
+# The options' defaults: the tuned recipe for face (embedding) targets, as `avp encrypt` has them.
+FACE_DEFAULTS = attack_settings("embedding")
+# The research code's settings: its fixed K is the naive loop's.
+RESEARCH_DEFAULTS = attack_settings("embedding", "research")
 
 
 def lfw_faces(count: int) -> list[Path]:
@@ -76,23 +83,23 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=FACE_SETTINGS.iterations)
-    parser.add_argument("--key-weight", type=float, default=FACE_SETTINGS.key_weight)
-    parser.add_argument("--key-ssim-weight", type=float, default=FACE_SETTINGS.key_ssim_weight)
-    parser.add_argument("--variance-weight", type=float, default=FACE_SETTINGS.variance_weight)
-    parser.add_argument("--leak-weight", type=float, default=FACE_SETTINGS.leak_weight)
-    parser.add_argument("--init", choices=["preimage", "noise", "original"], default=FACE_SETTINGS.initialization)
-    parser.add_argument("--hold-colour", action=argparse.BooleanOptionalAction, default=FACE_SETTINGS.hold_colour)
+    parser.add_argument("--iterations", type=int, default=FACE_DEFAULTS.iterations)
+    parser.add_argument("--key-weight", type=float, default=FACE_DEFAULTS.key_weight)
+    parser.add_argument("--key-ssim-weight", type=float, default=FACE_DEFAULTS.key_ssim_weight)
+    parser.add_argument("--variance-weight", type=float, default=FACE_DEFAULTS.variance_weight)
+    parser.add_argument("--leak-weight", type=float, default=FACE_DEFAULTS.leak_weight)
+    parser.add_argument("--init", choices=["preimage", "noise", "original"], default=FACE_DEFAULTS.initialization)
+    parser.add_argument("--hold-colour", action=argparse.BooleanOptionalAction, default=FACE_DEFAULTS.hold_colour)
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N faces (faces the settings were not tuned on)")
     parser.add_argument("--other-key", type=Path, help="a key of another seed: decrypt every ciphertext with it, and with "
                         "this key's G behind the other key's scramble")
-    parser.add_argument("--lowpass-bar", type=float, default=FACE_SETTINGS.stop.max_lowpass_correlation,
+    parser.add_argument("--lowpass-bar", type=float, default=FACE_DEFAULTS.stop.max_lowpass_correlation,
                         help="stop bar on |low-pass correlation|; a negative value turns it off")
-    parser.add_argument("--step-size", type=float, default=FACE_SETTINGS.step_size)
-    parser.add_argument("--momentum", type=float, default=FACE_SETTINGS.momentum)
-    parser.add_argument("--check-every", type=int, default=FACE_SETTINGS.check_every)
+    parser.add_argument("--step-size", type=float, default=FACE_DEFAULTS.step_size)
+    parser.add_argument("--momentum", type=float, default=FACE_DEFAULTS.momentum)
+    parser.add_argument("--check-every", type=int, default=FACE_DEFAULTS.check_every)
     parser.add_argument("--sheet", type=Path, help="write original | encrypted | blurred+stretched | decrypted here")
-    parser.add_argument("--naive-iterations", type=int, default=AttackSettings().iterations,
+    parser.add_argument("--naive-iterations", type=int, default=RESEARCH_DEFAULTS.iterations,
                         help="the naive loop's fixed K (the research code's 800)")
     parser.add_argument("--naive-faces", type=int, default=3)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -112,15 +119,15 @@ def main() -> None:
         save_key(trained, key_path)
         print(f"key training: {trained.seconds:.0f} s", file=sys.stderr)
     key = load_key(key_path)
-    spec = get_spec(args.target)
-    target = load_target(args.target, args.weights)
+    # A negative --lowpass-bar gives None, which keeps the recipe's bar: none for faces.
     lowpass_bar = args.lowpass_bar if args.lowpass_bar is not None and args.lowpass_bar >= 0 else None
-    settings = dataclasses.replace(
-        FACE_SETTINGS, iterations=args.iterations, key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
+    encryptor = Encryptor(
+        args.target, key, weights=args.weights, device="cpu", precision=args.precision, batch_size=args.batch_size,
+        iterations=args.iterations, key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
         step_size=args.step_size, momentum=args.momentum, variance_weight=args.variance_weight,
-        leak_weight=args.leak_weight, initialization=args.init, hold_colour=args.hold_colour, check_every=args.check_every,
-        stop=dataclasses.replace(FACE_SETTINGS.stop, max_lowpass_correlation=lowpass_bar),
-        autocast_dtype=autocast_dtype_for(args.precision, "cpu"))
+        leak_weight=args.leak_weight, initialization=args.init, hold_colour=args.hold_colour,
+        check_every=args.check_every, max_lowpass_correlation=lowpass_bar)
+    spec, settings = encryptor.spec, encryptor.settings
     bars = settings.stop
 
     files = lfw_faces(args.skip + args.faces)[args.skip:]
@@ -136,12 +143,10 @@ def main() -> None:
           f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {lowpass_bar}; "
           f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")
 
-    target_model, key_model = prepare_models(target, key.model, "cpu")
-    rows = encrypt_and_measure(chips, [path.name for path in files], target_model, key_model, settings, spec.loss,
-                               args.batch_size, workspace)
+    rows = encrypt_and_measure(encryptor, chips, [path.name for path in files], workspace)
     seconds_per_face = [row["seconds"] for row in rows]
     originals = torch.stack(chips)
-    encrypted = torch.stack([read_png(row["png"]) for row in rows])  # the PNGs as written, read back
+    encrypted = torch.stack([row["image"] for row in rows])  # the PNGs as written, read back
     bandpass = bandpass_correlation(encrypted, originals).tolist()
     edges = edge_correlation(encrypted, originals).tolist()
 

@@ -17,12 +17,12 @@ trained here for --key-steps steps (printed with its time; far fewer than the pr
 its SSIM_d is lower than a fully trained key's, images that cannot meet SSIM_d ≥ 0.90 run all K
 steps, and the speed-up is a lower bound).
 
-avp: the engine with FACE_SETTINGS, per-sample early stopping, model forwards under autocast
-(--precision), channels_last weights, cuDNN autotuning, optionally torch.compile. Its time per
-batch covers encrypt_batch only (not PNG writing or measuring); a warm-up batch of a few steps runs
-first and is not counted. Naive: the research code's loop (batch 1, fp32, weight gradients on, fixed
-K, `.item()` every step, cuDNN defaults) on the first --naive-faces faces, run before avp's
-settings touch cuDNN. Speed-up: naive seconds per face ÷ avp's seconds per face (total time ÷ faces).
+avp: its Encryptor with the tuned face settings (attack_settings), per-sample early stopping, model
+forwards under autocast (--precision), channels_last weights, cuDNN autotuning, optionally
+torch.compile. Its time per batch covers Encryptor.encrypt: the engine's steps, the PNG round trip
+and the measurement on the PNG; a warm-up batch of a few steps runs first and is not counted.
+Naive: the research code's loop (batch 1, fp32, weight gradients on, fixed K, `.item()` every step,
+cuDNN defaults) on the first --naive-faces faces, run before the Encryptor touches cuDNN. Speed-up: naive seconds per face ÷ avp's seconds per face (total time ÷ faces).
 """
 
 from __future__ import annotations
@@ -42,13 +42,17 @@ sys.path.insert(0, str(REPO))
 
 from avpcli import __version__  # noqa: E402
 from benchmarks.common import encrypt_and_measure, print_speedup, time_naive_loop  # noqa: E402
-from avpcli.engine import (FACE_SETTINGS, AttackSettings, StopCriteria, autocast_dtype_for, encrypt_batch,  # noqa: E402
-                           prepare_models)
+from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
+from avpcli.engine import StopCriteria  # noqa: E402
 from avpcli.images import read_png, save_png  # noqa: E402
 from avpcli.key import load_key, save_key, train_key  # noqa: E402
 from avpcli.targets import TargetModel, get_spec  # noqa: E402
 from avpcli.targets.iresnet import IResNet  # noqa: E402
 
+# The options' defaults: the tuned recipe for face (embedding) targets, as `avp encrypt` has them.
+FACE_DEFAULTS = attack_settings("embedding")
+# The research code's settings: its fixed K is the naive loop's.
+RESEARCH_DEFAULTS = attack_settings("embedding", "research")
 
 
 def save_chips(folder: Path, count: int) -> None:
@@ -85,6 +89,17 @@ def iresnet50_target(chips: list[torch.Tensor], device: str, seed: int = 0) -> T
     return TargetModel(spec, model).to(device)
 
 
+def warm_up(encryptor: Encryptor, images: torch.Tensor, steps: int = 5) -> None:
+    """Run the encryptor's models for a few steps of one batch (cuDNN autotuning, compilation): its
+    settings with `steps` steps and no early stop, then back to its own."""
+    own = encryptor.settings
+    encryptor.settings = dataclasses.replace(own, iterations=steps, stop=None)
+    try:
+        encryptor.encrypt_tensors(images, list(range(len(images))))
+    finally:
+        encryptor.settings = own
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--save-chips", type=Path, help="align LFW faces into this folder and stop")
@@ -95,9 +110,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--iterations", type=int, default=FACE_SETTINGS.iterations)
-    parser.add_argument("--momentum", type=float, default=FACE_SETTINGS.momentum)
-    parser.add_argument("--naive-iterations", type=int, default=AttackSettings().iterations,
+    parser.add_argument("--iterations", type=int, default=FACE_DEFAULTS.iterations)
+    parser.add_argument("--momentum", type=float, default=FACE_DEFAULTS.momentum)
+    parser.add_argument("--naive-iterations", type=int, default=RESEARCH_DEFAULTS.iterations,
                         help="the naive loop's fixed K (the research code's 800)")
     parser.add_argument("--naive-faces", type=int, default=2)
     parser.add_argument("--device", default="cuda", help="cuda (cpu only to try the script on tiny settings)")
@@ -125,8 +140,7 @@ def main() -> None:
         save_key(trained, key_path)
         print(f"paper-size key trained for {args.key_steps} steps in {time.perf_counter() - began:.0f} s")
     target = iresnet50_target(chips, device)
-    settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations, momentum=args.momentum,
-                                   autocast_dtype=autocast_dtype_for(args.precision, device))
+    settings = attack_settings(target.spec.loss, iterations=args.iterations, momentum=args.momentum)
     key = load_key(key_path, device=device)
     print(f"avp {__version__}; torch {torch.__version__}; GPU {gpu}; {len(chips)} LFW faces "
           f"aligned to 112×112; target iresnet50 (random weights, arcface spec); key {key.metadata.get('preset')} "
@@ -136,21 +150,18 @@ def main() -> None:
           f"{settings.key_ssim_weight}, λ {settings.variance_weight}, leak weight {settings.leak_weight}; "
           f"check every {settings.check_every}")
 
-    # The naive loop first, with cuDNN's defaults, before prepare_models changes them.
+    # The naive loop first, with cuDNN's defaults, before the Encryptor (prepare_models) changes them.
     naive_seconds = time_naive_loop(chips[:args.naive_faces], target, key_path, settings, args.naive_iterations, device)
 
-    target_model, key_model = target, key.model
-    if device.startswith("cuda"):
-        target_model, key_model = prepare_models(target, key.model, device, args.compile)
+    # The target's modules are converted in place: NHWC weights, cuDNN autotuning, compilation on request.
+    encryptor = Encryptor(target, key, settings, device=device, precision=args.precision, compile=args.compile,
+                          batch_size=args.batch_size)
     began = time.perf_counter()
-    warm = torch.stack(chips[:args.batch_size]).to(device)
-    encrypt_batch(warm, target_model, key_model, dataclasses.replace(settings, iterations=5, stop=None), "embedding",
-                  noise_seeds=list(range(len(warm))))
+    warm_up(encryptor, torch.stack(chips[:args.batch_size]))
     print(f"warm-up batch (5 steps: cuDNN autotuning{', compilation' if args.compile else ''}): "
           f"{time.perf_counter() - began:.1f} s, not counted")
 
-    rows = encrypt_and_measure(chips, names, target_model, key_model, settings, "embedding", args.batch_size,
-                               workspace, device)
+    rows = encrypt_and_measure(encryptor, chips, names, workspace)
     batch_seconds = [row["batch_seconds"] for index, row in enumerate(rows) if index % args.batch_size == 0]
     total = sum(batch_seconds)
     per_face = total / len(rows)

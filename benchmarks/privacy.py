@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import report  # noqa: E402
-from avpcli.cli import _encryptor  # noqa: E402
+from avpcli.encryptor import Encryptor  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.targets import load_target  # noqa: E402
 from benchmarks.common import data_folder, lfw_by_role  # noqa: E402
@@ -118,7 +118,9 @@ def main() -> None:
         return WEIGHTS[name] and data / WEIGHTS[name]
 
     selection, gallery = lfw_selection(data, args.faces, args.gallery_size, args.gallery_others)
-    encryptor = _encryptor(args.target, Path(args.key), weights(args.target), args.device, args.iterations)
+    # `avp evaluate`'s encryptor: the tuned recipe, precision auto, at most --iterations steps.
+    encryptor = Encryptor(args.target, Path(args.key), weights=weights(args.target), device=args.device,
+                          iterations=args.iterations)
     began = time.perf_counter()
     pairs = report.encrypt_selection(selection, work / args.target, encryptor, events(args.target))
     timings.append(f"encryption of {len(pairs.names)} faces: {time.perf_counter() - began:.0f} s")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import os
 import random
 import sys
 import time
@@ -25,20 +24,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from avpcli.errors import NoFaceError
-from avpcli.targets import load_target
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from avpcli.errors import NoFaceError  # noqa: E402
+from avpcli.images import to_tensor  # noqa: E402
+from avpcli.targets import load_target  # noqa: E402
+from benchmarks.common import data_folder  # noqa: E402
+
 FACE_TARGETS = {
     "mobilefacenet": "weights/mobilefacenet_xiaoccer/068.ckpt",
     "mobilefacenet-foamliu": "weights/mobilefacenet_foamliu/mobilefacenet.pt",
 }
 CIFAR_TARGETS = {"cifar-resnet20": "resnet20-12fca82f.th", "cifar-resnet56": "resnet56-4bfd9763.th"}
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
 def build_pairs(data: Path, count: int, seed: int = 0) -> list[tuple[str, str, bool]]:
@@ -146,7 +145,8 @@ def cifar_accuracy(data: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument("--data", type=Path, default=data_folder(),
+                        help="shared data (default: ../shared/data beside the repo, or $AVP_DATA)")
     parser.add_argument("--pairs", type=int, default=600)
     parser.add_argument("--skip-lfw", action="store_true")
     args = parser.parse_args()

@@ -18,7 +18,6 @@ Run: python benchmarks/results.py [--key PATH] [--other-key PATH] [--faces-targe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import sys
@@ -32,11 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from avpcli import report  # noqa: E402
-from avpcli.engine import CLASSIFIER_SETTINGS, FACE_SETTINGS  # noqa: E402
+from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
 from avpcli.images import save_png  # noqa: E402
 from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key  # noqa: E402
-from avpcli.targets import get_spec, load_target  # noqa: E402
-from benchmarks.common import lfw_by_role  # noqa: E402
+from benchmarks.common import data_folder, lfw_by_role  # noqa: E402
 
 DOC = REPO / "docs" / "RESULTS.md"
 PICTURES = REPO / "docs" / "results"
@@ -76,7 +74,7 @@ def log(message: str) -> None:
 
 
 def data_root(given: str | None) -> Path:
-    root = Path(given or os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
+    root = Path(given) if given else data_folder()
     if not (root / "lfw.csv").is_file():
         sys.exit(f"shared data not found at {root} (give --data or set AVP_DATA)")
     return root
@@ -128,6 +126,12 @@ def picture_links(written: Path, name: str) -> list[str]:
     return links
 
 
+def encryptor_for(target: str, key, weights: Path | None, **overrides) -> Encryptor:
+    """The Encryptor of these results: the CPU in fp32, batches of 8 (docs/RESULTS.md was made so, and a
+    rerun resumes the ciphertexts under --work only with the same settings)."""
+    return Encryptor(target, key, weights=weights, device="cpu", precision="fp32", batch_size=8, **overrides)
+
+
 def events(label: str):
     def on_event(event) -> None:
         if event.kind == "written":
@@ -149,7 +153,7 @@ def main() -> None:
     parser.add_argument("--gallery", default="20",
                         help="distractor images in the gallery: N for every target, or name=N,name=N")
     parser.add_argument("--iterations", type=int, default=300, help="most attack steps per image")
-    parser.add_argument("--key-weight", type=float, default=FACE_SETTINGS.key_weight,
+    parser.add_argument("--key-weight", type=float, default=attack_settings("embedding").key_weight,
                         help="μ for faces (default: avp encrypt's)")
     parser.add_argument("--attack-other", type=int, default=4, help="probe-turn images encrypted again with key B")
     parser.add_argument("--attack-steps", type=int, default=300)
@@ -171,10 +175,9 @@ def main() -> None:
     for index, target_name in enumerate(face_targets):
         probes, gallery = lfw_split(data, gallery_sizes[target_name])
         weights = FACE_WEIGHTS[target_name] and data / FACE_WEIGHTS[target_name]
-        spec = get_spec(target_name)
-        target = load_target(target_name, weights)
-        settings = dataclasses.replace(FACE_SETTINGS, iterations=args.iterations, key_weight=args.key_weight)
-        encryptor = report.Encryptor(spec, target, loaded_a.model, loaded_a.fingerprint, settings)
+        encryptor = encryptor_for(target_name, loaded_a, weights, iterations=args.iterations,
+                                  key_weight=args.key_weight)
+        spec, target, settings = encryptor.spec, encryptor.target, encryptor.settings
         folder = work / target_name
         began = time.perf_counter()
         identification = report.identification_report(probes, gallery, encryptor, folder / "identification",
@@ -192,7 +195,7 @@ def main() -> None:
             loaded_b = load_key(key_b)
         pairs = report.read_pairs(folder / "identification" / "selection", folder / "identification" / "encrypted",
                                   spec, aligned=folder / "identification" / "aligned")
-        quality = report.quality_report(pairs, target, spec, loaded_a.model, loaded_b.model, sheet_rows=4)
+        quality = report.quality_report(pairs, target, spec, encryptor.key, loaded_b.model, sheet_rows=4)
         written = quality.write(folder / "reports")
         summary = quality.data["summary"]
         met = sum(1 for e, d, f in zip(quality.data["per_image"]["ssim_encrypted"],
@@ -218,7 +221,7 @@ def main() -> None:
             continue
 
         # Security analyses on the first face target's ciphertexts.
-        cross = report.cross_key_report(pairs, loaded_a.model, {"key B (other seed)": loaded_b.model},
+        cross = report.cross_key_report(pairs, encryptor.key, {"key B (other seed)": loaded_b.model},
                                         sheet_rows=4)
         written = cross.write(folder / "reports")
         # Its contact sheet is Table 1's (original | encrypted | key A | key B): not repeated.
@@ -236,13 +239,14 @@ def main() -> None:
             save_png(image, path)
             files[name] = path
         began = time.perf_counter()
-        encryptor_b = report.Encryptor(spec, target, loaded_b.model, loaded_b.fingerprint, settings)
+        encryptor_b = encryptor_for(target_name, loaded_b, weights, iterations=args.iterations,
+                                    key_weight=args.key_weight)
         other_pairs = report.encrypt_selection(files, folder / "attack" / "key-b", encryptor_b, events("key B"))
         for count in (int(value) for value in args.attack_pairs.split(",")):
             if count > len(training.names):
                 log(f"attack: only {len(training.names)} gallery pairs, not {count}; skipped")
                 continue
-            attack = report.attack_report(training.subset(range(count)), held_out, other_pairs, loaded_a.model,
+            attack = report.attack_report(training.subset(range(count)), held_out, other_pairs, encryptor.key,
                                           steps=args.attack_steps)
             written = attack.write(folder / "reports" / f"attack-{count}")
             sections.append(f"## {target_name}: paired-data attack (Fig. 6), {count} pairs\n\n"
@@ -256,11 +260,8 @@ def main() -> None:
                         + statistics.markdown.split("\n", 2)[2] + "\n" + "\n".join(picture_links(written, target_name)) + "\n")
 
     if args.cifar_per_class > 0:
-        spec = get_spec(CIFAR_TARGET)
-        target = load_target(CIFAR_TARGET, data / CIFAR_WEIGHTS)
-        settings = dataclasses.replace(CLASSIFIER_SETTINGS, iterations=args.iterations)
         cifar_key = load_key(args.cifar_key) if args.cifar_key else loaded_a
-        encryptor = report.Encryptor(spec, target, cifar_key.model, cifar_key.fingerprint, settings)
+        encryptor = encryptor_for(CIFAR_TARGET, cifar_key, data / CIFAR_WEIGHTS, iterations=args.iterations)
         began = time.perf_counter()
         classification = report.classification_report(data / "cifar10", encryptor, work / CIFAR_TARGET,
                                                        args.cifar_per_class, events(CIFAR_TARGET))
