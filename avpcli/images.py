@@ -315,17 +315,19 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it into place.
 
     A reader (or a rerun after a crash) sees either no file or the whole file, never a part. The
-    file gets `mode`, or by default the permissions the umask allows (as open() would give).
+    file gets `mode`, or by default the permissions the umask allows (as open() would give). `data`
+    may come in pieces (an iterable of bytes), so that a large document is never whole in memory.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+            for piece in ([data] if isinstance(data, (bytes, bytearray)) else data):
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp makes the file owner-only; give it the mode asked for, else what open() would have.
@@ -337,7 +339,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
         raise
 
 
-def write_output(path: Path, data: bytes, mode: int | None = None) -> None:
+def write_output(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> None:
     """atomic_write_bytes, with a failing disk (full, read-only, gone) as a one-line domain error."""
     try:
         atomic_write_bytes(path, data, mode)

@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from avpcli import __version__
 from avpcli.errors import AvpError, ImageError
@@ -42,8 +42,8 @@ class Manifest:
     shard: str | None = None
     run: str | None = None
 
-    def to_json(self) -> str:
-        document = {
+    def _document(self) -> dict[str, Any]:
+        return {
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
             "avp_version": self.avp_version,
@@ -57,13 +57,30 @@ class Manifest:
             "summary": summarize(self.files),
             "files": self.files,
         }
-        return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps(self._document(), indent=2, sort_keys=False) + "\n"
 
     def write(self, folder: Path, name: str = MANIFEST_NAME) -> Path:
-        """Write atomically; AvpError (one line) if the disk refuses, as for the images beside it."""
+        """Write atomically, piece by piece (the same bytes as to_json, never whole in memory: a run's
+        manifest is rewritten as it goes); AvpError (one line) if the disk refuses."""
         path = folder / name
-        write_output(path, self.to_json().encode())
+        pieces = json.JSONEncoder(indent=2).iterencode(self._document())
+        write_output(path, _batched((piece.encode() for piece in pieces), 1 << 16, b"\n"))
         return path
+
+
+def _batched(pieces: Iterator[bytes], size: int, tail: bytes) -> Iterator[bytes]:
+    """The pieces joined into blocks of about `size` bytes, then `tail`: fewer, larger writes."""
+    block: list[bytes] = []
+    held = 0
+    for piece in pieces:
+        block.append(piece)
+        held += len(piece)
+        if held >= size:
+            yield b"".join(block)
+            block, held = [], 0
+    yield b"".join(block) + tail
 
 
 def part_name(shard: tuple[int, int]) -> str:
@@ -130,9 +147,9 @@ def _read_manifest_file(path: Path, named: Path | None = None) -> Manifest:
     if not isinstance(files, list) or not all(isinstance(entry, dict) and isinstance(entry.get("status"), str)
                                               for entry in files):
         raise AvpError(f"{path} is damaged: its file list is not a list of entries with a status")
-    for field, kind in (("kind", str), ("target", dict), ("key_fingerprint", str), ("settings", dict)):
-        if field in document and not isinstance(document[field], kind):
-            raise AvpError(f"{path} is damaged: its {field} is not a JSON {'string' if kind is str else 'object'}")
+    for member, kind in (("kind", str), ("target", dict), ("key_fingerprint", str), ("settings", dict)):
+        if member in document and not isinstance(document[member], kind):
+            raise AvpError(f"{path} is damaged: its {member} is not a JSON {'string' if kind is str else 'object'}")
     if not isinstance(document.get("shard") or "1/1", str) or not _SHARD.fullmatch(document.get("shard") or "1/1"):
         raise AvpError(f"{path} is damaged: its shard is not i/n")
     if not isinstance(document.get("run") or "0", str) or not _RUN_ID.fullmatch(document.get("run") or "0"):

@@ -104,3 +104,14 @@ def test_differences_ignore_the_noise_seed():
     other.target = {"name": "u"}
     other.key_fingerprint = "e" * 64
     assert differences(part([], 1, 2), other) == ["target", "key"]
+
+
+def test_a_manifest_is_written_in_pieces_as_the_same_bytes_as_its_json(tmp_path):
+    from avpcli.manifest import Manifest
+
+    files = [{"source": f"photo {index}.jpg", "output": f"photo {index}.png", "status": "ok", "ssim_encrypted": 0.01}
+             for index in range(3000)]  # over 64 KiB: several pieces
+    manifest = Manifest(kind="encrypted", target={"name": "dlib"}, key_fingerprint="ab" * 32, settings={"a": 1},
+                        files=files)
+    path = manifest.write(tmp_path)
+    assert path.read_text() == manifest.to_json() and len(path.read_bytes()) > 1 << 17
