@@ -27,6 +27,7 @@ _PUBLIC = {
     "train_key": "avpcli.key",
     "find_key": "avpcli.key",
     "KEY_PRESETS": "avpcli.key",
+    "KeyPreset": "avpcli.key",
     "Encryptor": "avpcli.encryptor",
     "Ciphertext": "avpcli.encryptor",
     "attack_settings": "avpcli.encryptor",

@@ -358,3 +358,11 @@ def test_a_key_without_scramble_warns_with_the_tuned_recipe(tmp_path, photo_fold
     assert result.exit_code == 0, result.stderr
     assert "has no scramble" in result.stderr
     assert json.loads((tmp_path / "out" / "avp-manifest.json").read_text())["settings"]["key_scramble"] is False
+
+
+def test_keygen_help_states_the_bits_of_the_default_seed():
+    from avpcli.key import SEED_BITS, new_seed
+
+    help_text = " ".join(invoke("keygen", "--help").stdout.split())
+    assert f"{SEED_BITS} random bits" in help_text
+    assert max(new_seed().bit_length() for _ in range(64)) > SEED_BITS - 8  # it draws as many as it says
