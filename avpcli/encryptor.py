@@ -30,12 +30,8 @@ if TYPE_CHECKING:
     from avpcli.manifest import Manifest
     from avpcli.targets.custom import CustomTargetOptions
 
-Recipe = Literal["tuned", "research"]
 RECIPES: tuple[str, ...] = ("tuned", "research")
 AlignMode = Literal["auto", "never"]
-# What encrypt() and decrypt() take for an image: a file, a PIL image, or a float tensor (3, H, W)
-# in [0, 1] (a uint8 tensor counts in 1/255 steps).
-ImageInput = "str | os.PathLike[str] | Image.Image | torch.Tensor"
 
 NO_SCRAMBLE_WARNING = ("this key has no scramble (format 1 or --no-scramble): filters of its ciphertexts can show "
                        "the image, and SSIM_d 0.95 is out of reach for most images; a new `avp keygen` key has one")
@@ -119,7 +115,8 @@ def target_inputs(image: Image.Image, spec: TargetSpec, align: AlignMode = "auto
 
 
 def _as_pil(image: Any) -> Image.Image:
-    """A PIL RGB image from a path, a PIL image or a (3, H, W) tensor (float in [0, 1] or uint8)."""
+    """What encrypt() and decrypt() take for an image, as a PIL RGB image: a path, a PIL image or a
+    (3, H, W) tensor (float in [0, 1], or uint8 in 1/255 steps)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):
