@@ -61,13 +61,15 @@ def precision_dtype(precision: str, device: str) -> torch.dtype | None:
 
 
 def attack_settings(loss: LossKind, recipe: str = "tuned", *, early_stop: bool = True,
-                    max_lowpass_correlation: float | None = None, **overrides: Any) -> AttackSettings:
+                    max_lowpass_correlation: float | None = None, max_feature_distance: float | None = None,
+                    **overrides: Any) -> AttackSettings:
     """The attack settings for a kind of target: the recipe's base with overrides.
 
     loss: the target's ("embedding" or "classifier"). recipe: "tuned" (FACE_SETTINGS for embedding
     targets) or "research" (the AVIH code's settings, AttackSettings()); classifiers always take
     CLASSIFIER_SETTINGS. early_stop=False runs every iteration; max_lowpass_correlation adds that
-    bar to the stop. Overrides name AttackSettings fields; a None value keeps the base's.
+    bar to the stop, max_feature_distance replaces its feature bar (embedding targets).
+    Overrides name AttackSettings fields; a None value keeps the base's.
     """
     if recipe not in RECIPES:
         raise UsageError(f"the recipe is 'tuned' or 'research', not {recipe!r}")
@@ -85,13 +87,19 @@ def attack_settings(loss: LossKind, recipe: str = "tuned", *, early_stop: bool =
         raise UsageError("the start (init) is 'preimage', 'noise' or 'original'")
     if chosen.get("iterations", 1) < 1:
         raise UsageError("iterations must be at least 1")
-    if not early_stop:
-        chosen["stop"] = None
-    elif max_lowpass_correlation is not None:
+    bars: dict[str, float] = {}
+    if max_lowpass_correlation is not None:
         if not 0 <= max_lowpass_correlation <= 1:
             raise UsageError("the low-pass correlation bar must be between 0 and 1")
-        stop = chosen.get("stop", base.stop) or StopCriteria()
-        chosen["stop"] = dataclasses.replace(stop, max_lowpass_correlation=max_lowpass_correlation)
+        bars["max_lowpass_correlation"] = max_lowpass_correlation
+    if max_feature_distance is not None:
+        if not max_feature_distance > 0:
+            raise UsageError("the feature distance bar must be above 0")
+        bars["max_feature_distance"] = max_feature_distance
+    if not early_stop:
+        chosen["stop"] = None
+    elif bars:
+        chosen["stop"] = dataclasses.replace(chosen.get("stop", base.stop) or StopCriteria(), **bars)
     return dataclasses.replace(base, **chosen)
 
 

@@ -366,3 +366,10 @@ def test_keygen_help_states_the_bits_of_the_default_seed():
     help_text = " ".join(invoke("keygen", "--help").stdout.split())
     assert f"{SEED_BITS} random bits" in help_text
     assert max(new_seed().bit_length() for _ in range(64)) > SEED_BITS - 8  # it draws as many as it says
+
+
+def test_feature_bar_is_recorded(tmp_path, photo_folder, tiny_key_file):
+    result = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--max-feature-distance", "0.03")
+    assert result.exit_code == 0, result.stderr
+    settings = json.loads((tmp_path / "enc" / "avp-manifest.json").read_text())["settings"]
+    assert settings["stop"]["max_feature_distance"] == 0.03

@@ -70,14 +70,15 @@ def test_settings_overrides_none_keeps_the_base_and_stop_options():
     tuned = attack_settings("embedding", iterations=7, key_weight=None, leak_weight=0.5)
     assert (tuned.iterations, tuned.key_weight, tuned.leak_weight) == (7, FACE_SETTINGS.key_weight, 0.5)
     assert attack_settings("embedding", early_stop=False).stop is None
-    barred = attack_settings("embedding", max_lowpass_correlation=0.2).stop
-    assert barred.max_lowpass_correlation == 0.2
+    barred = attack_settings("embedding", max_lowpass_correlation=0.2, max_feature_distance=0.03).stop
+    assert (barred.max_lowpass_correlation, barred.max_feature_distance) == (0.2, 0.03)
     assert barred.max_ssim_encrypted == FACE_SETTINGS.stop.max_ssim_encrypted
+    assert attack_settings("embedding", early_stop=False, max_feature_distance=0.03).stop is None
 
 
 @pytest.mark.parametrize("arguments", [
     {"recipe": "fast"}, {"iterations": 0}, {"initialization": "zeros"}, {"smoothness": "l2"},
-    {"not_a_setting": 1}, {"max_lowpass_correlation": 1.5},
+    {"not_a_setting": 1}, {"max_lowpass_correlation": 1.5}, {"max_feature_distance": 0.0},
 ])
 def test_settings_refuse_what_makes_no_sense(arguments):
     with pytest.raises(UsageError):
