@@ -340,7 +340,7 @@ def encrypt(
     variance_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the variance-consistency loss.")] = None,
     leak_weight: Annotated[Optional[float], typer.Option(help="ρ: weight of the leak term, the squared correlation of the ciphertext's low-pass, band-pass and edge map with the original's (what a filter and a contrast stretch would show).")] = None,
     max_lowpass_correlation: Annotated[Optional[float], typer.Option(help="Also require |low-pass correlation of x' and x| ≤ this before an image stops (docs/PRIVACY.md).")] = None,
-    max_feature_distance: Annotated[Optional[float], typer.Option(help="Embedding targets: stop only once the target's output for x' is within this distance of x's (default 0.10). Lower keeps nearest-neighbour decisions closer to the originals' at the cost of steps (docs/RESULTS.md: dlib 0.02 takes a median 80 steps instead of 30).")] = None,
+    max_feature_distance: Annotated[Optional[float], typer.Option(help="Embedding targets: stop only once the target's output for x' is within this distance of x's (default 0.10). Lower keeps nearest-neighbour decisions among plain images closer to the originals' at the cost of steps (docs/RESULTS.md: dlib at 0.03 takes a median 50 steps instead of 30).")] = None,
     smoothness: Annotated[str, typer.Option(help="'variance' (L_v, the paper's) or 'distance' (L_d, the ablation).")] = "variance",
     init: Annotated[Optional[str], typer.Option(help="Start from the key's 'preimage' (S⁻¹(x); the tuned default, noise for a key without scramble), from 'noise' (the research default) or from the 'original'.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the initial noise (default: random; recorded in the manifest).")] = None,
