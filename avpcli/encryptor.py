@@ -9,6 +9,7 @@ of settings: by the target's kind of loss and the recipe, with overrides.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -204,11 +205,13 @@ class Encryptor:
             raise UsageError("give either settings or overrides of the recipe's settings, not both")
         self.settings = dataclasses.replace(settings, autocast_dtype=dtype)
         self.loaded_key = key if isinstance(key, Key) else load_key(key, device=self.device)
-        model = target if isinstance(target, TargetModel) else load_target(
+        # A caller's own target is copied: preparing it (device, memory layout) must not change theirs.
+        model = copy.deepcopy(target) if isinstance(target, TargetModel) else load_target(
             target, Path(weights) if weights is not None else None, target_options)
         self.recipe = recipe
         # The research recipe reproduces the paper, whose key is G alone; the manifest records which.
-        key_model = self.loaded_key.model_for(scramble=self.loaded_key.scrambles and recipe == "tuned")
+        # The key's modules are copied too: a Key may serve other encryptors and decrypt() on other devices.
+        key_model = copy.deepcopy(self.loaded_key.model_for(scramble=self.loaded_key.scrambles and recipe == "tuned"))
         self.target, self.key = prepare_models(model.to(self.device), key_model.to(self.device), self.device, compile)
         self.key_fingerprint = self.loaded_key.fingerprint
         # Tags the source files in a folder run's manifest, so that a rerun knows a file it did before
@@ -286,6 +289,7 @@ class Encryptor:
         from avpcli.jobs import FolderRun, encrypt_folder
 
         paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(path) for path in inputs]
+        run_options.setdefault("key_path", self.loaded_key.path)  # where --anonymize's names map goes by default
         run = FolderRun(inputs=paths, output=Path(output), **run_options)
         return encrypt_folder(self, run, on_event or (lambda event: None))
 
@@ -306,7 +310,9 @@ def decrypt(images: Any, key: Key | str | os.PathLike[str], *, research: bool = 
     """
     resolved = resolve_device(device)
     loaded = key if isinstance(key, Key) else load_key(key, device=resolved)
-    model = loaded.model_for(scramble=loaded.scrambles and not research).to(resolved)
+    model = loaded.model_for(scramble=loaded.scrambles and not research)
+    if next(model.parameters()).device != torch.device(resolved):
+        model = copy.deepcopy(model).to(resolved)  # the caller's Key stays where it is
     given = _as_batch(images)
     tensors = [to_tensor(_as_pil(image)) for image in given]
     results: list[Any] = []

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -346,17 +347,36 @@ def _finished(entries: list[dict[str, Any]], folder: Path, output: Path, source_
     return count > 0
 
 
+def _linked_safely(source: SourceImage, run: FolderRun) -> bool:
+    """Whether a source may be read to tag it: not a link out of its input folder (unless the run
+    follows links); such a source is redone, and then fails with its reason."""
+    if run.follow_links:
+        return True
+    try:
+        check_link_stays_inside(source)
+    except ImageError:
+        return False
+    return True
+
+
 def _source_tag(path: Path, secret: bytes) -> str | None:
-    """HMAC-SHA256 of a source file's bytes under the key's tag secret (hex), or None if it cannot be
-    read (it then fails when it is loaded). Keyed: a plain hash in a manifest would let anyone holding
-    a photo check whether it was encrypted."""
+    """HMAC-SHA256 of a source file's bytes under the key's tag secret (hex), or None if it is not a
+    regular file that can be read (it then fails, with its reason, when it is loaded). Keyed: a plain
+    hash in a manifest would let anyone holding a photo check whether it was encrypted. Opened
+    without blocking and checked before reading: a FIFO must not hang the run."""
     digest = hmac.new(secret, digestmod="sha256")
     try:
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
+    with os.fdopen(descriptor, "rb") as stream:
+        try:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                return None
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        except OSError:
+            return None
     return digest.hexdigest()
 
 
@@ -438,8 +458,8 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     finished: set[int] = set()
     for position, source in enumerate(sources):
         entries = resumed.entries.get(label(source), [])
-        if entries and _finished(entries, run.output, names[source.relative],
-                                 _source_tag(source.path, encryptor.source_tag_secret)):
+        if entries and _linked_safely(source, run) and _finished(
+                entries, run.output, names[source.relative], _source_tag(source.path, encryptor.source_tag_secret)):
             finished.add(position)
             for face, entry in enumerate(entries, 1):
                 records.append(((position, face), entry))

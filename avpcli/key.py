@@ -162,10 +162,6 @@ class KeyModel(nn.Module):
         self.generator = generator
         self.scramble = scramble
 
-    def derived_secret(self, purpose: str) -> bytes:
-        """32 secret bytes of this key's for `purpose` (e.g. tagging sources in a manifest)."""
-        return bytes.fromhex(key_fingerprint(self.tensors(), purpose))
-
     @property
     def scrambles(self) -> bool:
         return self.scramble is not None
@@ -527,7 +523,7 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
 # The file format
 # --------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)
 class Key:
     """A key: the frozen generator G, its scramble S (None: the paper's plain G) and its file's metadata.
 
@@ -542,6 +538,10 @@ class Key:
     scramble: Scramble | None = None
     path: Path | None = None
     seconds: float = 0.0
+
+    def __repr__(self) -> str:  # never the seed (in the metadata) or the weights: a repr ends up in logs
+        return (f"Key(fingerprint={self.fingerprint[:16]}…, preset={self.metadata.get('preset')!r}, "
+                f"scramble={self.scrambles}, path={str(self.path) if self.path else None!r})")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Key:

@@ -225,3 +225,32 @@ def test_key_train_save_load_round_trip(tmp_path):
     assert loaded.fingerprint == trained.fingerprint and loaded.scrambles and loaded.path == Path(path)
     assert Key.train(preset, seed=11).fingerprint == trained.fingerprint
     assert Key.train(preset).fingerprint != trained.fingerprint  # a fresh random seed
+
+
+def test_a_key_repr_never_shows_its_seed(tiny_key_file):
+    key = Key.load(tiny_key_file)
+    text = repr(key)
+    assert key.metadata["seed"] not in text and key.fingerprint[:16] in text
+
+
+def test_building_an_encryptor_leaves_the_callers_key_and_target_as_they_were(tiny_key_file):
+    from avpcli import load_target
+
+    key, target = Key.load(tiny_key_file), load_target("tiny-embedding")
+    weights = [parameter for parameter in key.generator.parameters() if parameter.ndim == 4]
+    target_weights = [parameter for parameter in target.parameters() if parameter.ndim == 4]
+    Encryptor(target, key, device="cpu")  # prepares its models in the channels-last layout
+    assert all(parameter.is_contiguous() for parameter in weights + target_weights)
+
+
+def test_encrypt_folder_anonymizes_with_the_names_map_beside_the_key(tmp_path, tiny_key_file):
+    import shutil
+
+    key_path = tmp_path / "keys" / "k.safetensors"
+    key_path.parent.mkdir()
+    shutil.copy(tiny_key_file, key_path)
+    photos = write_noise_photos(tmp_path / "photos", ["a.png"], 32, 32, seed=3)
+    manifest = Encryptor("tiny-embedding", key_path, device="cpu", iterations=1).encrypt_folder(
+        photos, tmp_path / "out", anonymize=True)
+    assert manifest.files[0]["output"] != "a.png"
+    assert list(key_path.parent.glob("k.safetensors.names-*.json"))

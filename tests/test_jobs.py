@@ -103,3 +103,35 @@ def test_a_rerun_redoes_a_source_whose_bytes_changed_and_tags_sources_by_key(tmp
     # The manifest tags the source under the key, never with a plain hash a photo's holder could check.
     [entry] = json.loads((out / "avp-manifest.json").read_text())["files"]
     assert entry["source_tag"] and entry["source_tag"] != hashlib.sha256(second.read_bytes()).hexdigest()
+
+
+def test_a_rerun_does_not_read_a_fifo_that_replaced_a_finished_source(tmp_path, tiny_key_file):
+    import os
+    import signal
+
+    from avpcli import Encryptor
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, seed in (("a.png", 1), ("b.png", 2)):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photos / name)
+    encryptor = Encryptor("tiny-embedding", tiny_key_file, device="cpu", iterations=1)
+    encryptor.encrypt_folder(photos, tmp_path / "out", noise_seed=1)
+    (photos / "b.png").unlink()
+    os.mkfifo(photos / "b.png")  # opened for reading, a FIFO blocks until a writer comes: never here
+    class Hung(Exception):  # not an OSError, which the code under test may catch
+        pass
+
+    def hung(signum, frame):
+        raise Hung("the rerun hung on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)  # a hang fails this test, not the whole suite
+    signal.alarm(20)
+    try:
+        events = []
+        encryptor.encrypt_folder(photos, tmp_path / "out", events.append)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    kinds = {event.source: event.kind for event in events if event.kind != "progress"}
+    assert kinds == {"a.png": "skipped", "b.png": "failed"}
