@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from avpcli.engine import (CLASSIFIER_SETTINGS, FACE_SETTINGS, PRECISIONS, AttackSettings, StopCriteria,
-                           autocast_dtype_for, decrypt_batch, encrypt_batch, measure_images, prepare_models)
+                           autocast_dtype_for, decrypt_grouped, encrypt_batch, measure_images, prepare_models)
 from avpcli.errors import UsageError
 from avpcli.images import fit_to_size, load_rgb, png_bytes, png_tensor, to_pil, to_tensor
 from avpcli.key import Key, load_key
@@ -314,15 +314,10 @@ def decrypt(images: Any, key: Key | str | os.PathLike[str], *, research: bool = 
     if next(model.parameters()).device != torch.device(resolved):
         model = copy.deepcopy(model).to(resolved)  # the caller's Key stays where it is
     given = _as_batch(images)
-    tensors = [to_tensor(_as_pil(image)) for image in given]
     results: list[Any] = []
-    start = 0
-    while start < len(tensors):  # runs of up to batch_size images of one size
-        end = start + 1
-        while end < len(tensors) and end - start < batch_size and tensors[end].shape == tensors[start].shape:
-            end += 1
-        decrypted = decrypt_batch(torch.stack(tensors[start:end]).to(resolved), model).cpu()
+    for start in range(0, len(given), batch_size):
+        chunk = given[start:start + batch_size]
+        decrypted = decrypt_grouped([(model, to_tensor(_as_pil(image))) for image in chunk], resolved)
         results += [to_pil(image) if isinstance(original, Image.Image) else image
-                    for original, image in zip(given[start:end], decrypted)]
-        start = end
+                    for original, image in zip(chunk, decrypted)]
     return results

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from avpcli.engine import AttackSettings, decrypt_batch
+from avpcli.engine import AttackSettings, decrypt_grouped
 from avpcli.errors import AvpError, ImageError, NoFaceError, UsageError
 from avpcli.images import (
     MAX_PNG_BYTES,
@@ -433,7 +433,7 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
         target={"name": encryptor.spec.name, "input_size": list(encryptor.spec.input_size), "loss": encryptor.spec.loss,
                 "weights": encryptor.weights_label},
         key_fingerprint=encryptor.key_fingerprint,
-        settings={**_settings_record(encryptor.settings), "key_scramble": bool(getattr(encryptor.key, "scrambles", False)),
+        settings={**_settings_record(encryptor.settings), "key_scramble": encryptor.key_scrambles,
                   "noise_seed": run.noise_seed,
                   "alignment": run.align, "all_faces": run.all_faces, "anonymized": run.anonymize},
         complete=False,
@@ -818,7 +818,7 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
                 fail(item.position, item.name, f"cannot read: {describe_error(broken, item.source)}")
         kept = [_decrypted_before(earlier.get(item.name), plan.output, item.name, digest) for item, digest, _ in batch]
         if not all(kept):
-            decrypted = _apply_keys([(item.key, tensor) for item, _, tensor in batch], plan.device)
+            decrypted = decrypt_grouped([(item.key, tensor) for item, _, tensor in batch], plan.device)
         for index, ((item, digest, _), entry) in enumerate(zip(batch, kept)):
             kind = "skipped"
             if entry is None:
@@ -834,20 +834,6 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
     manifest.complete = True
     checkpoint.write()
     return manifest
-
-
-def _apply_keys(batch: list[tuple[nn.Module, torch.Tensor]], device: str) -> list[torch.Tensor]:
-    """Decrypt (key, ciphertext) pairs: together those of one key and one size, each result in its pair's place."""
-    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
-    for index, (key, tensor) in enumerate(batch):
-        groups.setdefault((id(key), tuple(tensor.shape)), []).append(index)
-    results: list[torch.Tensor] = [torch.empty(0)] * len(batch)
-    for indices in groups.values():
-        key = batch[indices[0]][0]
-        decrypted = decrypt_batch(torch.stack([batch[index][1] for index in indices]).to(device), key).cpu()
-        for index, image in zip(indices, decrypted):
-            results[index] = image
-    return results
 
 
 def _earlier_decryption(plan: _Decryption) -> dict[str, dict[str, Any]]:
