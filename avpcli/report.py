@@ -488,9 +488,11 @@ def attack_report(training: PairedImages, held_out: PairedImages, other_key_pair
     # What an attacker scores without looking at the ciphertext: the mean of its training originals
     # (an average face) against each held-out original. Above this, the ciphertext told it something.
     average = training.originals.float().mean(dim=0, keepdim=True)
-    guess = [float(value) for value in ssim(average.expand_as(held_out.originals), held_out.originals.float())]
-    guess_other = [float(value) for value in
-                   ssim(average.expand_as(other_key_pairs.originals), other_key_pairs.originals.float())]
+
+    def against_average(originals: torch.Tensor) -> list[float]:
+        return ssim(average.expand_as(originals), originals.float()).tolist()
+
+    guess, guess_other = against_average(held_out.originals), against_average(other_key_pairs.originals)
     summaries = {"training pairs (key A)": evaluate.summarize(on_training),
                  "held-out (key A)": evaluate.summarize(same),
                  "other key (key B)": evaluate.summarize(other),
