@@ -40,23 +40,36 @@ class StopCriteria:
     min_ssim_decrypted: SSIM(G(x'), x) must be at least this (the key must give x back).
     max_lowpass_correlation: |correlation| of the blurred brightness of x' and x must be at most
         this (a blur must not show x in x'; metrics.lowpass_correlation); None: not checked.
+    max_start_side: embedding targets: the most f(x') may lie on the start's side of f(x), i.e. the
+        component of f(x') − f(x) along the unit vector from f(x) toward f(x'_0); None: not checked.
+        Ciphertexts that stop on the way in from a start near a common point (noise, a preimage)
+        are all pulled toward it, so each is nearer to every query than its original was: mixed
+        among plain images they are found too often (docs/RESULTS.md, Table 2 AVP-ONE).
     """
 
     max_feature_distance: float = 0.10
     max_ssim_encrypted: float = 0.05
     min_ssim_decrypted: float = 0.90
     max_lowpass_correlation: float | None = None
+    max_start_side: float | None = None
 
     def feature_ok(self, distance, same_class=None):
         """Whether the target still sees the original: same class, or a small enough distance."""
         return same_class if same_class is not None else distance <= self.max_feature_distance
 
-    def accepts(self, distance, ssim_encrypted, ssim_decrypted, same_class=None, lowpass_correlation=None):
-        """Whether every bar is met (works on floats and on per-sample tensors alike)."""
+    def accepts(self, distance, ssim_encrypted, ssim_decrypted, same_class=None, lowpass_correlation=None,
+                start_side=None):
+        """Whether every bar is met (works on floats and on per-sample tensors alike).
+
+        A figure given as None (not measured: the start side of a ciphertext read back from disk)
+        is not checked.
+        """
         met = (self.feature_ok(distance, same_class) & (ssim_encrypted <= self.max_ssim_encrypted)
                & (ssim_decrypted >= self.min_ssim_decrypted))
         if self.max_lowpass_correlation is not None and lowpass_correlation is not None:
             met = met & (abs(lowpass_correlation) <= self.max_lowpass_correlation)
+        if self.max_start_side is not None and start_side is not None:
+            met = met & (start_side <= self.max_start_side)
         return met
 
 
@@ -81,6 +94,9 @@ class AttackSettings:
         scrambling key the start S⁻¹(x) is grey on average whatever x's colour, and a uniform colour
         shift of x′ is all but invisible to the key (S inverts half of each channel), so without this
         the target's loss is free to carry x's colour into x′.
+    start_side_weight: embedding targets: adds this times the squared component of f(x') − f(x)
+        along the direction toward the start's features to the target's squared error, so that x'
+        comes to rest beside f(x) rather than short of it on the start's side (StopCriteria.max_start_side).
     classifier_scale: the factor on the top-1 logit for classifier targets (research code: 0.001).
     smoothness: "variance" (L_v, paper Eq. 12–13) or "distance" (L_d = −||x − x'||², the ablation).
     block_size: the box size of L_v.
@@ -107,6 +123,7 @@ class AttackSettings:
     lowpass_sigma: float = 3.0
     leak_weight: float = 0.0
     hold_colour: bool = False
+    start_side_weight: float = 0.0
     classifier_scale: float = 0.001
     smoothness: Smoothness = "variance"
     block_size: int = 4
@@ -236,7 +253,11 @@ class LeakPenalty:
 
 
 class Measured(NamedTuple):
-    """Per-image figures (N,) of a batch of 8-bit ciphertexts; same_class is None for embedding targets."""
+    """Per-image figures (N,) of a batch of 8-bit ciphertexts; same_class is None for embedding targets.
+
+    start_side (the component of f(x') − f(x) toward the start's features) is known only while
+    encrypting, where the start is; it is a stop decision's figure, not one of the rows.
+    """
 
     distance: torch.Tensor
     cosine: torch.Tensor
@@ -244,6 +265,7 @@ class Measured(NamedTuple):
     ssim_decrypted: torch.Tensor
     same_class: torch.Tensor | None
     lowpass: torch.Tensor
+    start_side: torch.Tensor | None = None
 
     def rows(self) -> list[dict]:
         """One dict per image with the names the manifest uses."""
@@ -269,12 +291,36 @@ class _Objective:
         self.reference = reference
         self.leak = LeakPenalty(originals, settings.lowpass_sigma) if settings.leak_weight else None
         self.reference_class = reference.argmax(dim=1) if loss_kind == "classifier" else None
+        # Unit vectors (N, D) from f(x) toward f(x'_0), once the start is known (see set_start).
+        self.toward_start: torch.Tensor | None = None
 
-    def target_loss(self, outputs, reference, reference_class):
+    @torch.no_grad()
+    def set_start(self, starts: torch.Tensor) -> None:
+        """Note where each image starts, for the start-side term and bar (embedding targets only)."""
+        stop = self.settings.stop
+        wanted = self.settings.start_side_weight or (stop is not None and stop.max_start_side is not None)
+        if self.loss_kind == "classifier" or not wanted:
+            return
+        direction = self.target(starts).float() - self.reference
+        length = direction.norm(dim=1, keepdim=True)
+        # A start whose features are f(x)'s (the original itself) has no side: its direction is 0.
+        self.toward_start = torch.where(length > 1e-6, direction / length.clamp_min(1e-12), torch.zeros_like(direction))
+
+    def target_loss(self, outputs, reference, reference_class, toward_start=None):
         if self.loss_kind == "classifier":
             top1_logit = outputs.gather(1, reference_class[:, None]).squeeze(1)
             return -self.settings.classifier_scale * top1_logit
-        return ((outputs - reference) ** 2).mean(dim=1)
+        residual = outputs - reference
+        loss = (residual ** 2).mean(dim=1)
+        if toward_start is not None and self.settings.start_side_weight:
+            # In the same units as the mean square: the along-start component weighs (1 + weight)
+            # times any other direction of the residual.
+            along = (residual * toward_start).sum(dim=1)
+            loss = loss + self.settings.start_side_weight * along ** 2 / residual.shape[1]
+        return loss
+
+    def start_directions(self, active: torch.Tensor) -> torch.Tensor | None:
+        return self.toward_start[active] if self.toward_start is not None else None
 
     def loss(self, images, originals, reference, reference_class, active):
         """Per-sample loss (N,) of the images being optimized; `active` indexes them in the batch."""
@@ -282,7 +328,7 @@ class _Objective:
         with _autocast(images, settings.autocast_dtype):
             outputs = self.target(images).float()
             decrypted = self.key(images).float()
-        loss = self.target_loss(outputs, reference, reference_class)
+        loss = self.target_loss(outputs, reference, reference_class, self.start_directions(active))
         key_error = ((decrypted - originals) ** 2).flatten(1).mean(dim=1)
         if settings.key_ssim_weight:
             key_error = key_error + settings.key_ssim_weight * (1 - ssim(decrypted.clamp(0, 1), originals))
@@ -296,7 +342,7 @@ class _Objective:
         return loss
 
     @torch.no_grad()
-    def measure(self, encrypted8, originals, reference, reference_class) -> Measured:
+    def measure(self, encrypted8, originals, reference, reference_class, toward_start=None) -> Measured:
         """The figures of 8-bit ciphertexts.
 
         Always in full precision, also when the optimization runs under autocast: every stop
@@ -307,20 +353,21 @@ class _Objective:
         distance = feature_distance(outputs, reference)
         cosine = cosine_similarity(outputs, reference)
         same_class = outputs.argmax(dim=1) == reference_class if reference_class is not None else None
+        start_side = ((outputs - reference) * toward_start).sum(dim=1) if toward_start is not None else None
         return Measured(distance, cosine, ssim(encrypted8, originals), ssim(decrypted8, originals), same_class,
-                        lowpass_correlation(encrypted8, originals))
+                        lowpass_correlation(encrypted8, originals), start_side)
 
     def meets(self, measured: Measured) -> torch.Tensor:
         return (self.settings.stop or StopCriteria()).accepts(measured.distance, measured.ssim_encrypted,
                                                               measured.ssim_decrypted, measured.same_class,
-                                                              measured.lowpass)
+                                                              measured.lowpass, measured.start_side)
 
     def only_short_of_key(self, measured: Measured) -> torch.Tensor:
         """Images that meet every bar but SSIM_d: candidates for the best state kept of an image."""
         stop = self.settings.stop or StopCriteria()
         unbounded = torch.full_like(measured.ssim_decrypted, float("inf"))
         return stop.accepts(measured.distance, measured.ssim_encrypted, unbounded, measured.same_class,
-                            measured.lowpass) & (measured.ssim_decrypted < stop.min_ssim_decrypted)
+                            measured.lowpass, measured.start_side) & (measured.ssim_decrypted < stop.min_ssim_decrypted)
 
     def feature_ok(self, measured: Measured) -> torch.Tensor:
         return (self.settings.stop or StopCriteria()).feature_ok(measured.distance, measured.same_class)
@@ -344,7 +391,8 @@ class _StepDecay:
         self.rises[active] = torch.where(due, torch.zeros_like(counts), counts)
 
 
-def _repair_feature_match(objective: _Objective, encrypted8, originals, reference, reference_class, steps: int):
+def _repair_feature_match(objective: _Objective, encrypted8, originals, reference, reference_class, steps: int,
+                          toward_start=None):
     """Nudge 8-bit images by ±1/255 along the target loss's gradient until the feature bar is met."""
     for _ in range(steps):
         measured = objective.measure(encrypted8, originals, reference, reference_class)
@@ -354,7 +402,7 @@ def _repair_feature_match(objective: _Objective, encrypted8, originals, referenc
         images = encrypted8.clone().requires_grad_(True)
         with _autocast(images, objective.settings.autocast_dtype):
             outputs = objective.target(images).float()
-        loss = objective.target_loss(outputs, reference, reference_class).sum()
+        loss = objective.target_loss(outputs, reference, reference_class, toward_start).sum()
         (gradient,) = torch.autograd.grad(loss, images)
         nudged = quantize(encrypted8 - gradient.sign() / 255)
         encrypted8 = torch.where(broken[:, None, None, None], nudged, encrypted8)
@@ -391,6 +439,7 @@ def encrypt_batch(
     reference, reference_class = objective.reference, objective.reference_class
 
     images = _initial_images(originals, settings, noise_seeds, key)
+    objective.set_start(images)
     start_colour = images.mean(dim=(2, 3), keepdim=True) if settings.hold_colour else None
     velocity = torch.zeros_like(images)
     decay = _StepDecay(batch, settings.step_size, settings.step_decay, settings.decay_patience, device)
@@ -425,7 +474,8 @@ def encrypt_batch(
         if settings.stop is not None and (iteration % settings.check_every == 0 or last):
             candidate = quantize(images[active])
             measured = objective.measure(candidate, originals[active], reference[active],
-                                         reference_class[active] if reference_class is not None else None)
+                                         reference_class[active] if reference_class is not None else None,
+                                         objective.start_directions(active))
             finished = objective.meets(measured)
             ssim_decrypted = measured.ssim_decrypted
             short_of_key = objective.only_short_of_key(measured)
@@ -455,9 +505,11 @@ def encrypt_batch(
         results[lacking] = _repair_feature_match(
             objective, quantize(images[lacking]), originals[lacking], reference[lacking],
             reference_class[lacking] if reference_class is not None else None, settings.repair_steps,
+            objective.start_directions(lacking),
         )
 
-    measured = objective.measure(results, originals, reference, reference_class)
+    measured = objective.measure(results, originals, reference, reference_class,
+                                 objective.start_directions(torch.arange(batch, device=device)))
     met = objective.meets(measured).cpu().tolist()
     metrics = [ImageMetrics(**row, iterations=int(iterations_used[index]), met_targets=bool(met[index]))
                for index, row in enumerate(measured.rows())]

@@ -299,6 +299,55 @@ def test_lowpass_bar_is_checked_only_when_set():
     assert per_sample.tolist() == [True, False]
 
 
+def test_start_side_bar_is_checked_only_when_given():
+    bar = StopCriteria(max_start_side=0.0)
+    assert StopCriteria().accepts(0.05, 0.01, 0.95, start_side=0.3)
+    assert not bar.accepts(0.05, 0.01, 0.95, start_side=0.02)
+    assert bar.accepts(0.05, 0.01, 0.95, start_side=-0.02), "past the original is fine"
+    assert bar.accepts(0.05, 0.01, 0.95, start_side=None), "a ciphertext read back has no start to measure from"
+
+
+def _start_side(target, images, settings, seeds, encrypted):
+    """The component of f(x') − f(x) along the unit vector from f(x) toward f(x'_0), per image."""
+    from avpcli.engine import _initial_images
+
+    with torch.no_grad():
+        reference = target(images)
+        toward = target(_initial_images(images, settings, seeds, near_identity_key())) - reference
+        toward = toward / toward.norm(dim=1, keepdim=True)
+        return ((target(encrypted) - reference) * toward).sum(dim=1)
+
+
+def test_start_side_term_brings_the_features_to_rest_beside_the_original_not_short_of_it(embedding_target):
+    # Without the term, f(x') closes in on f(x) from the start's side and is still on it when the
+    # iterations end; the term takes that component out faster than the rest of the residual.
+    images, seeds = originals(3), [1, 2, 3]
+    settings = dataclasses.replace(FAST, iterations=15)
+    plain = encrypt_batch(images, embedding_target, near_identity_key(), settings, "embedding", seeds)
+    weighted_settings = dataclasses.replace(settings, start_side_weight=30.0)
+    weighted = encrypt_batch(images, embedding_target, near_identity_key(), weighted_settings, "embedding", seeds)
+    plain_side = _start_side(embedding_target, images, settings, seeds, plain.encrypted)
+    weighted_side = _start_side(embedding_target, images, settings, seeds, weighted.encrypted)
+    assert (plain_side > 0).all(), plain_side
+    relative = lambda side, result: side.abs() / torch.tensor([m.feature_distance for m in result.metrics])
+    assert (relative(weighted_side, weighted) < relative(plain_side, plain)).all(), (plain_side, weighted_side)
+
+
+def test_start_side_bar_holds_every_image_until_it_is_past_the_start_side(embedding_target):
+    images, seeds = originals(3), [1, 2, 3]
+    lenient = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=0.5, min_ssim_decrypted=-1.0)
+    base = AttackSettings(iterations=400, key_weight=1.0, stop=lenient, check_every=1, start_side_weight=30.0)
+    free = encrypt_batch(images, embedding_target, near_identity_key(), base, "embedding", seeds)
+    held_settings = dataclasses.replace(base, stop=dataclasses.replace(lenient, max_start_side=0.0))
+    held = encrypt_batch(images, embedding_target, near_identity_key(), held_settings, "embedding", seeds)
+    free_side = _start_side(embedding_target, images, base, seeds, free.encrypted)
+    held_side = _start_side(embedding_target, images, base, seeds, held.encrypted)
+    assert (free_side > 0).all(), "without the bar the lenient stop comes on the start's side"
+    for index, metrics in enumerate(held.metrics):
+        assert metrics.met_targets and held_side[index] <= 0, (metrics, held_side)
+        assert metrics.iterations > free.metrics[index].iterations
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
 
 
