@@ -8,7 +8,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -140,9 +140,10 @@ def time_naive_loop(images: list[torch.Tensor], target, key_path: Path, settings
     return seconds
 
 
-def print_speedup(naive_seconds: list[float], iterations: int, avp_seconds_per_face: float) -> None:
-    """The naive loop's median seconds per face and avp's speed-up over it, on stdout."""
+def print_speedup(naive_seconds: list[float], iterations: int, avp_seconds_per_face: float,
+                  emit: Callable[[str], None] = print) -> None:
+    """The naive loop's median seconds per face and avp's speed-up over it, to `emit` (stdout)."""
     naive_median = statistics.median(naive_seconds)
-    print(f"naive reference loop (batch 1, fp32, weight gradients, K={iterations} fixed, sync every step), "
-          f"first {len(naive_seconds)} faces: median {naive_median:.1f} s per face")
-    print(f"speed-up of avp over the naive loop: {naive_median / avp_seconds_per_face:.1f}x")
+    emit(f"naive reference loop (batch 1, fp32, weight gradients, K={iterations} fixed, sync every step), "
+         f"first {len(naive_seconds)} faces: median {naive_median:.1f} s per face")
+    emit(f"speed-up of avp over the naive loop: {naive_median / avp_seconds_per_face:.1f}x")

@@ -25,7 +25,9 @@ import csv
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from benchmarks.common import (data_folder, encrypt_and_measure, print_speedup, 
                                time_naive_loop)
 from avpcli.align import align_faces  # noqa: E402
 from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
-from avpcli.engine import quantize  # noqa: E402
+from avpcli.engine import StopCriteria, quantize  # noqa: E402
 from avpcli.evaluate import blur_reveal  # noqa: E402
 from avpcli.report import sheet_picture  # noqa: E402
 from avpcli.images import load_rgb, to_tensor  # noqa: E402
@@ -75,7 +77,36 @@ def real_dlib_distances(originals: list[np.ndarray], encrypted: list[np.ndarray]
     ]
 
 
-def main() -> None:
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+@dataclass
+class OtherKeyDecryption:
+    """SSIM(·, x) of the ciphertexts decrypted with a key of another seed, and with this key's G behind
+    the other key's scramble."""
+
+    seed: Any
+    ssim_mean: float
+    ssim_max: float
+    mixed_mean: float
+    mixed_max: float
+
+
+@dataclass
+class FacesRun:
+    """What one run measured, for callers that quote it (benchmarks/privacy_doc.py)."""
+
+    rows: list[dict[str, Any]]  # encrypt_and_measure's, one per face, in order
+    bars: StopCriteria
+    first_identity: int  # 1-based, of lfw.csv's `multi` identities
+    leaks: dict[str, tuple[float, float]]  # low-pass and band-pass: (|r| mean, max); edge: (r mean, max)
+    colour: float | None  # colour-mean r across the faces; None for one face
+    other_key: OtherKeyDecryption | None
+    summary: list[str]  # the lines after the per-face table, as printed
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--key", type=Path)
     parser.add_argument("--target", default="dlib")
@@ -99,15 +130,17 @@ def main() -> None:
     parser.add_argument("--momentum", type=float, default=FACE_DEFAULTS.momentum)
     parser.add_argument("--check-every", type=int, default=FACE_DEFAULTS.check_every)
     parser.add_argument("--sheet", type=Path, help="write original | encrypted | blurred+stretched | decrypted here")
+    parser.add_argument("--sheet-rows", type=int, help="only the first N faces on the sheet (default: all)")
     parser.add_argument("--naive-iterations", type=int, default=RESEARCH_DEFAULTS.iterations,
                         help="the naive loop's fixed K (the research code's 800)")
     parser.add_argument("--naive-faces", type=int, default=3)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="model forwards of avp's engine, as avp encrypt's --precision (the naive loop is always fp32)")
-    args = parser.parse_args()
-    if not (data_folder() / "lfw.csv").is_file():
-        print(f"skipped: no LFW data at {data_folder()} (set AVP_DATA)", file=sys.stderr)
-        return
+    return parser
+
+
+def run(args: argparse.Namespace, emit: Callable[[str], None] = print) -> FacesRun:
+    """Encrypt and measure the faces as `args` say; every line the command prints goes to `emit`."""
     torch.set_num_threads(args.threads)
     workspace = Path(tempfile.mkdtemp(prefix="avp-bench-"))
 
@@ -132,16 +165,16 @@ def main() -> None:
 
     files = lfw_faces(args.skip + args.faces)[args.skip:]
     chips = [to_tensor(align_faces(load_rgb(path), spec.alignment)[0].image) for path in files]
-    print(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
-          f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, {key.metadata.get('steps')} steps, "
-          f"seed {key.metadata.get('seed')}, scramble {key.metadata.get('scramble', 'none')}); "
-          f"torch {torch.__version__}, {args.threads} threads, CPU; {len(files)} LFW faces aligned by avp "
-          f"(identities {args.skip + 1}-{args.skip + len(files)} of lfw.csv's 'multi'); batch {args.batch_size}; "
-          f"K={args.iterations}, start {settings.initialization}, step {args.step_size}, momentum {settings.momentum}, "
-          f"mu {args.key_weight}, key SSIM weight {settings.key_ssim_weight}, lambda {settings.variance_weight}, "
-          f"leak weight {settings.leak_weight}, colour held {settings.hold_colour}, check every {args.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
-          f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {lowpass_bar}; "
-          f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")
+    emit(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
+         f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, {key.metadata.get('steps')} steps, "
+         f"seed {key.metadata.get('seed')}, scramble {key.metadata.get('scramble', 'none')}); "
+         f"torch {torch.__version__}, {args.threads} threads, CPU; {len(files)} LFW faces aligned by avp "
+         f"(identities {args.skip + 1}-{args.skip + len(files)} of lfw.csv's 'multi'); batch {args.batch_size}; "
+         f"K={args.iterations}, start {settings.initialization}, step {args.step_size}, momentum {settings.momentum}, "
+         f"mu {args.key_weight}, key SSIM weight {settings.key_ssim_weight}, lambda {settings.variance_weight}, "
+         f"leak weight {settings.leak_weight}, colour held {settings.hold_colour}, check every {args.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
+         f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {lowpass_bar}; "
+         f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")
 
     rows = encrypt_and_measure(encryptor, chips, [path.name for path in files], workspace)
     seconds_per_face = [row["seconds"] for row in rows]
@@ -151,76 +184,95 @@ def main() -> None:
     edges = edge_correlation(encrypted, originals).tolist()
 
     if args.sheet:
+        shown = slice(args.sheet_rows)
         with torch.no_grad():
-            decrypted = key.model(encrypted).clamp(0, 1)
-        reveal = blur_reveal(encrypted)
-        sheet_picture([[chip, cipher, shown, plain] for chip, cipher, shown, plain
-                       in zip(chips, encrypted, reveal, decrypted)]).save(args.sheet)
-        print(f"contact sheet (original | encrypted | encrypted blurred σ 3 and stretched | decrypted): {args.sheet}")
+            decrypted = key.model(encrypted[shown]).clamp(0, 1)
+        reveal = blur_reveal(encrypted[shown])
+        sheet_picture([[chip, cipher, blurred, plain] for chip, cipher, blurred, plain
+                       in zip(chips[shown], encrypted[shown], reveal, decrypted)]).save(args.sheet)
+        emit(f"contact sheet (original | encrypted | encrypted blurred σ 3 and stretched | decrypted): {args.sheet}")
 
     dlib_distances = None
     if args.target == "dlib":
         to_uint8 = lambda tensor: np.ascontiguousarray((tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))  # noqa: E731
         dlib_distances = real_dlib_distances([to_uint8(chip) for chip in chips], [to_uint8(image) for image in encrypted])
 
-    print()
-    print("| face | distance (avp) | distance (real dlib) | SSIM_e | SSIM_d | low-pass r | band-pass r | edge r | "
-          "iterations | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    emit("")
+    emit("| face | distance (avp) | distance (real dlib) | SSIM_e | SSIM_d | low-pass r | band-pass r | edge r | "
+         "iterations | seconds |")
+    emit("|---|---|---|---|---|---|---|---|---|---|")
     for index, row in enumerate(rows):
         real = f"{dlib_distances[index]:.4f}" if dlib_distances else "n/a"
-        print(f"| {row['file']} | {row['feature_distance']:.4f} | {real} | {row['ssim_encrypted']:.4f} | "
-              f"{row['ssim_decrypted']:.4f} | {row['lowpass_correlation']:+.3f} | {bandpass[index]:+.3f} | "
-              f"{edges[index]:+.3f} | {row['iterations']} | {row['seconds']:.2f} |")
+        emit(f"| {row['file']} | {row['feature_distance']:.4f} | {real} | {row['ssim_encrypted']:.4f} | "
+             f"{row['ssim_decrypted']:.4f} | {row['lowpass_correlation']:+.3f} | {bandpass[index]:+.3f} | "
+             f"{edges[index]:+.3f} | {row['iterations']} | {row['seconds']:.2f} |")
 
-    def verdict(met: bool) -> str:
-        return "met" if met else "NOT met"
-
+    summary: list[str] = []
     distances = [row["feature_distance"] for row in rows]
-    print()
-    print(f"feature distance on the PNGs: max {max(distances):.4f}, mean {statistics.mean(distances):.4f} "
-          f"(bar: every face ≤ {bars.max_feature_distance} → {verdict(max(distances) <= bars.max_feature_distance)})")
+    summary.append(f"feature distance on the PNGs: max {max(distances):.4f}, mean {statistics.mean(distances):.4f} "
+                   f"(bar: every face ≤ {bars.max_feature_distance} → {verdict(max(distances) <= bars.max_feature_distance)})")
     cosines = [row["cosine"] for row in rows]
-    print(f"cosine on the PNGs: min {min(cosines):.4f}, mean {statistics.mean(cosines):.4f} "
-          "(meaningful for L2-normalized embeddings)")
+    summary.append(f"cosine on the PNGs: min {min(cosines):.4f}, mean {statistics.mean(cosines):.4f} "
+                   "(meaningful for L2-normalized embeddings)")
     if dlib_distances:
-        print(f"real dlib on the same PNGs: max {max(dlib_distances):.4f}, mean {statistics.mean(dlib_distances):.4f} "
-              f"(every face ≤ {bars.max_feature_distance} → {verdict(max(dlib_distances) <= bars.max_feature_distance)})")
+        summary.append(f"real dlib on the same PNGs: max {max(dlib_distances):.4f}, mean {statistics.mean(dlib_distances):.4f} "
+                       f"(every face ≤ {bars.max_feature_distance} → {verdict(max(dlib_distances) <= bars.max_feature_distance)})")
     ssim_e = [row["ssim_encrypted"] for row in rows]
     ssim_d = [row["ssim_decrypted"] for row in rows]
-    print(f"SSIM_e: max {max(ssim_e):.4f}, mean {statistics.mean(ssim_e):.4f} "
-          f"(every face ≤ {bars.max_ssim_encrypted} → {verdict(max(ssim_e) <= bars.max_ssim_encrypted)})")
-    print(f"SSIM_d: min {min(ssim_d):.4f}, mean {statistics.mean(ssim_d):.4f} "
-          f"(every face ≥ {bars.min_ssim_decrypted} → {verdict(min(ssim_d) >= bars.min_ssim_decrypted)})")
+    summary.append(f"SSIM_e: max {max(ssim_e):.4f}, mean {statistics.mean(ssim_e):.4f} "
+                   f"(every face ≤ {bars.max_ssim_encrypted} → {verdict(max(ssim_e) <= bars.max_ssim_encrypted)})")
+    summary.append(f"SSIM_d: min {min(ssim_d):.4f}, mean {statistics.mean(ssim_d):.4f} "
+                   f"(every face ≥ {bars.min_ssim_decrypted} → {verdict(min(ssim_d) >= bars.min_ssim_decrypted)})")
     lowpass = [abs(row["lowpass_correlation"]) for row in rows]
-    print(f"leaks, luma of the ciphertext vs the original (docs/PRIVACY.md): low-pass σ 3 |r| mean {statistics.mean(lowpass):.3f} "
-          f"(max {max(lowpass):.3f}); band-pass σ 1 − σ 4 |r| mean {statistics.mean(map(abs, bandpass)):.3f} "
-          f"(max {max(map(abs, bandpass)):.3f}); edge r mean {statistics.mean(edges):+.3f} (max {max(edges):+.3f})")
-    if len(rows) > 1:
-        print(f"colour leak: r between per-image mean RGB of ciphertexts and originals, across the {len(rows)} faces: "
-              f"{colour_mean_correlation(encrypted, originals):+.3f}")
+    leaks = {"low-pass": (statistics.mean(lowpass), max(lowpass)),
+             "band-pass": (statistics.mean(map(abs, bandpass)), max(map(abs, bandpass))),
+             "edge": (statistics.mean(edges), max(edges))}
+    summary.append(f"leaks, luma of the ciphertext vs the original (docs/PRIVACY.md): low-pass σ 3 |r| mean "
+                   f"{leaks['low-pass'][0]:.3f} (max {leaks['low-pass'][1]:.3f}); band-pass σ 1 − σ 4 |r| mean "
+                   f"{leaks['band-pass'][0]:.3f} (max {leaks['band-pass'][1]:.3f}); edge r mean {leaks['edge'][0]:+.3f} "
+                   f"(max {leaks['edge'][1]:+.3f})")
+    colour = colour_mean_correlation(encrypted, originals) if len(rows) > 1 else None
+    if colour is not None:
+        summary.append(f"colour leak: r between per-image mean RGB of ciphertexts and originals, across the "
+                       f"{len(rows)} faces: {colour:+.3f}")
     met_all = sum(1 for row in rows if bars.accepts(row["feature_distance"], row["ssim_encrypted"], row["ssim_decrypted"]))
-    print(f"faces meeting every bar: {met_all}/{len(rows)}")
+    summary.append(f"faces meeting every bar: {met_all}/{len(rows)}")
     median = statistics.median(seconds_per_face)
     iterations = [row["iterations"] for row in rows]
-    print(f"avp: median {median:.2f} s per face, median iterations {statistics.median(iterations):g}, mean "
-          f"{statistics.mean(iterations):.0f}, max {max(iterations)}; {len(rows) / sum(seconds_per_face):.3f} faces/s")
+    summary.append(f"avp: median {median:.2f} s per face, median iterations {statistics.median(iterations):g}, mean "
+                   f"{statistics.mean(iterations):.0f}, max {max(iterations)}; {len(rows) / sum(seconds_per_face):.3f} faces/s")
 
+    other_key = None
     if args.other_key:
         other = load_key(args.other_key)
         with torch.no_grad():
-            by_other = quantize(other.model(encrypted))
-            mixed = quantize(KeyModel(key.generator, other.scramble).freeze()(encrypted))
-        print(f"decrypted with a key of another seed (seed {other.metadata.get('seed')}): SSIM mean "
-              f"{ssim(by_other, originals).mean():.4f}, max {ssim(by_other, originals).max():.4f}; this key's G behind "
-              f"the other key's scramble: mean {ssim(mixed, originals).mean():.4f}, max {ssim(mixed, originals).max():.4f}")
+            by_other = ssim(quantize(other.model(encrypted)), originals)
+            mixed = ssim(quantize(KeyModel(key.generator, other.scramble).freeze()(encrypted)), originals)
+        other_key = OtherKeyDecryption(other.metadata.get("seed"), float(by_other.mean()), float(by_other.max()),
+                                       float(mixed.mean()), float(mixed.max()))
+        summary.append(f"decrypted with a key of another seed (seed {other_key.seed}): SSIM mean "
+                       f"{other_key.ssim_mean:.4f}, max {other_key.ssim_max:.4f}; this key's G behind "
+                       f"the other key's scramble: mean {other_key.mixed_mean:.4f}, max {other_key.mixed_max:.4f}")
+    emit("")
+    for line in summary:
+        emit(line)
 
     if args.naive_faces:
         # A fresh target in the default memory format, as the research code has it.
         naive_target = load_target(args.target, args.weights)
         naive_seconds = time_naive_loop(chips[:args.naive_faces], naive_target, key_path, settings,
                                         args.naive_iterations)
-        print_speedup(naive_seconds, args.naive_iterations, median)
+        print_speedup(naive_seconds, args.naive_iterations, median, emit)
+    return FacesRun(rows, bars, args.skip + 1, leaks, colour, other_key, summary)
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if not (data_folder() / "lfw.csv").is_file():
+        print(f"skipped: no LFW data at {data_folder()} (set AVP_DATA)", file=sys.stderr)
+        return
+    run(args)
+
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,9 @@ import argparse
 import os
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -29,12 +31,64 @@ from avpcli.align import detect_faces  # noqa: E402
 from avpcli.engine import quantize  # noqa: E402
 from avpcli.evaluate import REVEAL_FILTERS  # noqa: E402
 from avpcli.images import to_pil  # noqa: E402
+from avpcli.key import KeyModel  # noqa: E402
 from benchmarks.common import data_folder, lfw_by_role  # noqa: E402
+
+# The three sets each filter is applied to, in the order they are printed.
+SETS = ("ciphertexts", "preimages", "uniform noise")
+
+
+@dataclass
+class Hit:
+    """A face MTCNN found in a filtered ciphertext; boxes are (x0, y0, x1, y1) on the target's chip."""
+
+    name: str
+    box: list[int]
+    probability: float
+    original_box: list[int] | None  # where MTCNN finds the face on the original chip
+
+    def __str__(self) -> str:
+        return f"{self.name}: box {self.box}, p {self.probability:.3f} (on the original chip: {self.original_box})"
+
+
+@dataclass
+class FilterHits:
+    """One filter: how many images of each set MTCNN finds a face in, and the hits on ciphertexts."""
+
+    filter: str
+    found: dict[str, int]  # set name (SETS) → images with a face
+    images: int  # per set
+    hits: list[Hit]
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{name} {count}/{self.images}" for name, count in self.found.items())
+        return f"{self.filter}: {counts}" + "".join(f"\n    {hit}" for hit in self.hits)
 
 
 def _box(faces: list) -> list[int] | None:
     """The largest face's box, rounded to pixels (None: no face)."""
     return [round(value) for value in faces[0][0]] if faces else None
+
+
+def mtcnn_hits(names: list[str], originals: torch.Tensor, ciphertexts: torch.Tensor,
+               key: KeyModel) -> Iterator[FilterHits]:
+    """Per filter of REVEAL_FILTERS, in order: MTCNN on the filtered ciphertexts (8-bit, as read back), the
+    key's preimages of the originals and uniform noise of the same size (seed 0, as `avp evaluate privacy`'s)."""
+    sets = dict(zip(SETS, (
+        ciphertexts,
+        quantize(key.preimage(originals)),
+        quantize(torch.rand(originals.shape, generator=torch.Generator().manual_seed(0))),
+    )))
+    for reveal in REVEAL_FILTERS:
+        found, hits = {}, []
+        for name, images in sets.items():
+            faces_per_image = [detect_faces(to_pil(image)) for image in reveal.apply(images)]
+            found[name] = sum(bool(faces) for faces in faces_per_image)
+            if name == "ciphertexts":
+                hits += [Hit(names[index], _box(faces), float(faces[0][1]),
+                             _box(detect_faces(to_pil(originals[index]))))
+                         for index, faces in enumerate(faces_per_image) if faces]
+        yield FilterHits(reveal.name, found, len(originals), hits)
 
 
 def main() -> None:
@@ -52,22 +106,10 @@ def main() -> None:
     key = Key.load(args.key)
     ciphertexts = Encryptor(args.target, key, device="cpu").encrypt([sorted(multi[name])[0] for name in chosen])
     originals = torch.stack([ciphertext.original for ciphertext in ciphertexts])
-    sets = {
-        "ciphertexts": torch.stack([ciphertext.image for ciphertext in ciphertexts]),  # as read back from the PNG
-        "preimages": quantize(key.model.preimage(originals)),
-        "uniform noise": quantize(torch.rand(originals.shape, generator=torch.Generator().manual_seed(0))),
-    }
+    encrypted = torch.stack([ciphertext.image for ciphertext in ciphertexts])  # as read back from the PNG
     print(f"{args.target}; key {Path(args.key).name}; {len(chosen)} LFW faces; MTCNN (facenet-pytorch)\n")
-    for reveal in REVEAL_FILTERS:
-        counts, hits = [], []
-        for name, images in sets.items():
-            found = [detect_faces(to_pil(image)) for image in reveal.apply(images)]
-            counts.append(f"{name} {sum(bool(faces) for faces in found)}/{len(found)}")
-            if name == "ciphertexts":
-                hits += [f"{chosen[index]}: box {_box(faces)}, p {faces[0][1]:.3f} "
-                         f"(on the original chip: {_box(detect_faces(to_pil(originals[index])))})"
-                         for index, faces in enumerate(found) if faces]
-        print(f"{reveal.name}: " + ", ".join(counts) + "".join(f"\n    {hit}" for hit in hits))
+    for result in mtcnn_hits(chosen, originals, encrypted, key.model):
+        print(result)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from avpcli import report  # noqa: E402
 from avpcli.encryptor import Encryptor  # noqa: E402
-from avpcli.key import load_key  # noqa: E402
+from avpcli.key import KeyModel, load_key  # noqa: E402
 from avpcli.targets import load_target  # noqa: E402
 from benchmarks.common import data_folder, lfw_by_role  # noqa: E402
 from benchmarks.results import FACE_WEIGHTS, events, log  # noqa: E402
@@ -85,7 +87,21 @@ def section(written: Path, title: str, body: str) -> str:
     return f"## {title}\n{body.rstrip()}\n\n{pictures}\n"
 
 
-def main() -> None:
+@dataclass
+class PrivacyRun:
+    """What one run wrote (`summary`, the reports under `reports`) and measured, for callers that quote it
+    (benchmarks/privacy_doc.py)."""
+
+    summary: Path  # <out>/privacy-<target>.md
+    reports: Path  # <out>/<target>: each report's JSON, markdown and pictures
+    pairs: report.PairedImages  # the faces and their ciphertexts, as read back from the PNGs
+    key: KeyModel  # key A, as the encryptor holds it
+    privacy: report.Report
+    recovery: report.Report | None  # None when --faces is too few for any --pairs count
+    cross: report.Report
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--key", required=True, help="key A: the faces are encrypted with it")
     parser.add_argument("--other-key", required=True, help="key B, another seed: decrypts key-A ciphertexts for scale")
@@ -101,9 +117,12 @@ def main() -> None:
     parser.add_argument("--work", help="ciphertexts and the gallery's links (default: <out>/work)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", help="shared data (default: ../shared/data or $AVP_DATA)")
-    args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("AVP_THREADS", "2")))
+    return parser
 
+
+def run(argv: list[str]) -> PrivacyRun:
+    """Run the benchmark with these command-line arguments and write its reports; the summary states `argv`."""
+    args = build_parser().parse_args(argv)
     started = time.perf_counter()
     data = Path(args.data) if args.data else data_folder()
     if not (data / "lfw.csv").is_file():
@@ -141,6 +160,7 @@ def main() -> None:
     sections = [section(written, "Filters, MTCNN and a second recognizer", privacy.markdown)]
 
     usable = [count for count in counts if count < len(pairs.names)]
+    recovery = None
     if usable:
         began = time.perf_counter()
         split = max(usable)
@@ -157,7 +177,7 @@ def main() -> None:
     written = cross.write(reports)
     sections.append(section(written, "Keys of other seeds", cross.markdown))
 
-    command = "python benchmarks/privacy.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/privacy.py " + shlex.join(argv)
     summary = out / f"privacy-{args.target}.md"
     summary.write_text(
         f"# Privacy of avp's ciphertexts: {args.target}\n\n"
@@ -171,7 +191,12 @@ def main() -> None:
         + f" of each face's identity, {photos.identity_count} identities. Timings: {'; '.join(timings)}.\n\n"
         + "\n".join(sections))
     log(f"wrote {summary}")
-    print(summary)
+    return PrivacyRun(summary, reports, pairs, key, privacy, recovery, cross)
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("AVP_THREADS", "2")))
+    print(run(sys.argv[1:]).summary)
 
 
 if __name__ == "__main__":
