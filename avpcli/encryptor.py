@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from avpcli.engine import (CLASSIFIER_SETTINGS, FACE_SETTINGS, PRECISIONS, AttackSettings, StopCriteria,
-                           autocast_dtype_for, decrypt_grouped, encrypt_batch, measure_images, prepare_models)
+                           autocast_dtype_for, decrypt_grouped, encrypt_batch, measure_images, prepare_models,
+                           stopping_past_the_original)
 from avpcli.errors import UsageError
 from avpcli.images import fit_to_size, load_rgb, png_bytes, png_tensor, to_pil, to_tensor
 from avpcli.key import Key, load_key
@@ -63,21 +64,25 @@ def precision_dtype(precision: str, device: str) -> torch.dtype | None:
 
 def attack_settings(loss: LossKind, recipe: str = "tuned", *, early_stop: bool = True,
                     max_lowpass_correlation: float | None = None, max_feature_distance: float | None = None,
-                    **overrides: Any) -> AttackSettings:
+                    stop_past_original: bool = False, **overrides: Any) -> AttackSettings:
     """The attack settings for a kind of target: the recipe's base with overrides.
 
     loss: the target's ("embedding" or "classifier"). recipe: "tuned" (FACE_SETTINGS for embedding
     targets) or "research" (the AVIH code's settings, AttackSettings()); classifiers always take
     CLASSIFIER_SETTINGS. early_stop=False runs every iteration; max_lowpass_correlation adds that
     bar to the stop, max_feature_distance replaces its feature bar (embedding targets).
+    stop_past_original (the target's TargetSpec.stop_past_original): the tuned recipe's embedding
+    settings get the start-side term and bar (engine.stopping_past_the_original).
     Overrides name AttackSettings fields; a None value keeps the base's.
     """
     if recipe not in RECIPES:
         raise UsageError(f"the recipe is 'tuned' or 'research', not {recipe!r}")
     if loss == "classifier":
         base = CLASSIFIER_SETTINGS
+    elif recipe == "tuned":
+        base = stopping_past_the_original(FACE_SETTINGS) if stop_past_original else FACE_SETTINGS
     else:
-        base = FACE_SETTINGS if recipe == "tuned" else AttackSettings()
+        base = AttackSettings()
     chosen = {name: value for name, value in overrides.items() if value is not None}
     unknown = set(chosen) - {field.name for field in dataclasses.fields(AttackSettings)}
     if unknown:
@@ -200,7 +205,8 @@ class Encryptor:
         # Everything that can be checked without loading anything first: a usage error costs no model load.
         self.spec: TargetSpec = target.spec if isinstance(target, TargetModel) else get_spec(target, target_options)
         if settings is None:
-            settings = attack_settings(self.spec.loss, recipe, **overrides)
+            settings = attack_settings(self.spec.loss, recipe, stop_past_original=self.spec.stop_past_original,
+                                       **overrides)
         elif overrides:
             raise UsageError("give either settings or overrides of the recipe's settings, not both")
         self.settings = dataclasses.replace(settings, autocast_dtype=dtype)

@@ -172,8 +172,10 @@ def run(args: argparse.Namespace, emit: Callable[[str], None] = print) -> FacesR
          f"(identities {args.skip + 1}-{args.skip + len(files)} of lfw.csv's 'multi'); batch {args.batch_size}; "
          f"K={args.iterations}, start {settings.initialization}, step {args.step_size}, momentum {settings.momentum}, "
          f"mu {args.key_weight}, key SSIM weight {settings.key_ssim_weight}, lambda {settings.variance_weight}, "
-         f"leak weight {settings.leak_weight}, colour held {settings.hold_colour}, check every {args.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
-         f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {lowpass_bar}; "
+         f"leak weight {settings.leak_weight}, colour held {settings.hold_colour}, start-side weight {settings.start_side_weight:g}, "
+         f"check every {args.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
+         f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {lowpass_bar}, "
+         f"start side ≤ {bars.max_start_side}; "
          f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")
 
     rows = encrypt_and_measure(encryptor, chips, [path.name for path in files], workspace)

@@ -140,7 +140,8 @@ def main() -> None:
         save_key(trained, key_path)
         print(f"paper-size key trained for {args.key_steps} steps in {time.perf_counter() - began:.0f} s")
     target = iresnet50_target(chips, device)
-    settings = attack_settings(target.spec.loss, iterations=args.iterations, momentum=args.momentum)
+    settings = attack_settings(target.spec.loss, iterations=args.iterations, momentum=args.momentum,
+                               stop_past_original=target.spec.stop_past_original)
     key = load_key(key_path, device=device)
     print(f"avp {__version__}; torch {torch.__version__}; GPU {gpu}; {len(chips)} LFW faces "
           f"aligned to 112×112; target iresnet50 (random weights, arcface spec); key {key.metadata.get('preset')} "

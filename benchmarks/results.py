@@ -284,7 +284,8 @@ Sizes (CPU time): probe set = LFW's 12 probe identities (all their images are qu
 {', '.join(f'{size} ({name})' for name, size in gallery_sizes.items())} distractor images (the paper:
 355 probe images, 12,878 gallery images, every turn). Encryption: at most {args.iterations}
 iterations per image, μ = {args.key_weight}, other settings `avp encrypt`'s defaults for faces
-(`FACE_SETTINGS`: the key's preimage as start, an SSIM term, the leak term, momentum 0.9;
+(`FACE_SETTINGS`: the key's preimage as start, an SSIM term, the leak term, momentum 0.9, the
+start-side term and bar: features stop past the original's, not short of it on the start's side;
 docs/BENCHMARKS.md) and `CLASSIFIER_SETTINGS` for CIFAR-10.
 
 Keys: A — {key_a_note}; B — {key_b_note}; CIFAR-10 — {f"given ({Path(args.cifar_key).name})" if args.cifar_key else "key A"}. Default-preset keys are much smaller (ngf

@@ -299,7 +299,7 @@ def test_encrypt_help_states_the_engines_actual_defaults():
     assert (f"'tuned' (FACE_SETTINGS: start from the key's {FACE_SETTINGS.initialization}, momentum "
             f"{FACE_SETTINGS.momentum}, μ {FACE_SETTINGS.key_weight} with an SSIM term, leak weight "
             f"{FACE_SETTINGS.leak_weight}, bars SSIM_e ≤ {stop.max_ssim_encrypted} and SSIM_d ≥ "
-            f"{stop.min_ssim_decrypted};") in text
+            f"{stop.min_ssim_decrypted}; for dlib also features that stop past the original's") in text
     assert f"momentum {research.momentum}, μ {research.key_weight}, λ {research.variance_weight}" in text
 
 

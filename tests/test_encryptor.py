@@ -66,6 +66,19 @@ def test_settings_by_loss_and_recipe():
     assert attack_settings("classifier", "research") == CLASSIFIER_SETTINGS
 
 
+def test_the_start_side_is_the_targets_choice_and_the_tuned_recipes_alone(tiny_key_file):
+    past = attack_settings("embedding", stop_past_original=True)
+    assert past.stop.max_start_side == 0 and past.start_side_weight > 0
+    assert (FACE_SETTINGS.stop.max_start_side, FACE_SETTINGS.start_side_weight) == (None, 0)
+    assert attack_settings("embedding", "research", stop_past_original=True) == AttackSettings()
+    assert attack_settings("classifier", stop_past_original=True) == CLASSIFIER_SETTINGS
+    assert attack_settings("embedding", early_stop=False, stop_past_original=True).stop is None
+    from avpcli import get_spec
+
+    assert get_spec("dlib").stop_past_original and not get_spec("mobilefacenet").stop_past_original
+    assert Encryptor("tiny-embedding", tiny_key_file, device="cpu").settings.stop.max_start_side is None
+
+
 def test_settings_overrides_none_keeps_the_base_and_stop_options():
     tuned = attack_settings("embedding", iterations=7, key_weight=None, leak_weight=0.5)
     assert (tuned.iterations, tuned.key_weight, tuned.leak_weight) == (7, FACE_SETTINGS.key_weight, 0.5)

@@ -42,6 +42,9 @@ class TargetSpec:
         (informational; None where the model has no such convention).
     alignment: the face template name used by `avpcli.align` ("dlib", "arcface", "arcface96",
         "facenet"), or None for targets that take whole images (classifiers).
+    stop_past_original: the tuned recipe stops a ciphertext only once its features lie past the
+        original's on their way from the start (engine.stopping_past_the_original): on for targets
+        whose ciphertexts, mixed with plain images, were otherwise found too often (dlib).
     weights: where the weights come from, said to a user who must supply them.
     hidden: test-only targets that `avp targets` does not list.
     """
@@ -56,6 +59,7 @@ class TargetSpec:
     normalize_embedding: bool = True
     match_threshold: float | None = None
     alignment: str | None = None
+    stop_past_original: bool = False
     weights: str = ""
     hidden: bool = False
 
