@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-size", type=float, default=FACE_DEFAULTS.step_size)
     parser.add_argument("--momentum", type=float, default=FACE_DEFAULTS.momentum)
     parser.add_argument("--check-every", type=int, default=FACE_DEFAULTS.check_every)
+    parser.add_argument("--start-side-weight", type=float,
+                        help="the start-side term's weight (default: the target's, engine.stopping_past_the_original)")
     parser.add_argument("--sheet", type=Path, help="write original | encrypted | blurred+stretched | decrypted here")
     parser.add_argument("--sheet-rows", type=int, help="only the first N faces on the sheet (default: all)")
     parser.add_argument("--naive-iterations", type=int, default=RESEARCH_DEFAULTS.iterations,
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace, emit: Callable[[str], None] = print) -> FacesR
         iterations=args.iterations, key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
         step_size=args.step_size, momentum=args.momentum, variance_weight=args.variance_weight,
         leak_weight=args.leak_weight, initialization=args.init, hold_colour=args.hold_colour,
-        check_every=args.check_every, max_lowpass_correlation=lowpass_bar)
+        check_every=args.check_every, max_lowpass_correlation=lowpass_bar, start_side_weight=args.start_side_weight)
     spec, settings = encryptor.spec, encryptor.settings
     bars = settings.stop
 
