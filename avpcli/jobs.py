@@ -121,9 +121,19 @@ def _noise_seed(run_seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+# Settings added since manifests were first written, with the value that leaves them off: recorded
+# only when used, so that a run that does not use them resumes a folder an older avp started.
+_RECORDED_WHEN_USED = {"start_side_weight": 0.0}
+_STOP_RECORDED_WHEN_USED = {"max_start_side": None}
+
+
 def _settings_record(settings: AttackSettings) -> dict[str, Any]:
     record = asdict(settings)
     record["autocast_dtype"] = str(settings.autocast_dtype).replace("torch.", "") if settings.autocast_dtype else None
+    for fields, values in ((record, _RECORDED_WHEN_USED), (record["stop"] or {}, _STOP_RECORDED_WHEN_USED)):
+        for name, off in values.items():
+            if fields.get(name, off) == off:
+                fields.pop(name, None)
     return record
 
 

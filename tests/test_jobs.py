@@ -135,3 +135,18 @@ def test_a_rerun_does_not_read_a_fifo_that_replaced_a_finished_source(tmp_path, 
         signal.signal(signal.SIGALRM, previous)
     kinds = {event.source: event.kind for event in events if event.kind != "progress"}
     assert kinds == {"a.png": "skipped", "b.png": "failed"}
+
+
+def test_settings_added_later_are_recorded_only_when_used():
+    # A folder an older avp started must resume with a newer one whose run leaves the new settings off.
+    import dataclasses
+
+    from avpcli.engine import FACE_SETTINGS, stopping_past_the_original
+    from avpcli.jobs import _settings_record
+
+    plain = _settings_record(FACE_SETTINGS)
+    assert "start_side_weight" not in plain and "max_start_side" not in plain["stop"]
+    assert plain["stop"]["max_feature_distance"] == FACE_SETTINGS.stop.max_feature_distance
+    used = _settings_record(stopping_past_the_original(FACE_SETTINGS))
+    assert used["start_side_weight"] == 30.0 and used["stop"]["max_start_side"] == 0.0
+    assert _settings_record(dataclasses.replace(FACE_SETTINGS, stop=None))["stop"] is None
