@@ -185,7 +185,7 @@ class Encryptor:
     target: a registered name (see `avp targets`), onnx:PATH / torchscript:PATH with target_options,
         or a loaded TargetModel. key: a Key or the path of a key file.
     settings: AttackSettings to use as they are; by default attack_settings(target's loss, recipe,
-        **overrides) builds them. recipe "research" encrypts for the key's plain G, as the paper does.
+        **overrides) builds them (stop_past_original: the target's TargetSpec value unless given). recipe "research" encrypts for the key's plain G, as the paper does.
     device: "auto", "cpu", "cuda" or "cuda:N". precision: the forwards' dtype ("auto": bf16 where it
         pays, see engine.default_autocast_dtype). compile: torch.compile the models (CUDA).
     batch_size: images optimized together.
@@ -205,8 +205,10 @@ class Encryptor:
         # Everything that can be checked without loading anything first: a usage error costs no model load.
         self.spec: TargetSpec = target.spec if isinstance(target, TargetModel) else get_spec(target, target_options)
         if settings is None:
-            settings = attack_settings(self.spec.loss, recipe, stop_past_original=self.spec.stop_past_original,
-                                       **overrides)
+            # The target's choice unless the caller makes it (None keeps the target's, like any override).
+            past = overrides.pop("stop_past_original", None)
+            settings = attack_settings(self.spec.loss, recipe, **overrides,
+                                       stop_past_original=self.spec.stop_past_original if past is None else past)
         elif overrides:
             raise UsageError("give either settings or overrides of the recipe's settings, not both")
         self.settings = dataclasses.replace(settings, autocast_dtype=dtype)

@@ -287,6 +287,15 @@ def test_precision_bf16_runs_on_cpu_and_fp16_needs_cuda(tmp_path, photo_folder, 
     assert not (tmp_path / "fp16").exists()
 
 
+def test_the_start_side_is_the_targets_choice_unless_the_user_makes_it(tmp_path, photo_folder, tiny_key_file):
+    from avpcli import read_manifest
+
+    for name, extra, recorded in (("default", (), None), ("past", ("--stop-past-original",), 0.0)):
+        assert encrypt_tiny(photo_folder, tiny_key_file, tmp_path / name, *extra).exit_code == 0
+        settings = read_manifest(tmp_path / name).settings
+        assert settings["stop"].get("max_start_side") == recorded, settings
+
+
 def test_encrypt_help_states_the_engines_actual_defaults():
     from avpcli.engine import FACE_SETTINGS, AttackSettings
 

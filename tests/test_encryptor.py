@@ -77,6 +77,8 @@ def test_the_start_side_is_the_targets_choice_and_the_tuned_recipes_alone(tiny_k
 
     assert get_spec("dlib").stop_past_original and not get_spec("mobilefacenet").stop_past_original
     assert Encryptor("tiny-embedding", tiny_key_file, device="cpu").settings.stop.max_start_side is None
+    chosen = Encryptor("tiny-embedding", tiny_key_file, device="cpu", stop_past_original=True).settings
+    assert (chosen.start_side_weight, chosen.stop) == (past.start_side_weight, past.stop)
 
 
 def test_settings_overrides_none_keeps_the_base_and_stop_options():
