@@ -15,6 +15,11 @@ settings in fp32 and reads them back from PNG:
 - `W:B`: the start-side term of weight W and the bar f(x′)'s start side ≤ B.
 
 Prints one line per variant: Original, AVP-ONE, their difference, steps, distance and SSIM_d.
+
+--residuals first looks at the ciphertexts results.py wrote (RESULTS_WORK/<target>/identification/
+encrypted/probe) with the key they were made with: the cosine of each residual f(x′) − f(x) with the
+direction toward the start's features and toward the gallery's mean, and AVP-ONE with each residual
+replaced by its part orthogonal to the start direction (plus at most --keep along it).
 """
 
 from __future__ import annotations
@@ -47,13 +52,56 @@ def variant_settings(variant: str):
                                stop=dataclasses.replace(FACE_SETTINGS.stop, max_start_side=bar))
 
 
+def residuals(args, aligned: Path, target, key: Key, chips, probes, gallery, labels, turns) -> None:
+    """Where results.py's ciphertexts stopped relative to their originals and their starts."""
+    encrypted_folder = aligned.parent / "encrypted" / "probe"
+    model = key.model.eval()
+    cosine = torch.nn.functional.cosine_similarity
+    start_cos, mean_cos, along, inserted, parts = [], [], [], {}, {}
+    centre = gallery.mean(dim=0)
+    for identity, images in chips.items():
+        names = sorted(path.name for path in (aligned / "probe" / identity).glob("*.png"))
+        present = [index for index, name in enumerate(names) if (encrypted_folder / identity / name).is_file()]
+        ciphertexts = torch.stack([read_png(encrypted_folder / identity / names[index]) for index in present])
+        with torch.no_grad():
+            starts = evaluate.features(target, model.preimage(images[present]))
+        plain = probes[identity][present]
+        residual = evaluate.features(target, ciphertexts) - plain
+        toward = torch.nn.functional.normalize(starts - plain, dim=1)
+        start_cos += cosine(residual, starts - plain).tolist()
+        mean_cos += cosine(residual, centre - plain).tolist()
+        along_start = (residual * toward).sum(dim=1, keepdim=True)
+        along += along_start.squeeze(1).tolist()
+        parts[identity] = (present, plain, residual, toward, along_start)
+    print(f"results.py's ciphertexts: {len(along)}; residual's cosine with the start direction "
+          f"{statistics.mean(start_cos):.2f} ({min(start_cos):.2f}–{max(start_cos):.2f}), with the direction to "
+          f"the gallery's mean {statistics.mean(mean_cos):.2f}; along the start direction {statistics.mean(along):.3f}")
+
+    def avp_one(kept_along: float | None) -> float:
+        for identity, (present, plain, residual, toward, along_start) in parts.items():
+            moved = residual if kept_along is None else (
+                residual - along_start * toward + along_start.clamp(-kept_along, kept_along) * toward)
+            rows = probes[identity].clone()
+            rows[present] = plain + moved
+            inserted[identity] = rows
+        return 100 * evaluate.identify_turns(probes, inserted, gallery, labels, turns).accuracy
+
+    original = 100 * evaluate.identify_turns(probes, probes, gallery, labels, turns).accuracy
+    print(f"AVP-ONE − Original ({original:.2f} %): as encrypted {avp_one(None) - original:+.2f} pt; orthogonal part "
+          f"only {avp_one(0.0) - original:+.2f} pt; "
+          + "; ".join(f"at most {keep:g} along {avp_one(keep) - original:+.2f} pt"
+                      for keep in (float(value) for value in args.keep.split(","))) + "\n", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="benchmarks/results.py's --work")
     parser.add_argument("--target", default="dlib", choices=sorted(FACE_WEIGHTS))
     parser.add_argument("--key", default="/tmp/keys/default-1.safetensors")
     parser.add_argument("--turns", type=int, default=10, help="inserted-image turns per probe identity")
-    parser.add_argument("--variants", default="off,30:0", help="comma-separated: off, or WEIGHT:BAR")
+    parser.add_argument("--variants", default="off,30:0", help="comma-separated: off, or WEIGHT:BAR ('' for none)")
+    parser.add_argument("--residuals", action="store_true", help="first analyse results.py's own ciphertexts")
+    parser.add_argument("--keep", default="0.005,0.01", help="with --residuals: along-start parts to keep")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("AVP_THREADS", "2")))
 
@@ -76,7 +124,9 @@ def main() -> None:
     probes = {identity: evaluate.features(target, images) for identity, images in chips.items()}
     original = 100 * evaluate.identify_turns(probes, probes, gallery, labels, turns).accuracy
 
-    for variant in args.variants.split(","):
+    if args.residuals:
+        residuals(args, aligned, target, key, chips, probes, gallery, labels, turns)
+    for variant in filter(None, args.variants.split(",")):
         encryptor = Encryptor(args.target, key, variant_settings(variant), weights=weights, device="cpu",
                               precision="fp32", batch_size=8)
         began, inserted, rows = time.perf_counter(), {}, []
