@@ -185,7 +185,8 @@ class Encryptor:
     target: a registered name (see `avp targets`), onnx:PATH / torchscript:PATH with target_options,
         or a loaded TargetModel. key: a Key or the path of a key file.
     settings: AttackSettings to use as they are; by default attack_settings(target's loss, recipe,
-        **overrides) builds them (stop_past_original: the target's TargetSpec value unless given). recipe "research" encrypts for the key's plain G, as the paper does.
+        **overrides) builds them (stop_past_original: the target's TargetSpec value unless given).
+        recipe "research" encrypts for the key's plain G, as the paper does.
     device: "auto", "cpu", "cuda" or "cuda:N". precision: the forwards' dtype ("auto": bf16 where it
         pays, see engine.default_autocast_dtype). compile: torch.compile the models (CUDA).
     batch_size: images optimized together.

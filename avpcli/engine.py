@@ -161,16 +161,18 @@ def stopping_past_the_original(settings: AttackSettings) -> AttackSettings:
     """`settings` with the start-side term and bar: f(x') stops past f(x) on its way from the start.
 
     Preimages look like noise and their features lie near one another, so ciphertexts that stop as
-    soon as they are within the feature bar of f(x) all stop on that side (on 60 dlib faces the
-    residual's cosine with the direction to the start was 0.49). Among plain photos each was then
-    nearer to every query than its original: Table 2's AVP-ONE gained 3.1 pt on dlib. Weighing that
-    component 31 times the rest and stopping only once it is ≤ 0 took the gain to +0.2 pt, at a
-    median of 40 steps instead of 30 (weight 10 did as well with a longer tail). MobileFaceNet showed
-    no gain without it (+0.04 pt) and took twice the steps with it, so the registry turns it on per
-    target (TargetSpec.stop_past_original). docs/RESULTS.md has the figures.
+    soon as they are within the feature bar of f(x) all stopped on that side (on 268 dlib faces the
+    residual's cosine with the direction to the start was 0.51). Among plain photos each was then
+    nearer to every query than its original: Table 2's AVP-ONE gained 3.2 pt on dlib. Weighing that
+    component 31 times the rest and stopping only once it is ≤ 0 took the gain to +0.16 pt on 120
+    turns, at a median of 40 steps instead of 30 (weight 10 did as well with a longer tail).
+    MobileFaceNet showed no gain without it (+0.04 pt) and took twice the steps with it, so the
+    registry turns it on per target (TargetSpec.stop_past_original). docs/BENCHMARKS.md, "The start
+    side", has the figures.
     """
     stop = settings.stop and replace(settings.stop, max_start_side=0.0)
     return replace(settings, start_side_weight=30.0, stop=stop)
+
 
 # Classifier targets: the research code's CIFAR-10 step schedule (step 0.02, ×0.80 after 8 rises;
 # METHOD.md §1) with the face settings' start, momentum and leak term. The key weight is larger (10):
