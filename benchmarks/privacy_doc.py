@@ -218,9 +218,22 @@ def observer_findings(data: dict[str, Any]) -> str:
             f"{OBSERVER_BAR_TIMES_CHANCE}× chance ({percent_text(limit)}): {met(not over)}"
             + (f" (over it: {', '.join(over)})" if over else "")
             + (f"; at {queries} images one image ({percent_text(1 / queries)}) is already over it" if 1 / queries > limit
-               else "") + ". Median ranks of the ciphertexts "
+               else "") + ". " + pooled_observer(filters, observer["chance"]["top10"], queries) + " Median ranks of the ciphertexts "
             f"{value_range(median_ranks('encrypted'))} of {observer['identities']:,} identities (the noise's: "
             f"{value_range(median_ranks('noise'))}; a guess's: {observer['chance']['median_rank']:.0f}).\n")
+
+
+def pooled_observer(filters: dict[str, Any], chance: float, queries: int) -> str:
+    """The observer's top-10 over every filter at once, and how often a guess alone gets an image there."""
+    sides = {side: round(sum(row[f"observer_{side}"]["top10"] for row in filters.values()) * queries)
+             for side in ("encrypted", "noise")}
+    total = queries * len(filters)
+    by_chance = 1 - (1 - chance) ** queries
+    return (f"Pooled over the {len(filters)} filters: ciphertexts {sides['encrypted']} of {total} "
+            f"({percent_text(sides['encrypted'] / total)}), noise {sides['noise']} of {total}, chance "
+            f"{percent_text(chance)}. A guess would put at least one of {queries} images in the top 10 under a "
+            f"given filter with probability {by_chance:.0%}, so under the worst of {len(filters)} filters the bar "
+            "is a test of luck at this size; the pooled rate is the steadier figure.")
 
 
 def mtcnn_findings(target: TargetRun) -> str:
