@@ -526,8 +526,7 @@ def encrypt_batch(
             objective.start_directions(lacking),
         )
 
-    measured = objective.measure(results, originals, reference, reference_class,
-                                 objective.start_directions(torch.arange(batch, device=device)))
+    measured = objective.measure(results, originals, reference, reference_class, objective.toward_start)
     met = objective.meets(measured).cpu().tolist()
     metrics = [ImageMetrics(**row, iterations=int(iterations_used[index]), met_targets=bool(met[index]))
                for index, row in enumerate(measured.rows())]

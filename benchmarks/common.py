@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from avpcli.encryptor import Encryptor  # noqa: E402
 from avpcli.engine import AttackSettings, LeakPenalty  # noqa: E402
+from avpcli.images import atomic_write_bytes  # noqa: E402
 from avpcli.key import load_key  # noqa: E402
 from avpcli.metrics import ssim  # noqa: E402
 
@@ -23,6 +24,19 @@ from avpcli.metrics import ssim  # noqa: E402
 def data_folder() -> Path:
     """../shared/data beside the repo, or $AVP_DATA: the one place the benchmarks look for shared data."""
     return Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
+
+
+def write_generated_doc(doc: Path, generated: str, marker: str) -> None:
+    """Write `generated` above the line `marker` and keep what stands below it; refuse a doc without the
+    marker, whose text would otherwise be lost."""
+    kept = ""
+    if doc.exists():
+        old = doc.read_text()
+        if marker not in old:
+            sys.exit(f"{doc} has no line {marker!r}: put it above the hand-written part (or give another --doc)")
+        kept = old.partition(marker)[2]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(doc, (generated.rstrip("\n") + "\n\n" + marker + (kept or "\n")).encode())
 
 
 def lfw_by_role(data: Path) -> dict[str, list[tuple[str, Path]]]:

@@ -34,10 +34,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from avpcli.images import atomic_write_bytes  # noqa: E402
 from avpcli.report import identity_of, markdown_table, percent  # noqa: E402
 from benchmarks import encrypt_faces, privacy  # noqa: E402
-from benchmarks.common import data_folder  # noqa: E402
+from benchmarks.common import data_folder, write_generated_doc  # noqa: E402
 from benchmarks.mtcnn_hits import SETS, FilterHits, mtcnn_hits  # noqa: E402
 from benchmarks.results import log  # noqa: E402
 
@@ -443,16 +442,8 @@ def other_keys_section(faces: encrypt_faces.FacesRun, targets: list[TargetRun]) 
 
 
 def write_doc(doc: Path, generated: str) -> None:
-    """Write `generated` above the marker and keep what stands below it; refuse a doc without the marker,
-    whose text would otherwise be lost."""
-    kept = ""
-    if doc.exists():
-        old = doc.read_text()
-        if HAND_WRITTEN not in old:
-            sys.exit(f"{doc} has no line {HAND_WRITTEN!r}: put it above the hand-written part (or give another --doc)")
-        kept = old.partition(HAND_WRITTEN)[2]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(doc, (generated.rstrip("\n") + "\n\n" + HAND_WRITTEN + (kept or "\n")).encode())
+    """The generated part above this script's marker, the hand-written part below it kept."""
+    write_generated_doc(doc, generated, HAND_WRITTEN)
 
 
 def build_parser() -> argparse.ArgumentParser:

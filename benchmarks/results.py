@@ -34,7 +34,7 @@ from avpcli import report  # noqa: E402
 from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
 from avpcli.images import save_png  # noqa: E402
 from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key  # noqa: E402
-from benchmarks.common import data_folder, lfw_by_role  # noqa: E402
+from benchmarks.common import data_folder, lfw_by_role, write_generated_doc  # noqa: E402
 
 DOC = REPO / "docs" / "RESULTS.md"
 PICTURES = REPO / "docs" / "results"
@@ -296,8 +296,7 @@ Timings: {'; '.join(timings)}.
 
 """
     # Observations written by hand after a run survive a rerun (they may then need revisiting).
-    kept = DOC.read_text().partition(HAND_WRITTEN)[2] if DOC.exists() and HAND_WRITTEN in DOC.read_text() else ""
-    DOC.write_text(header + "\n".join(sections) + "\n" + NOTES + ("\n" + HAND_WRITTEN + kept if kept else ""))
+    write_generated_doc(DOC, header + "\n".join(sections) + "\n" + NOTES, HAND_WRITTEN)
     log(f"wrote {DOC}")
     print(DOC)
 
