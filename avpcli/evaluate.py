@@ -326,6 +326,21 @@ def detection_rate(found: Sequence[bool]) -> float:
     return sum(bool(flag) for flag in found) / len(found) if found else float("nan")
 
 
+# A detection counts as the face when its box and the face's overlap by at least this much
+# (intersection over union; PASCAL VOC's criterion of a correct detection).
+AT_FACE_IOU = 0.5
+
+
+def box_iou(first: Sequence[float], second: Sequence[float]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1): 1 for equal boxes, 0 for disjoint or empty ones."""
+    width = min(first[2], second[2]) - max(first[0], second[0])
+    height = min(first[3], second[3]) - max(first[1], second[1])
+    intersection = max(width, 0.0) * max(height, 0.0)
+    union = ((first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
+             - intersection)
+    return intersection / union if union > 0 else 0.0
+
+
 # ------------------------------------------------------------------------------------------------
 # What a person with an image editor sees (docs/PRIVACY.md)
 

@@ -129,6 +129,19 @@ def test_detection_rate():
     assert math.isnan(evaluate.detection_rate([]))
 
 
+def test_box_iou_on_hand_computed_boxes():
+    assert evaluate.box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    # Two 10×10 boxes shifted by 5: intersection 50, union 150.
+    assert evaluate.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    # A 4×4 box inside a 10×10 one: 16 / 100.
+    assert evaluate.box_iou((2, 2, 6, 6), (0, 0, 10, 10)) == pytest.approx(0.16)
+    assert evaluate.box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges
+    assert evaluate.box_iou((0, 0, 10, 10), (30, 30, 40, 40)) == 0.0
+    assert evaluate.box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # empty boxes
+    # Boxes reaching outside the chip (MTCNN's can) are measured as they are.
+    assert evaluate.box_iou((-10, -10, 10, 10), (0, 0, 10, 10)) == pytest.approx(0.25)
+
+
 def test_attacker_has_the_keys_architecture_and_comes_back_frozen():
     key = KeyGenerator(ngf=4, blocks=1, norm="batch")
     pairs = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))

@@ -100,10 +100,12 @@ def privacy_target(over_chance: bool) -> privacy_doc.TargetRun:
             "observer": {"name": "observer-net", "identities": 1250, "gallery_images": 1250,
                          "chance": chance_ranks(1250)},
             "per_image": {"ranks": ranks}}
-    hits = [FilterHits("none", {"ciphertexts": 0, "preimages": 0, "uniform noise": 0}, 50, []),
+    hits = [FilterHits("none", {"ciphertexts": 0, "preimages": 0, "uniform noise": 0}, 50, [],
+                       {"ciphertexts": 0, "preimages": 0, "uniform noise": 0}),
             FilterHits("blur5-colour", {"ciphertexts": 2, "preimages": 1, "uniform noise": 1}, 50,
-                       [Hit("Person_1", [67, 38, 124, 104], 0.704, [9, -11, 119, 137]),
-                        Hit("Person_2", [-13, 20, 47, 95], 0.865, [-14, -39, 127, 136])])]
+                       [Hit("Person_1", [67, 38, 124, 104], 0.704, [9, -11, 119, 137], 0.18),
+                        Hit("Person_2", [-13, 20, 47, 95], 0.865, [-14, -39, 127, 136], 0.21)],
+                       {"ciphertexts": 0, "preimages": 0, "uniform noise": 1})]
     run = SimpleNamespace(privacy=SimpleNamespace(data=data),
                           pairs=SimpleNamespace(sources=[f"{name}/{name}_0001.jpg" for name in names]))
     return privacy_doc.TargetRun("dlib", "python benchmarks/privacy.py --target dlib", run, hits)
@@ -121,7 +123,9 @@ def test_mtcnn_counts_hits_and_shows_where_they_lie():
     text = privacy_doc.mtcnn_findings(privacy_target(over_chance=False))
     assert "in 2 of 100 filtered ciphertexts, in 1 of 100 filtered uniform-noise images and in 1 of 100" in text
     assert "no face under any filter: **NOT met**" in text
-    assert "    Person_1: box [67, 38, 124, 104], p 0.704 (on the original chip: [9, -11, 119, 137])" in text
+    assert "    Person_1: box [67, 38, 124, 104], p 0.704 (on the original chip: [9, -11, 119, 137]; IoU 0.18)" in text
+    assert "blur5-colour: ciphertexts 2/50 (0 at the face), preimages 1/50 (0 at the face), uniform noise 1/50 (1 at the face)" in text
+    assert "ciphertexts 0 of 100, uniform noise 1, preimages 0. No face found where the face is: **met**." in text
     assert "The hits' boxes are 57–60 px wide" in text and "MTCNN's box is 110–141 px wide" in text
     assert "ranked 1 of these 2 in its top 10" in text
 
@@ -160,3 +164,31 @@ def test_the_paired_attacker_is_quoted_from_results_work_with_the_run_that_made_
 def test_without_results_the_doc_says_where_the_attacker_table_is(tmp_path):
     text = privacy_doc.attacker_section(tmp_path / "nothing-here", tmp_path / "RESULTS.md")
     assert "[docs/RESULTS.md](RESULTS.md)" in text and "|" not in text
+
+
+def test_binomial_tail_against_hand_computed_values():
+    assert privacy_doc.binomial_tail(10, 0.5, 6) == pytest.approx(386 / 1024)  # (210 + 120 + 45 + 10 + 1) / 2¹⁰
+    assert privacy_doc.binomial_tail(50, 0.008, 1) == pytest.approx(1 - 0.992 ** 50)
+    assert privacy_doc.binomial_tail(5, 0.3, 0) == 1.0
+    assert privacy_doc.binomial_tail(5, 0.3, 6) == pytest.approx(0.0)
+
+
+def test_wilson_interval_against_published_values():
+    low, high = privacy_doc.wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = privacy_doc.wilson_interval(5, 10)
+    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+
+
+def test_with_enough_images_the_observer_bar_says_how_often_a_guess_breaks_it():
+    target = privacy_target(over_chance=False)
+    data = target.run.privacy.data
+    data["observer"] = {**data["observer"], "identities": 300, "chance": chance_ranks(300)}
+    for row in data["filters"].values():
+        for side in ("encrypted", "original", "noise"):
+            row[f"observer_{side}"] = {**row[f"observer_{side}"], "queries": 193}
+    text = privacy_doc.observer_findings(data)
+    # 2 × 10/300 of 193 images is 12.9: 13 in the top 10 break the bar.
+    tail = privacy_doc.binomial_tail(193, 10 / 300, 13)
+    assert f"at 193 images, 13 in the top 10 are over it, which a guess reaches under a given filter with probability {tail:.1%}" in text
+    assert "test of luck" not in text
