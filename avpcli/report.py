@@ -817,7 +817,7 @@ def key_recovery_report(training: PairedImages, held_out: PairedImages, key: nn.
     right_key = evaluate.summarize(evaluate.decryption_ssim(held_out.encrypted, held_out.originals, key))
     rows = [[result.pairs, result.rule, percent(result.recovered) + " %", percent(result.source) + " %",
              result.ssim_unscrambled, result.lowpass_unscrambled, result.ssim_decrypted] for result in curve]
-    truth = evaluate.key_plan(key, height, width)
+    truth = evaluate.key_plan(key, height, width, held_out.encrypted)
     perfect = quantize(truth.apply(held_out.encrypted.float()))
     perfect_ssim = float(ssim(perfect, held_out.originals.float()).mean())
     perfect_lowpass = float(lowpass_correlation(perfect, held_out.originals.float()).abs().mean())
