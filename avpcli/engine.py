@@ -560,7 +560,12 @@ def prepare_models(target: nn.Module, key: nn.Module, device: str | torch.device
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
         if compile_models:
-            target, key = torch.compile(target), torch.compile(key)
+            target = torch.compile(target)
+            if isinstance(getattr(key, "scramble", None), nn.Module) and isinstance(getattr(key, "generator", None), nn.Module):
+                # Only G: a per-image scramble looks its plans up in Python, once per batch.
+                key.generator = torch.compile(key.generator)
+            else:
+                key = torch.compile(key)
     return target, key
 
 
