@@ -379,3 +379,12 @@ def test_a_loaded_key_holds_its_tensors_and_nothing_else(key_file):
 def test_a_pipe_is_refused_without_being_opened_for_a_blocking_read(tmp_path):
     os.mkfifo(tmp_path / "key.safetensors")
     assert "not a regular file" in _one_line_key_error(tmp_path / "key.safetensors")
+
+
+def test_the_scramble_scheme_changes_neither_g_nor_the_secret():
+    # A seed's per-image key and its per-size key differ only in the metadata's scheme.
+    per_image, per_size = train_key(TINY, seed=77), train_key(TINY, seed=77, scramble=SCRAMBLE_SCHEME)
+    assert per_image.tensors().keys() == per_size.tensors().keys()
+    assert all(torch.equal(tensor, per_size.tensors()[name]) for name, tensor in per_image.tensors().items())
+    assert {name: value for name, value in per_image.metadata.items() if name != "scramble"} == \
+        {name: value for name, value in per_size.metadata.items() if name != "scramble"}
