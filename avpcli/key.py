@@ -152,6 +152,8 @@ def count_parameters(module: nn.Module) -> int:
 class KeyModel(nn.Module):
     """The key as encryption and decryption use it: x′ ↦ G(S(x′)), or G(x′) for a key without scramble.
 
+    Per image, the nonce's 4 pixels of G(S(x′)) are filled from the row below (Scramble.fill_nonce).
+
     Args:
         generator: the frozen G.
         scramble: the key's secret scramble S (avpcli.scramble), or None for the paper's plain G.
@@ -167,7 +169,9 @@ class KeyModel(nn.Module):
         return self.scramble is not None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.generator(self.scramble(images) if self.scramble is not None else images)
+        if self.scramble is None:
+            return self.generator(images)
+        return self.scramble.fill_nonce(self.generator(self.scramble(images)))
 
     def preimage(self, originals: torch.Tensor) -> torch.Tensor:
         """An input that the key maps close to `originals`: S⁻¹(x) (with x's nonce, for a per-image

@@ -127,6 +127,18 @@ def make_plan(secret: bytes, height: int, width: int, nonce: bytes | None = None
     # Ranking independent uniform integers gives a uniform permutation (ties are broken by index).
     positions = np.argsort(position_ranks, kind="stable")  # output pixel p takes input pixel positions[p]
     channels = np.argsort(channel_ranks, axis=1, kind="stable")  # output channel c takes input channel channels[p, c]
+    if nonce is not None:
+        # The nonce's pixels (the top row's first NONCE_PIXELS) stay where they are, as they are: what
+        # the key makes of them lands in the decrypted image's corner, where SSIM's windows hardly
+        # reach and KeyModel fills them from the row below, not at secret places all over it.
+        if width < NONCE_PIXELS:
+            raise ValueError(f"a per-image scramble needs images at least {NONCE_PIXELS} pixels wide")
+        positions = np.concatenate([np.arange(NONCE_PIXELS),
+                                    NONCE_PIXELS + np.argsort(position_ranks[NONCE_PIXELS:], kind="stable")])
+        channels[:NONCE_PIXELS] = np.arange(3)
+        fixed = (np.arange(3)[:, None] * pixels + np.arange(NONCE_PIXELS)[None, :]).reshape(-1)
+        inversion_ranks = inversion_ranks.copy()
+        inversion_ranks[fixed] = np.iinfo(np.uint64).max  # last of their classes: never inverted
     source = (channels.T * pixels + positions[None, :]).reshape(-1)  # flattened (C, H·W) order
     # Balanced per (output channel, source channel): rank the values inside each class and invert
     # the lower half of every class.
@@ -207,6 +219,15 @@ class Scramble(nn.Module):
         stamped = images.clone()
         stamped[:, :, 0, :NONCE_PIXELS] = values
         return stamped
+
+    def fill_nonce(self, decrypted: torch.Tensor) -> torch.Tensor:
+        """A decryption with the nonce's pixels (which S leaves in place, so G turns them into nothing of x)
+        taken from the row below; as is for a per-size key or a one-row image."""
+        if not self.per_image or decrypted.shape[-2] < 2:
+            return decrypted
+        filled = decrypted.clone()
+        filled[:, :, 0, :NONCE_PIXELS] = decrypted[:, :, 1, :NONCE_PIXELS]
+        return filled
 
     def pinned(self, height: int, width: int, device: torch.device | str) -> torch.Tensor | None:
         """(1, 1, H, W) True where an encryption must not change the pixels (the nonce); None for a per-size key."""

@@ -176,9 +176,32 @@ def test_preimages_carry_the_originals_nonce_which_is_keyed_and_repeatable():
     assert scramble.nonces_for(originals) == scramble.nonces_for(originals.clone())
     assert scramble.nonces_for(originals)[0] != scramble.nonces_for(originals)[1]
     assert Scramble(OTHER_SECRET, PER_IMAGE_SCHEME).nonces_for(originals) != scramble.nonces_for(originals)
-    # S maps the preimage onto the original except for the 12 nonce values it moves somewhere.
+    # S maps the preimage onto the original but for the nonce's pixels, which it leaves in place.
     differs = (scramble(preimage) - originals).abs() > 1e-6
-    assert int(differs.flatten(1).sum(dim=1).max()) <= 3 * NONCE_PIXELS
+    differs[:, :, 0, :NONCE_PIXELS] = False
+    assert not differs.any()
+    assert torch.equal(scramble(preimage)[:, :, 0, :NONCE_PIXELS], preimage[:, :, 0, :NONCE_PIXELS])
+
+
+def test_the_nonce_pixels_stay_in_place_and_the_rest_is_a_balanced_shuffle():
+    plan = make_plan(SECRET, 10, 12, bytes(range(3 * NONCE_PIXELS)))
+    pixels = 120
+    assert sorted(plan.source.tolist()) == list(range(3 * pixels))
+    fixed = torch.tensor([channel * pixels + column for channel in range(3) for column in range(NONCE_PIXELS)])
+    assert torch.equal(plan.source[fixed], fixed) and not plan.inverted[fixed].any()
+    # The other pixels go anywhere but to the nonce's places, and about half of their values are inverted.
+    moved = plan.source.view(3, pixels)[:, NONCE_PIXELS:]
+    assert int((moved % pixels < NONCE_PIXELS).sum()) == 0
+    assert float(plan.inverted.view(3, pixels)[:, NONCE_PIXELS:].mean()) == pytest.approx(0.5, abs=0.03)
+
+
+def test_the_decrypted_nonce_pixels_come_from_the_row_below():
+    decrypted = _levels(2, 3, 6, 8, seed=8)
+    filled = _per_image().fill_nonce(decrypted)
+    assert torch.equal(filled[:, :, 0, :NONCE_PIXELS], decrypted[:, :, 1, :NONCE_PIXELS])
+    assert torch.equal(filled[:, :, 1:], decrypted[:, :, 1:]) and torch.equal(filled[:, :, 0, NONCE_PIXELS:],
+                                                                                decrypted[:, :, 0, NONCE_PIXELS:])
+    assert Scramble(SECRET).fill_nonce(decrypted) is decrypted
 
 
 def test_only_the_nonce_pixels_are_pinned():
