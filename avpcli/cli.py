@@ -180,9 +180,11 @@ def keygen(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing key file.")] = False,
     scramble: Annotated[Optional[bool], typer.Option("--scramble/--no-scramble", help="Put a secret scramble (derived from the seed) in front of G, so that ciphertexts hide the image's layout and colour from every filter (docs/PRIVACY.md). Default: on, except for the 'paper' preset, which reproduces the paper's plain G.")] = None,
+    per_size_scramble: Annotated[bool, typer.Option("--per-size-scramble", help="One scramble per image size, as avp 0.1's keys had, instead of one per image: (ciphertext, original) pairs of any images then teach an attacker the scramble of all others (docs/KEY.md). For reproducing old figures only.")] = False,
 ) -> None:
     """Train a key (the generator G that decrypts) and save it as safetensors, mode 0600. Prints its path."""
     from avpcli.key import KEY_PRESETS, new_seed, save_key, seed_is_guessable, train_key
+    from avpcli.scramble import SCHEME as SCRAMBLE_SCHEME
 
     with domain_errors():
         if preset not in KEY_PRESETS:
@@ -197,11 +199,14 @@ def keygen(
         resolved_device = resolve_device(device)
         if scramble is None:
             scramble = preset != "paper"
+        if per_size_scramble and not scramble:
+            raise UsageError("--per-size-scramble needs a scramble (drop --no-scramble)")
         total_steps = steps or KEY_PRESETS[preset].steps
         with _progress() as progress:
             task = progress.add_task("training key", total=total_steps)
             trained = train_key(preset, seed, data_dir=data, steps=steps, device=resolved_device,
-                                progress=lambda step, total, loss: progress.update(task, completed=step), scramble=scramble)
+                                progress=lambda step, total, loss: progress.update(task, completed=step),
+                                scramble=(SCRAMBLE_SCHEME if per_size_scramble else scramble))
         if out is None:
             out = default_key_folder() / f"key-{trained.fingerprint[:16]}.safetensors"
         out.parent.mkdir(parents=True, exist_ok=True)

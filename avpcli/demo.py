@@ -35,12 +35,12 @@ class DemoResult:
 def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, int], None]) -> tuple[Key, bool]:
     """Load the cached demo key, or train one (the demo preset, a fresh secret seed) and cache it.
 
-    A cached key without scramble (made by avp before key format 2) is replaced: the demo shows
-    what avp's defaults do.
+    A cached key without scramble (made by avp before key format 2), or with avp 0.1's one scramble
+    per size, is replaced: the demo shows what avp's defaults do.
     """
     if path.exists():
         cached = load_key(path, device=device)
-        if cached.scrambles:
+        if cached.scrambles and cached.scramble.per_image:
             return cached, False
     path.parent.mkdir(parents=True, exist_ok=True)
     trained = Key.train(DEMO_PRESET, device=device, progress=lambda step, total, loss: on_training_step(step, total))

@@ -228,6 +228,19 @@ def _autocast(images: torch.Tensor, dtype: torch.dtype | None):
     return torch.autocast(device_type=images.device.type, dtype=dtype)
 
 
+def _pinned_start(key: nn.Module, images: torch.Tensor,
+                  originals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The starts with what the key needs written into them (a per-image scramble's nonce), and a mask
+    (1, 1, H, W) of the pixels that must keep their start's values (None: every pixel moves)."""
+    pinned = getattr(key, "pinned", None)
+    mask = pinned(*images.shape[-2:], images.device) if pinned is not None else None
+    if mask is None:
+        return images, None
+    with torch.no_grad():
+        stamped = key.stamp(images, originals)
+    return stamped.contiguous(memory_format=torch.channels_last), mask
+
+
 def _initial_images(originals: torch.Tensor, settings: AttackSettings, noise_seeds: Sequence[int],
                     key: nn.Module) -> torch.Tensor:
     if settings.initialization == "original":
@@ -410,7 +423,7 @@ class _StepDecay:
 
 
 def _repair_feature_match(objective: _Objective, encrypted8, originals, reference, reference_class, steps: int,
-                          toward_start=None):
+                          toward_start=None, pinned: torch.Tensor | None = None):
     """Nudge 8-bit images by ±1/255 along the target loss's gradient until the feature bar is met."""
     for _ in range(steps):
         measured = objective.measure(encrypted8, originals, reference, reference_class)
@@ -423,6 +436,8 @@ def _repair_feature_match(objective: _Objective, encrypted8, originals, referenc
         loss = objective.target_loss(outputs, reference, reference_class, toward_start).sum()
         (gradient,) = torch.autograd.grad(loss, images)
         nudged = quantize(encrypted8 - gradient.sign() / 255)
+        if pinned is not None:
+            nudged = torch.where(pinned, encrypted8, nudged)
         encrypted8 = torch.where(broken[:, None, None, None], nudged, encrypted8)
     return encrypted8
 
@@ -456,7 +471,7 @@ def encrypt_batch(
     objective = _Objective(originals, target, key, settings, loss_kind)
     reference, reference_class = objective.reference, objective.reference_class
 
-    images = _initial_images(originals, settings, noise_seeds, key)
+    images, pinned = _pinned_start(key, _initial_images(originals, settings, noise_seeds, key), originals)
     objective.set_start(images)
     start_colour = images.mean(dim=(2, 3), keepdim=True) if settings.hold_colour else None
     velocity = torch.zeros_like(images)
@@ -485,6 +500,8 @@ def encrypt_batch(
         if start_colour is not None:
             # Back to the start's mean colour (a shift the clamp cuts short is finished next step).
             stepped = (stepped - stepped.mean(dim=(2, 3), keepdim=True) + start_colour[active]).clamp(0, 1)
+        if pinned is not None:
+            stepped = torch.where(pinned, current.detach(), stepped)  # the nonce stays as stamped
         images[active] = stepped
         decay.update(active, loss)
 
@@ -523,7 +540,7 @@ def encrypt_batch(
         results[lacking] = _repair_feature_match(
             objective, quantize(images[lacking]), originals[lacking], reference[lacking],
             reference_class[lacking] if reference_class is not None else None, settings.repair_steps,
-            objective.start_directions(lacking),
+            objective.start_directions(lacking), pinned,
         )
 
     measured = objective.measure(results, originals, reference, reference_class, objective.toward_start)
@@ -543,7 +560,12 @@ def prepare_models(target: nn.Module, key: nn.Module, device: str | torch.device
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
         if compile_models:
-            target, key = torch.compile(target), torch.compile(key)
+            target = torch.compile(target)
+            if isinstance(getattr(key, "scramble", None), nn.Module) and isinstance(getattr(key, "generator", None), nn.Module):
+                # Only G: a per-image scramble looks its plans up in Python, once per batch.
+                key.generator = torch.compile(key.generator)
+            else:
+                key = torch.compile(key)
     return target, key
 
 

@@ -566,17 +566,26 @@ def recover_scramble(encrypted: torch.Tensor, originals: torch.Tensor, rule: Rec
     return ScramblePlan(source, inverted.float())
 
 
-def key_plan(key: nn.Module, height: int, width: int) -> ScramblePlan:
-    """The key's true scramble for H×W images (on the CPU); the identity for a key without one."""
+def key_plan(key: nn.Module, height: int, width: int, images: torch.Tensor | None = None) -> ScramblePlan:
+    """The key's true scramble for H×W images (on the CPU); the identity for a key without one.
+
+    A per-image scramble has a plan per ciphertext: `images` (N, 3, H, W) are then required, and the
+    plan is (N, 3·H·W), one row each.
+    """
     scramble = getattr(key, "scramble", None)
     if scramble is None:
         values = 3 * height * width
         return ScramblePlan(torch.arange(values), torch.zeros(values))
+    if getattr(scramble, "per_image", False):
+        if images is None:
+            raise ValueError("a per-image scramble's plans are those of the ciphertexts: pass them")
+        return scramble.plans_of(images.cpu())
     return scramble.plan(height, width, torch.device("cpu"))
 
 
 def plan_agreement(guess: ScramblePlan, truth: ScramblePlan) -> dict[str, float]:
-    """Share of values whose source is right, and whose source and inversion are both right ("recovered")."""
+    """Share of values whose source is right, and whose source and inversion are both right ("recovered");
+    against per-image plans (N, 3·H·W), over all their values."""
     right_source = guess.source.cpu() == truth.source.cpu()
     right_sign = guess.inverted.cpu() == truth.inverted.cpu()
     return {"source": float(right_source.float().mean()), "recovered": float((right_source & right_sign).float().mean())}
@@ -618,7 +627,7 @@ def key_recovery_curve(training_encrypted: torch.Tensor, training_originals: tor
         raise ValueError(f"pair counts must be between 1 and the {training_encrypted.shape[0]} training pairs")
     if held_out_encrypted.shape[0] == 0:
         raise ValueError("key recovery needs at least one held-out pair")
-    truth = key_plan(key, *training_encrypted.shape[-2:])
+    truth = key_plan(key, *training_encrypted.shape[-2:], images=held_out_encrypted)
     generator = getattr(key, "generator", key)
     results = []
     for count in pair_counts:

@@ -27,7 +27,7 @@ from avpcli import __version__
 from avpcli.errors import KeyFileError, UsageError
 from avpcli.images import IMAGE_SUFFIXES
 from avpcli.metrics import ssim
-from avpcli.scramble import SCHEME as SCRAMBLE_SCHEME, SECRET_BYTES, Scramble
+from avpcli.scramble import PER_IMAGE_SCHEME, SCHEMES as SCRAMBLE_SCHEMES, SECRET_BYTES, Scramble
 
 KEY_FORMAT = "avp-key"
 KEY_FORMAT_VERSION = "2"
@@ -152,6 +152,8 @@ def count_parameters(module: nn.Module) -> int:
 class KeyModel(nn.Module):
     """The key as encryption and decryption use it: x′ ↦ G(S(x′)), or G(x′) for a key without scramble.
 
+    Per image, the nonce's 4 pixels of G(S(x′)) are filled from the row below (Scramble.fill_nonce).
+
     Args:
         generator: the frozen G.
         scramble: the key's secret scramble S (avpcli.scramble), or None for the paper's plain G.
@@ -167,11 +169,22 @@ class KeyModel(nn.Module):
         return self.scramble is not None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.generator(self.scramble(images) if self.scramble is not None else images)
+        if self.scramble is None:
+            return self.generator(images)
+        return self.scramble.fill_nonce(self.generator(self.scramble(images)))
 
     def preimage(self, originals: torch.Tensor) -> torch.Tensor:
-        """An input that the key maps close to `originals`: S⁻¹(x), since G is trained to copy its input."""
-        return self.scramble.inverse(originals) if self.scramble is not None else originals.clone()
+        """An input that the key maps close to `originals`: S⁻¹(x) (with x's nonce, for a per-image
+        scramble), since G is trained to copy its input."""
+        return self.scramble.preimage(originals) if self.scramble is not None else originals.clone()
+
+    def stamp(self, images: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
+        """Starts of an encryption with each original's nonce in place (a per-image scramble), else as they are."""
+        return self.scramble.stamp(images, originals) if self.scramble is not None else images
+
+    def pinned(self, height: int, width: int, device: torch.device | str) -> torch.Tensor | None:
+        """(1, 1, H, W) True where an encryption must leave the pixels as stamped (the nonce), or None."""
+        return self.scramble.pinned(height, width, device) if self.scramble is not None else None
 
     def freeze(self) -> KeyModel:
         return _frozen(self)
@@ -446,7 +459,7 @@ class _FolderCrops:
 
 def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLike[str] | None = None,
               steps: int | None = None, device: str | torch.device = "cpu",
-              progress: ProgressCallback | None = None, scramble: bool = True) -> Key:
+              progress: ProgressCallback | None = None, scramble: bool | str = True) -> Key:
     """Train G to reproduce its input (L1, plus (1 − SSIM) where the preset asks for it).
 
     Args:
@@ -458,13 +471,17 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
         steps: overrides the preset's step count (the learning-rate schedule follows it).
         device: where to train.
         progress: called as progress(step, total, loss) after every step (step counts from 1).
-        scramble: give the key a secret scramble S, derived from the seed (avpcli.scramble); False
-            keeps the paper's plain G. G's training is the same either way.
+        scramble: give the key a secret scramble S, derived from the seed (avpcli.scramble): True for
+            one plan per image (PER_IMAGE_SCHEME), or a scheme's name (SCHEME: one plan per size, as
+            avp 0.1 made them); False keeps the paper's plain G. G's training is the same either way.
 
     No adversarial (PatchGAN) loss: at CPU budgets it only slows the identity fit (docs/KEY.md).
     The global torch RNG state is left as it was.
     """
     name, preset = resolve_preset(preset_name)
+    scheme = PER_IMAGE_SCHEME if scramble is True else (scramble or None)
+    if scheme is not None and scheme not in SCRAMBLE_SCHEMES:
+        raise ValueError(f"unknown scramble scheme {scheme!r}; choose one of: {', '.join(SCRAMBLE_SCHEMES)}")
     if steps is not None:
         if steps < 1:
             raise ValueError("steps must be at least 1")
@@ -512,10 +529,10 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
         "training_data": data_fingerprint,
         "steps": str(preset.steps),
         "preset": name,
-        "scramble": SCRAMBLE_SCHEME if scramble else NO_SCRAMBLE,
+        "scramble": scheme or NO_SCRAMBLE,
         "avp_version": __version__,
     }
-    scrambler = Scramble(scramble_secret(seed)) if scramble else None
+    scrambler = Scramble(scramble_secret(seed), scheme) if scheme else None
     return Key(model.cpu(), metadata, scrambler, seconds=time.perf_counter() - started)
 
 
@@ -755,7 +772,7 @@ def _check_metadata(metadata: Mapping[str, str], source: Path) -> tuple[bool, in
         raise KeyFileError(f"{source} is an avp key of format version {version!r}; "
                            f"this avp ({__version__}) reads versions {', '.join(READABLE_FORMAT_VERSIONS)}")
     scheme = metadata.get("scramble", NO_SCRAMBLE) if version != "1" else NO_SCRAMBLE
-    if scheme not in (NO_SCRAMBLE, SCRAMBLE_SCHEME):
+    if scheme not in (NO_SCRAMBLE, *SCRAMBLE_SCHEMES):
         raise KeyFileError(f"{source} has a scramble this avp does not know: {scheme!r}")
     if metadata.get("architecture") != ARCHITECTURE:
         raise KeyFileError(f"{source} has unknown architecture {metadata.get('architecture')!r}")
@@ -825,7 +842,8 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise KeyFileError(f"{source} is damaged: tensor {name} holds NaN or infinite values")
-    scramble = Scramble(bytes(tensors.pop(SCRAMBLE_SECRET_TENSOR).tolist())).to(device) if scrambles else None
+    scramble = (Scramble(bytes(tensors.pop(SCRAMBLE_SECRET_TENSOR).tolist()), metadata["scramble"]).to(device)
+                if scrambles else None)
     with torch.device("meta"):  # the loaded tensors become the parameters: nothing is allocated twice
         generator = KeyGenerator(ngf, blocks, norm)
     generator.load_state_dict(tensors, assign=True)

@@ -813,11 +813,12 @@ def key_recovery_report(training: PairedImages, held_out: PairedImages, key: nn.
     curve = evaluate.key_recovery_curve(training.encrypted, training.originals, held_out.encrypted,
                                         held_out.originals, key, pair_counts, rules)
     height, width = training.encrypted.shape[-2:]
+    per_image = bool(getattr(getattr(key, "scramble", None), "per_image", False))
     baseline = evaluate.summarize(evaluate.decryption_ssim(held_out.encrypted, held_out.originals, nn.Identity()))
     right_key = evaluate.summarize(evaluate.decryption_ssim(held_out.encrypted, held_out.originals, key))
     rows = [[result.pairs, result.rule, percent(result.recovered) + " %", percent(result.source) + " %",
              result.ssim_unscrambled, result.lowpass_unscrambled, result.ssim_decrypted] for result in curve]
-    truth = evaluate.key_plan(key, height, width)
+    truth = evaluate.key_plan(key, height, width, held_out.encrypted)
     perfect = quantize(truth.apply(held_out.encrypted.float()))
     perfect_ssim = float(ssim(perfect, held_out.originals.float()).mean())
     perfect_lowpass = float(lowpass_correlation(perfect, held_out.originals.float()).abs().mean())
@@ -833,6 +834,9 @@ def key_recovery_report(training: PairedImages, held_out: PairedImages, key: nn.
                 "1 − value). Recovered: the share of the 3·H·W values whose source position and inversion are "
                 f"both right (a guess: 1 in {6 * height * width:,}). The attacker then applies the guessed S to "
                 "ciphertexts it has not seen.\n\n"
+                + ("**This key scrambles every image with its own plan** (a nonce in the ciphertext picks it, "
+                   "docs/KEY.md): 'recovered' is the agreement with each held-out ciphertext's own plan, which "
+                   "no pair of another image shows.\n\n" if per_image else "")
                 + markdown_table(["pairs N", "rule", "recovered", "source right", "SSIM(guessed S(x′), x)",
                                   "low-pass abs. r", "SSIM(G(guessed S(x′)), x), attacker holding G too"], rows)
                 + f"\nFor scale, on the same held-out ciphertexts: no attack, SSIM(x′, x) {number(baseline['mean'])}; "
@@ -852,6 +856,7 @@ def key_recovery_report(training: PairedImages, held_out: PairedImages, key: nn.
                  + ", ".join(f"{count} pair{'s' if count > 1 else ''} ({result.rule})" for count, result in best.items())
                  + " | S(x′) with the key's own S | decrypted with the key.\n")
     data = {"size": [height, width], "training_pairs": len(training.names), "held_out": held_out.names,
+            "scramble_per_image": per_image,
             "curve": [result.to_dict() for result in curve],
             "reference": {"ssim_encrypted": baseline, "ssim_right_key": right_key, "ssim_perfect_guess": perfect_ssim,
                           "lowpass_perfect_guess": perfect_lowpass, "ssim_mean_face": mean_ssim,

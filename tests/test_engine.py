@@ -393,3 +393,35 @@ def test_cuda_decryption_matches_cpu_decryption_to_one_level():
     on_cpu = decrypt_batch(images, key)
     on_gpu = decrypt_batch(images.cuda(), key.cuda()).cpu()
     assert (on_gpu - on_cpu).abs().max() <= 1 / 255 + 1e-6
+
+
+def per_image_key() -> nn.Module:
+    """avp's KeyModel with a per-image scramble in front of a tiny G."""
+    import hashlib
+
+    from avpcli.key import KeyGenerator, KeyModel
+    from avpcli.scramble import PER_IMAGE_SCHEME, Scramble
+
+    torch.manual_seed(5)
+    return KeyModel(KeyGenerator(ngf=4, blocks=1, norm="none"),
+                    Scramble(hashlib.sha256(b"engine test").digest(), PER_IMAGE_SCHEME)).freeze()
+
+
+@pytest.mark.parametrize("initialization", ["preimage", "noise", "original"])
+def test_a_per_image_scramble_keeps_each_images_nonce_through_the_attack(embedding_target, initialization):
+    from avpcli.scramble import NONCE_PIXELS
+
+    key = per_image_key()
+    images = quantize(originals(2))
+    settings = dataclasses.replace(FAST, iterations=15, initialization=initialization, hold_colour=True)
+    result = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2])
+    # Whatever the start, every ciphertext carries its original's keyed nonce, exactly on the 8-bit grid,
+    # so the key finds its plan in the ciphertext alone.
+    assert key.scramble.nonces_of(result.encrypted) == key.scramble.nonces_for(images)
+    assert torch.equal(result.encrypted[:, :, 0, :NONCE_PIXELS], key.stamp(images, images)[:, :, 0, :NONCE_PIXELS])
+    # The rest of the image moved, and decryption (the key on the ciphertext alone) is what was measured.
+    assert not torch.equal(result.encrypted, key.stamp(images, images))
+    decrypted = decrypt_batch(result.encrypted, key)
+    from avpcli.metrics import ssim
+
+    assert torch.allclose(ssim(decrypted, images), torch.tensor([m.ssim_decrypted for m in result.metrics]), atol=1e-4)

@@ -322,6 +322,35 @@ def test_key_recovery_curve_measures_the_guess_on_held_out_pairs():
         evaluate.key_recovery_curve(encrypted[:2], originals[:2], encrypted[20:], originals[20:], scramble, [3])
 
 
+def test_pairs_of_other_images_teach_nothing_of_a_per_image_scramble():
+    import hashlib
+
+    from avpcli.scramble import PER_IMAGE_SCHEME, Scramble
+
+    class ScrambledIdentity(nn.Module):
+        def __init__(self, scramble):
+            super().__init__()
+            self.scramble, self.generator = scramble, nn.Identity()
+
+        def forward(self, images):
+            return self.generator(self.scramble(images))
+
+    scramble = Scramble(hashlib.sha256(b"recovery test").digest(), PER_IMAGE_SCHEME)
+    generator = torch.Generator().manual_seed(7)
+    originals = torch.randint(0, 256, (26, 3, 16, 16), generator=generator).float() / 255
+    noisy = scramble.preimage(originals) + 0.01 * torch.randn(originals.shape, generator=generator)
+    encrypted = scramble.stamp(noisy.clamp(0, 1), originals)  # the nonce exact, as the engine keeps it
+    key = ScrambledIdentity(scramble)
+    curve = evaluate.key_recovery_curve(encrypted[:20], originals[:20], encrypted[20:], originals[20:], key, [20],
+                                        rules=["distance"], block_rows=300)
+    # With one plan per key, 20 such pairs recover the whole plan (the test above); per image, a guess's share.
+    assert curve[0].recovered < 0.01 and curve[0].ssim_unscrambled < 0.2
+    truth = evaluate.key_plan(key, 16, 16, encrypted[20:])
+    assert truth.source.shape == (6, 3 * 16 * 16)
+    with pytest.raises(ValueError, match="per-image"):
+        evaluate.key_plan(key, 16, 16)
+
+
 def test_key_plan_of_a_key_without_scramble_is_the_identity():
     plan = evaluate.key_plan(KeyGenerator(ngf=4, blocks=1, norm="batch"), 2, 3)
     assert torch.equal(plan.source, torch.arange(18)) and not plan.inverted.any()

@@ -11,10 +11,11 @@ from PIL import Image
 
 from avpcli.errors import KeyFileError, UsageError
 from avpcli.key import (
-    KEY_PRESETS, NORMS, SCRAMBLE_SCHEME, KeyGenerator, KeyModel, KeyPreset, count_parameters, expected_key_tensors,
+    KEY_PRESETS, NORMS, KeyGenerator, KeyModel, KeyPreset, count_parameters, expected_key_tensors,
     key_fingerprint, load_key, new_seed, procedural_images, save_key, scramble_secret, seed_is_guessable, train_key,
     training_data_fingerprint,
 )
+from avpcli.scramble import PER_IMAGE_SCHEME, SCHEME as SCRAMBLE_SCHEME
 
 TINY = KeyPreset(ngf=4, blocks=1, norm="batch", steps=3, batch_size=2, crop_size=16, learning_rate=1e-3,
                  warmup_steps=1)
@@ -281,12 +282,14 @@ def test_every_preset_builds_and_names_a_known_norm(name):
 def test_keys_scramble_by_default_and_the_secret_is_saved_and_fingerprinted(tiny_key, key_file):
     loaded = load_key(key_file)
     assert tiny_key.scramble is not None and loaded.scrambles
-    assert loaded.metadata["format_version"] == "2" and loaded.metadata["scramble"] == SCRAMBLE_SCHEME
+    assert loaded.metadata["format_version"] == "2" and loaded.metadata["scramble"] == PER_IMAGE_SCHEME
+    assert loaded.scramble.per_image
     assert torch.equal(loaded.scramble.secret, tiny_key.scramble.secret)
     assert bytes(loaded.scramble.secret.tolist()) == scramble_secret(12345)
     images = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        assert torch.equal(loaded.model(images), tiny_key.generator(tiny_key.scramble(images)))
+        assert torch.equal(loaded.model(images),
+                           tiny_key.scramble.fill_nonce(tiny_key.generator(tiny_key.scramble(images))))
         assert torch.equal(loaded.plain_model(images), tiny_key.generator(images))
     # The fingerprint covers the secret: the same G with another scramble is another key.
     plain = train_key(TINY, seed=12345, scramble=False)
@@ -335,11 +338,26 @@ def test_an_unknown_scramble_scheme_is_refused(tiny_key, tmp_path):
         load_key(path)
 
 
-def test_key_model_preimage_inverts_the_scramble(tiny_key):
+def test_key_model_preimage_inverts_the_scramble_but_for_the_nonce(tiny_key):
     model = tiny_key.model
-    images = torch.rand(1, 3, 12, 12)
-    assert torch.equal(model.scramble(model.preimage(images)), images)
+    images = torch.randint(0, 256, (2, 3, 12, 12), generator=torch.Generator().manual_seed(4)).float() / 255
+    preimage = model.preimage(images)
+    # The preimage carries each image's nonce; S maps it onto the image but for the nonce's pixels.
+    assert model.scramble.nonces_of(preimage) == model.scramble.nonces_for(images)
+    differs = (model.scramble(preimage) - images).abs() > 1e-6
+    assert differs[:, :, 0, :4].any() and not differs[:, :, 1:].any() and not differs[:, :, 0, 4:].any()
     assert torch.equal(KeyModel(tiny_key.generator, None).preimage(images), images)
+
+
+def test_a_per_size_key_still_loads_encrypts_and_decrypts_as_avp_0_1_made_it(tmp_path):
+    key = train_key(TINY, 12345,
+                    scramble=SCRAMBLE_SCHEME)
+    path = save_key(key, tmp_path / "old.safetensors")
+    loaded = load_key(path)
+    assert loaded.metadata["scramble"] == SCRAMBLE_SCHEME and not loaded.scramble.per_image
+    images = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(loaded.model.scramble(loaded.model.preimage(images)), images)
+    assert loaded.model.pinned(12, 12, "cpu") is None
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -361,3 +379,12 @@ def test_a_loaded_key_holds_its_tensors_and_nothing_else(key_file):
 def test_a_pipe_is_refused_without_being_opened_for_a_blocking_read(tmp_path):
     os.mkfifo(tmp_path / "key.safetensors")
     assert "not a regular file" in _one_line_key_error(tmp_path / "key.safetensors")
+
+
+def test_the_scramble_scheme_changes_neither_g_nor_the_secret():
+    # A seed's per-image key and its per-size key differ only in the metadata's scheme.
+    per_image, per_size = train_key(TINY, seed=77), train_key(TINY, seed=77, scramble=SCRAMBLE_SCHEME)
+    assert per_image.tensors().keys() == per_size.tensors().keys()
+    assert all(torch.equal(tensor, per_size.tensors()[name]) for name, tensor in per_image.tensors().items())
+    assert {name: value for name, value in per_image.metadata.items() if name != "scramble"} == \
+        {name: value for name, value in per_size.metadata.items() if name != "scramble"}

@@ -266,7 +266,11 @@ def test_privacy_and_key_recovery_end_to_end_on_tiny_embedding(tmp_path, tiny_ke
     recovery = tmp_path / "recovery"
     _run("evaluate", "key-recovery", str(people), str(encrypted), *common, "--pairs", "1,3", "--held-out", "2",
          "--out", str(recovery))
-    curve = json.loads((recovery / "key-recovery.json").read_text())["curve"]
+    recovered = json.loads((recovery / "key-recovery.json").read_text())
+    curve = recovered["curve"]
+    # Keys are made with one scramble per image: the report says what "recovered" is measured against.
+    assert recovered["scramble_per_image"] is True
+    assert "scrambles every image with its own plan" in (recovery / "key-recovery.md").read_text()
     # The correlation rule needs 3 pairs: it has no point at 1.
     assert [(point["pairs"], point["rule"]) for point in curve] == [(1, "distance"), (3, "correlation"),
                                                                    (3, "distance")]

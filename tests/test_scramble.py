@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from avpcli.scramble import SECRET_BYTES, Scramble, make_plan
+from avpcli.scramble import NONCE_PIXELS, PER_IMAGE_SCHEME, SECRET_BYTES, Scramble, make_plan
 
 SECRET = hashlib.sha256(b"test secret").digest()
 OTHER_SECRET = hashlib.sha256(b"another secret").digest()
@@ -115,3 +115,123 @@ def test_short_secret_is_refused():
 
 def test_the_secret_is_not_in_the_modules_text():
     assert SECRET.hex() not in repr(Scramble(SECRET))
+
+
+# --------------------------------------------------------------------------------------------
+# One plan per image (PER_IMAGE_SCHEME): the nonce in the top row's first pixels picks it
+
+
+def _per_image() -> Scramble:
+    return Scramble(SECRET, PER_IMAGE_SCHEME)
+
+
+def _levels(*shape, seed=0) -> torch.Tensor:
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed)).float() / 255
+
+
+def test_the_nonce_is_read_from_the_first_pixels_exactly():
+    scramble = _per_image()
+    images = _levels(2, 3, 6, 8)
+    nonces = scramble.nonces_of(images)
+    assert len(nonces) == 2 and all(len(nonce) == 3 * NONCE_PIXELS for nonce in nonces)
+    # Pixel by pixel, R, G, B: the 8-bit values of the top row's first NONCE_PIXELS pixels.
+    expected = (images[0, :, 0, :NONCE_PIXELS].T * 255).round().to(torch.uint8).flatten().tolist()
+    assert list(nonces[0]) == expected
+    # Within half a level of the 8-bit grid (an optimizer's float image) it reads the same.
+    assert scramble.nonces_of(images + 0.4 / 255) == nonces
+
+
+def test_each_nonce_has_its_own_plan_and_the_rest_of_the_image_does_not_matter():
+    scramble = _per_image()
+    first, second = _levels(1, 3, 16, 16, seed=1), _levels(1, 3, 16, 16, seed=2)
+    assert _agreement(scramble.plans_of(first).row(0), scramble.plans_of(second).row(0)) < 0.05
+    same_nonce = second.clone()
+    same_nonce[:, :, 0, :NONCE_PIXELS] = first[:, :, 0, :NONCE_PIXELS]
+    assert torch.equal(scramble.plans_of(same_nonce).source, scramble.plans_of(first).source)
+    # Nor is it the per-size plan, or another secret's plan for the same nonce.
+    assert _agreement(scramble.plans_of(first).row(0), make_plan(SECRET, 16, 16)) < 0.05
+    assert _agreement(scramble.plans_of(first).row(0),
+                      Scramble(OTHER_SECRET, PER_IMAGE_SCHEME).plans_of(first).row(0)) < 0.05
+
+
+def test_a_batch_is_scrambled_as_its_images_are_one_by_one():
+    scramble = _per_image()
+    images = _levels(3, 3, 10, 12, seed=3)
+    together = scramble(images)
+    alone = torch.cat([scramble(images[index:index + 1]) for index in range(3)])
+    assert torch.equal(together, alone)
+    assert torch.allclose(scramble.inverse(together, scramble.nonces_of(images)), images, atol=1e-6)
+
+
+def test_the_per_image_inverse_needs_the_nonces():
+    with pytest.raises(ValueError, match="nonces"):
+        _per_image().inverse(_levels(1, 3, 8, 8))
+
+
+def test_preimages_carry_the_originals_nonce_which_is_keyed_and_repeatable():
+    scramble = _per_image()
+    originals = _levels(2, 3, 12, 12, seed=4)
+    preimage = scramble.preimage(originals)
+    assert scramble.nonces_of(preimage) == scramble.nonces_for(originals)
+    assert scramble.nonces_for(originals) == scramble.nonces_for(originals.clone())
+    assert scramble.nonces_for(originals)[0] != scramble.nonces_for(originals)[1]
+    assert Scramble(OTHER_SECRET, PER_IMAGE_SCHEME).nonces_for(originals) != scramble.nonces_for(originals)
+    # S maps the preimage onto the original but for the nonce's pixels, which it leaves in place.
+    differs = (scramble(preimage) - originals).abs() > 1e-6
+    differs[:, :, 0, :NONCE_PIXELS] = False
+    assert not differs.any()
+    assert torch.equal(scramble(preimage)[:, :, 0, :NONCE_PIXELS], preimage[:, :, 0, :NONCE_PIXELS])
+
+
+def test_the_nonce_pixels_stay_in_place_and_the_rest_is_a_balanced_shuffle():
+    plan = make_plan(SECRET, 10, 12, bytes(range(3 * NONCE_PIXELS)))
+    pixels = 120
+    assert sorted(plan.source.tolist()) == list(range(3 * pixels))
+    fixed = torch.tensor([channel * pixels + column for channel in range(3) for column in range(NONCE_PIXELS)])
+    assert torch.equal(plan.source[fixed], fixed) and not plan.inverted[fixed].any()
+    # The other pixels go anywhere but to the nonce's places, and about half of their values are inverted.
+    moved = plan.source.view(3, pixels)[:, NONCE_PIXELS:]
+    assert int((moved % pixels < NONCE_PIXELS).sum()) == 0
+    assert float(plan.inverted.view(3, pixels)[:, NONCE_PIXELS:].mean()) == pytest.approx(0.5, abs=0.03)
+
+
+def test_the_decrypted_nonce_pixels_come_from_the_row_below():
+    decrypted = _levels(2, 3, 6, 8, seed=8)
+    filled = _per_image().fill_nonce(decrypted)
+    assert torch.equal(filled[:, :, 0, :NONCE_PIXELS], decrypted[:, :, 1, :NONCE_PIXELS])
+    assert torch.equal(filled[:, :, 1:], decrypted[:, :, 1:]) and torch.equal(filled[:, :, 0, NONCE_PIXELS:],
+                                                                                decrypted[:, :, 0, NONCE_PIXELS:])
+    assert Scramble(SECRET).fill_nonce(decrypted) is decrypted
+
+
+def test_only_the_nonce_pixels_are_pinned():
+    mask = _per_image().pinned(5, 7, "cpu")
+    assert mask.shape == (1, 1, 5, 7) and int(mask.sum()) == NONCE_PIXELS and bool(mask[0, 0, 0, :NONCE_PIXELS].all())
+    assert Scramble(SECRET).pinned(5, 7, "cpu") is None
+    assert torch.equal(Scramble(SECRET).stamp(_levels(1, 3, 5, 7), _levels(1, 3, 5, 7, seed=1)), _levels(1, 3, 5, 7))
+
+
+def test_gradient_flows_through_a_per_image_scramble():
+    scramble = _per_image()
+    images = _levels(2, 3, 8, 8, seed=5).requires_grad_(True)
+    weights = torch.rand(2, 3, 8, 8)
+    (scramble(images) * weights).sum().backward()
+    plan = scramble.plans_of(images)
+    for index in range(2):
+        assert torch.allclose(images.grad[index].flatten()[plan.source[index]],
+                              (1 - 2 * plan.inverted[index]) * weights[index].flatten())
+
+
+def test_unknown_schemes_are_refused():
+    with pytest.raises(ValueError, match="unknown scramble scheme"):
+        Scramble(SECRET, "pixels-v9")
+
+
+def test_a_part_of_the_last_batch_gets_its_own_rows():
+    # The engine scrambles the images still being optimized, a shrinking part of its batch.
+    scramble = _per_image()
+    images = _levels(4, 3, 8, 8, seed=6)
+    whole = scramble(images)
+    part = scramble(images[[3, 1]])
+    assert torch.equal(part, whole[[3, 1]])
+    assert torch.equal(scramble(images[2:3]), whole[2:3])
