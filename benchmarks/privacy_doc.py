@@ -342,7 +342,11 @@ def key_recovery_section(targets: list[TargetRun]) -> str:
     data = first.run.recovery.data
     reference = data["reference"]
     curve = data["curve"]
-    text += (f"\n{first.target}, {len(data['held_out'])} held-out ciphertexts:\n\n"
+    text += (f"\n{first.target}, {len(data['held_out'])} held-out ciphertexts"
+             + (" (the key scrambles every image with its own plan: \"recovered\" is the share of each held-out "
+                "ciphertext's own plan that the guess gets right)" if data.get("scramble_per_image") else
+                " (the key has one scramble per image size, as avp 0.1's keys had)")
+             + ":\n\n"
              + markdown_table(["pairs N", "rule", "scramble recovered", "SSIM(guess, x)", "low-pass \\|r\\| of the guess",
                                "SSIM with G applied too"],
                               [[point["pairs"], point["rule"], percent(point["recovered"]) + " %", point["ssim_unscrambled"],

@@ -192,3 +192,25 @@ def test_with_enough_images_the_observer_bar_says_how_often_a_guess_breaks_it():
     tail = privacy_doc.binomial_tail(193, 10 / 300, 13)
     assert f"at 193 images, 13 in the top 10 are over it, which a guess reaches under a given filter with probability {tail:.1%}" in text
     assert "test of luck" not in text
+
+
+def recovery_target(per_image: bool) -> privacy_doc.TargetRun:
+    """A key-recovery run: 20 pairs recover nothing of a per-image key, 1.8 % of a per-size key."""
+    lowpass = 0.02 if per_image else 0.917
+    curve = [{"pairs": 20, "rule": "distance", "source": 0.0, "recovered": 0.0 if per_image else 0.018,
+              "ssim_unscrambled": 0.01, "lowpass_unscrambled": lowpass, "ssim_decrypted": 0.09}]
+    reference = {"ssim_encrypted": {"mean": 0.009}, "ssim_mean_face": 0.504, "lowpass_mean_face": 0.441,
+                 "lowpass_perfect_guess": 0.998}
+    data = {"curve": curve, "reference": reference, "held_out": ["a"] * 173, "training_pairs": 20,
+            "scramble_per_image": per_image}
+    run = SimpleNamespace(recovery=SimpleNamespace(data=data))
+    return privacy_doc.TargetRun("dlib", "python benchmarks/privacy.py", run, [])
+
+
+def test_the_key_recovery_section_names_the_keys_scheme_and_what_the_guess_shows():
+    per_image = privacy_doc.key_recovery_section([recovery_target(per_image=True)])
+    assert "173 held-out ciphertexts (the key scrambles every image with its own plan" in per_image
+    assert "No pair count measured lifts the guess's low-pass |r| above an average face's 0.441" in per_image
+    per_size = privacy_doc.key_recovery_section([recovery_target(per_image=False)])
+    assert "(the key has one scramble per image size, as avp 0.1's keys had)" in per_size
+    assert "With 20 pairs the guess's low-pass |r| is already 0.917, above the 0.441 of an average face" in per_size
