@@ -491,6 +491,9 @@ def encrypt_batch(
                               reference_class[active] if reference_class is not None else None, active)
         (gradient,) = torch.autograd.grad(loss.sum(), current)
         loss = loss.detach()
+        if pinned is not None:
+            # Pixels that never move must not weigh in the step's scale below.
+            gradient = gradient.masked_fill(pinned, 0)
 
         # Per-sample normalization by mean |gradient| makes the step size independent of the
         # loss's scale; a zero gradient (a saturated image) must not divide by zero.

@@ -425,3 +425,30 @@ def test_a_per_image_scramble_keeps_each_images_nonce_through_the_attack(embeddi
     from avpcli.metrics import ssim
 
     assert torch.allclose(ssim(decrypted, images), torch.tensor([m.ssim_decrypted for m in result.metrics]), atol=1e-4)
+
+
+class CornerPinnedKey(nn.Module):
+    """A key whose output hangs on its 4 pinned corner pixels 10⁴ times more than on any other pixel."""
+
+    def pinned(self, height, width, device):
+        mask = torch.zeros(1, 1, height, width, dtype=torch.bool, device=device)
+        mask[..., 0, :4] = True
+        return mask
+
+    def stamp(self, images, originals):
+        return images
+
+    def forward(self, images):
+        return images + 1e4 * images[:, :, :1, :4].mean(dim=(2, 3), keepdim=True)
+
+
+def test_pinned_pixels_neither_move_nor_shrink_the_step_of_the_others(embedding_target):
+    images = originals(2)
+    settings = AttackSettings(iterations=1, step_size=0.02, momentum=0.0, key_weight=1.0, stop=None,
+                              initialization="original", hold_colour=False)
+    key = CornerPinnedKey()
+    result = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2])
+    moved = (result.encrypted - quantize(images)).abs()
+    assert torch.equal(moved[:, :, 0, :4], torch.zeros_like(moved[:, :, 0, :4]))
+    # One step of size 0.02 along the gradient normalized by its mean magnitude over the free pixels.
+    assert float(moved[:, :, 1:].mean()) > 0.005
