@@ -298,17 +298,18 @@ def test_the_correlation_rule_refuses_fewer_than_three_pairs():
         evaluate.recover_scramble(encrypted, originals, "correlation")
 
 
+class ScrambledIdentity(nn.Module):
+    """A key whose G is exactly the identity: G(S(x′)) = S(x′)."""
+
+    def __init__(self, scramble):
+        super().__init__()
+        self.scramble, self.generator = scramble, nn.Identity()
+
+    def forward(self, images):
+        return self.generator(self.scramble(images))
+
+
 def test_key_recovery_curve_measures_the_guess_on_held_out_pairs():
-    class ScrambledIdentity(nn.Module):
-        """A key whose G is exactly the identity: G(S(x′)) = S(x′)."""
-
-        def __init__(self, scramble):
-            super().__init__()
-            self.scramble, self.generator = scramble, nn.Identity()
-
-        def forward(self, images):
-            return self.generator(self.scramble(images))
-
     scramble, originals, encrypted = _scrambled_pairs(26, size=16, noise=0.01)
     curve = evaluate.key_recovery_curve(encrypted[:20], originals[:20], encrypted[20:], originals[20:],
                                         ScrambledIdentity(scramble), [1, 20], rules=["distance"], block_rows=300)
@@ -326,14 +327,6 @@ def test_pairs_of_other_images_teach_nothing_of_a_per_image_scramble():
     import hashlib
 
     from avpcli.scramble import PER_IMAGE_SCHEME, Scramble
-
-    class ScrambledIdentity(nn.Module):
-        def __init__(self, scramble):
-            super().__init__()
-            self.scramble, self.generator = scramble, nn.Identity()
-
-        def forward(self, images):
-            return self.generator(self.scramble(images))
 
     scramble = Scramble(hashlib.sha256(b"recovery test").digest(), PER_IMAGE_SCHEME)
     generator = torch.Generator().manual_seed(7)
