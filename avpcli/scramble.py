@@ -152,6 +152,20 @@ def make_plan(secret: bytes, height: int, width: int, nonce: bytes | None = None
     return ScramblePlan(torch.from_numpy(source.astype(np.int64)), torch.from_numpy(inverted))
 
 
+def _levels(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images as their 8-bit levels (uint8, same shape and device)."""
+    return images.detach().float().mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def _with_nonces(images: torch.Tensor, nonces: list[bytes]) -> torch.Tensor:
+    """A copy of `images` whose nonce pixels hold `nonces` (one per image), as nonces_of reads them back."""
+    levels = torch.tensor([list(nonce) for nonce in nonces], dtype=torch.float32)
+    values = (levels.reshape(-1, NONCE_PIXELS, 3).permute(0, 2, 1) / 255).to(images.device, images.dtype)
+    stamped = images.clone()
+    stamped[:, :, 0, :NONCE_PIXELS] = values
+    return stamped
+
+
 class Scramble(nn.Module):
     """S as a module: (N, 3, H, W) in [0, 1] → (N, 3, H, W) in [0, 1], any H and W (per image: W ≥ NONCE_PIXELS).
 
@@ -200,25 +214,18 @@ class Scramble(nn.Module):
         """The nonce each image carries: its top row's first NONCE_PIXELS pixels as 8-bit RGB bytes."""
         if images.shape[-1] < NONCE_PIXELS:
             raise ValueError(f"a per-image scramble needs images at least {NONCE_PIXELS} pixels wide")
-        pixels = images[:, :, 0, :NONCE_PIXELS].detach().float().mul(255).round().clamp(0, 255)
-        rows = pixels.to(torch.uint8).permute(0, 2, 1).reshape(images.shape[0], -1).cpu().numpy()
+        rows = _levels(images[:, :, 0, :NONCE_PIXELS]).permute(0, 2, 1).reshape(images.shape[0], -1).cpu().numpy()
         return [row.tobytes() for row in rows]
 
     def nonces_for(self, originals: torch.Tensor) -> list[bytes]:
         """The nonce an original gets: HMAC(secret, its 8-bit pixels), cut to NONCE_PIXELS · 3 bytes."""
-        levels = originals.detach().float().mul(255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        return [hmac.new(self._secret(), b"avp-scramble-nonce:" + level.tobytes(), hashlib.sha256).digest()[:3 * NONCE_PIXELS]
-                for level in levels]
+        secret = self._secret()
+        return [hmac.new(secret, b"avp-scramble-nonce:" + level.tobytes(), hashlib.sha256).digest()[:3 * NONCE_PIXELS]
+                for level in _levels(originals).cpu().numpy()]
 
     def stamp(self, images: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
         """`images` with each original's nonce written into its nonce pixels (a copy; as is for a per-size key)."""
-        if not self.per_image:
-            return images
-        nonces = torch.tensor([list(nonce) for nonce in self.nonces_for(originals)], dtype=torch.float32)
-        values = (nonces.reshape(-1, NONCE_PIXELS, 3).permute(0, 2, 1) / 255).to(images.device, images.dtype)
-        stamped = images.clone()
-        stamped[:, :, 0, :NONCE_PIXELS] = values
-        return stamped
+        return _with_nonces(images, self.nonces_for(originals)) if self.per_image else images
 
     def fill_nonce(self, decrypted: torch.Tensor) -> torch.Tensor:
         """A decryption with the nonce's pixels (which S leaves in place, so G turns them into nothing of x)
@@ -282,4 +289,4 @@ class Scramble(nn.Module):
         if not self.per_image:
             return self.inverse(originals)
         nonces = self.nonces_for(originals)
-        return self.stamp(self.inverse(originals, nonces), originals)
+        return _with_nonces(self.inverse(originals, nonces), nonces)
