@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import os
-import stat
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from avpcli.errors import AvpError, ImageError, UsageError
+from avpcli.errors import ImageError, UsageError
+from avpcli.files import (UnusableFile, atomic_write_bytes, open_regular_file, read_limited,  # noqa: F401 - re-exported
+                          write_output)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 # Photo formats avp does not read: listed by find_images so that each is reported, not skipped unseen.
@@ -203,14 +201,15 @@ def load_rgb(path: Path) -> Image.Image:
     Whatever the file holds, the only exception that leaves is ImageError; reasons never name the
     file (the caller knows it; an anonymized manifest must not).
     """
-    _check_regular_file(path)
     if path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        _open_image_file(path).close()  # a missing or unusable file says so first
         raise ImageError(f"unsupported format {path.suffix.lower()}: convert it to PNG or JPEG first")
+    stream = _open_image_file(path)
     try:
-        with warnings.catch_warnings():
+        with stream, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's complaints about damaged metadata: the pixels decide
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(stream) as opened:
                 width, height = opened.size
                 if width * height > MAX_PIXELS:
                     raise ImageError(f"image too large ({width}x{height} pixels declared)")
@@ -237,39 +236,27 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 def read_file_bytes(path: Path, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes, or ImageError with load_rgb's reasons.
+    """The bytes of a non-empty regular file of at most `limit` bytes, or ImageError with load_rgb's reasons.
 
-    A pipe or device is refused before it is opened (reading one could block or never end).
+    A pipe or device is refused without blocking (files.open_regular_file).
     """
-    _check_regular_file(path)
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as error:
-        raise ImageError(f"cannot read file: {error.strerror or error}") from None
-    if len(data) > limit:
-        raise ImageError(f"file too large (more than {limit:,} bytes)")
-    return data
+    with _open_image_file(path) as stream:
+        try:
+            return read_limited(stream, limit)
+        except UnusableFile as problem:
+            raise ImageError(problem.reason) from None
 
 
-def _check_regular_file(path: Path) -> None:
-    """ImageError unless `path` is a non-empty regular file (a FIFO would block the run forever)."""
+def _open_image_file(path: Path) -> BinaryIO:
+    """The file opened for reading; ImageError unless it is a non-empty regular file (a FIFO would block)."""
     try:
-        status = path.stat()
-    except FileNotFoundError:
-        raise ImageError("broken symbolic link" if path.is_symlink() else "file vanished") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise ImageError("symbolic link loop") from None
-        raise ImageError(f"cannot read file: {error.strerror or error}") from None
-    if stat.S_ISDIR(status.st_mode):
-        raise ImageError("a folder, not an image file")
-    if not stat.S_ISREG(status.st_mode):
-        raise ImageError("not a regular file (a pipe, socket or device)")
+        stream, status = open_regular_file(path)
+    except UnusableFile as problem:
+        raise ImageError(problem.reason) from None
     if status.st_size == 0:
+        stream.close()
         raise ImageError("empty file")
+    return stream
 
 
 def describe_error(error: Exception, path: Path) -> str:
@@ -313,44 +300,6 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     """An RGB PIL image from a (3, H, W) tensor in [0, 1], rounded to 8 bits."""
     array = torch.round(image.detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array, "RGB")
-
-
-def atomic_write_bytes(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it into place.
-
-    A reader (or a rerun after a crash) sees either no file or the whole file, never a part. The
-    file gets `mode`, or by default the permissions the umask allows (as open() would give). `data`
-    may come in pieces (an iterable of bytes), so that a large document is never whole in memory.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            for piece in ([data] if isinstance(data, (bytes, bytearray)) else data):
-                handle.write(piece)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes the file owner-only; give it the mode asked for, else what open() would have.
-        os.chmod(temporary, mode if mode is not None else 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def write_output(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> None:
-    """atomic_write_bytes, with a failing disk (full, read-only, gone) as a one-line domain error."""
-    try:
-        atomic_write_bytes(path, data, mode)
-    except OSError as error:
-        raise AvpError(f"cannot write {path}: {error.strerror or error}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
