@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from avpcli.errors import ImageError, UsageError
-from avpcli.files import (UnusableFile, atomic_write_bytes, open_regular_file, read_limited,  # noqa: F401 - re-exported
+from avpcli.files import (UnusableFile, atomic_write_bytes, open_regular_file, read_limited,  # noqa: F401 - atomic_write_bytes, write_output: re-exported
                           write_output)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})

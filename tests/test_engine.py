@@ -10,7 +10,6 @@ from torch import nn
 
 from avpcli.engine import (
     AttackSettings,
-    _StepDecay,
     autocast_dtype_for,
     default_autocast_dtype,
     StopCriteria,
@@ -21,6 +20,7 @@ from avpcli.engine import (
     quantize,
     variance_consistency,
 )
+from avpcli.engine.loop import _initial_images, _StepDecay
 from avpcli.metrics import bandpass_correlation, edge_correlation, lowpass_correlation
 from avpcli.targets import load_target
 
@@ -309,7 +309,6 @@ def test_start_side_bar_is_checked_only_when_given():
 
 def _start_side(target, images, settings, seeds, encrypted):
     """The component of f(x') − f(x) along the unit vector from f(x) toward f(x'_0), per image."""
-    from avpcli.engine import _initial_images
 
     with torch.no_grad():
         reference = target(images)

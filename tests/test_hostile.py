@@ -316,7 +316,7 @@ def test_a_folder_held_by_a_run_refuses_a_second_one(tmp_path, world):
 RACER = """
 import sys, time
 from pathlib import Path
-import avpcli.jobs as jobs
+import avpcli.jobs.encrypt as jobs
 
 inside, go = Path(sys.argv[1]), Path(sys.argv[2])
 encrypt_owned = jobs._encrypt_owned

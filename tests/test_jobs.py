@@ -142,11 +142,11 @@ def test_settings_added_later_are_recorded_only_when_used():
     import dataclasses
 
     from avpcli.engine import FACE_SETTINGS, stopping_past_the_original
-    from avpcli.jobs import _settings_record
+    from avpcli.jobs import settings_record
 
-    plain = _settings_record(FACE_SETTINGS)
+    plain = settings_record(FACE_SETTINGS)
     assert "start_side_weight" not in plain and "max_start_side" not in plain["stop"]
     assert plain["stop"]["max_feature_distance"] == FACE_SETTINGS.stop.max_feature_distance
-    used = _settings_record(stopping_past_the_original(FACE_SETTINGS))
+    used = settings_record(stopping_past_the_original(FACE_SETTINGS))
     assert used["start_side_weight"] == 30.0 and used["stop"]["max_start_side"] == 0.0
-    assert _settings_record(dataclasses.replace(FACE_SETTINGS, stop=None))["stop"] is None
+    assert settings_record(dataclasses.replace(FACE_SETTINGS, stop=None))["stop"] is None

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Callable, Literal
 import torch
 from torch import nn
 
+from avpcli.engine.settings import LossKind
 from avpcli.errors import TargetError
 
 if TYPE_CHECKING:
     from avpcli.targets.custom import CustomTargetOptions
 
-LossKind = Literal["embedding", "classifier"]
 ChannelOrder = Literal["rgb", "bgr"]
 
 

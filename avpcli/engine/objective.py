@@ -1,0 +1,179 @@
+"""The attack's objective (paper Eq. 15 with avp's terms) for one batch, and its figures on 8-bit images.
+
+    L(x') = L_t(x', x) + λ·L_v(x') + μ·(mean((x − K(x'))²) + w·(1 − SSIM(K(x'), x))) + ρ·Σ_f r_f²
+
+Every term is per sample, so an image's loss never depends on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import torch
+
+from avpcli.engine.settings import AttackSettings, LossKind, StopCriteria
+from avpcli.metrics import (LeakFilters, box_filter_sum, cosine_similarity, feature_distance, lowpass_correlation,
+                            luminance, ssim)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round to the 8-bit grid that a PNG stores, staying in float."""
+    return torch.round(images.clamp(0, 1) * 255) / 255
+
+
+def variance_consistency(images: torch.Tensor, block_size: int) -> torch.Tensor:
+    """L_v per sample: the variance of block sums, per channel, added over channels (Eq. 12–13)."""
+    block_sums = box_filter_sum(images, block_size).flatten(2)
+    return block_sums.var(dim=2, unbiased=True).sum(dim=1)
+
+
+def autocast_forwards(images: torch.Tensor, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=images.device.type, dtype=dtype)
+
+
+class LeakPenalty:
+    """Σ_f r_f², r_f the correlation of F_f(x') with F_f(x) for the leak filters F_f of metrics (low-pass
+    σ 3, band-pass σ 1 − σ 4 and edge magnitude of luma): what a blur, a band-pass or an edge filter
+    and a contrast stretch show of x in x'.
+
+    Scale-free: it removes x's layout from x' at those scales instead of flattening x' (a flattened
+    x' still correlates with whatever is left). The filters run by FFT (metrics.LeakFilters) and the
+    originals' side is computed once, so the term costs a few milliseconds a step.
+    """
+
+    def __init__(self, originals: torch.Tensor, sigma: float):
+        self.filters = LeakFilters(*originals.shape[-2:], lowpass_sigma=sigma, device=originals.device)
+        with torch.no_grad():
+            filtered = self.filters(luminance(originals.float())).flatten(2)  # (N, filters, H·W)
+            centred = filtered - filtered.mean(dim=2, keepdim=True)
+            self.unit = centred / centred.norm(dim=2, keepdim=True).clamp_min(1e-12)
+
+    def penalty(self, images: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        filtered = self.filters(luminance(images.float())).flatten(2)
+        centred = filtered - filtered.mean(dim=2, keepdim=True)
+        correlations = (centred * self.unit[active]).sum(dim=2) / centred.norm(dim=2).clamp_min(1e-12)
+        return correlations.pow(2).sum(dim=1)
+
+
+class Measured(NamedTuple):
+    """Per-image figures (N,) of a batch of 8-bit ciphertexts; same_class is None for embedding targets.
+
+    start_side (the component of f(x') − f(x) toward the start's features) is known only while
+    encrypting, where the start is; it is a stop decision's figure, not one of the rows.
+    """
+
+    distance: torch.Tensor
+    cosine: torch.Tensor
+    ssim_encrypted: torch.Tensor
+    ssim_decrypted: torch.Tensor
+    same_class: torch.Tensor | None
+    lowpass: torch.Tensor
+    start_side: torch.Tensor | None = None
+
+    def rows(self) -> list[dict]:
+        """One dict per image with the names the manifest uses."""
+        columns = {"feature_distance": self.distance, "cosine": self.cosine, "ssim_encrypted": self.ssim_encrypted,
+                   "ssim_decrypted": self.ssim_decrypted, "lowpass_correlation": self.lowpass}
+        values = {name: column.float().cpu().tolist() for name, column in columns.items()}
+        same_class = self.same_class.cpu().tolist() if self.same_class is not None else None
+        return [{**{name: column[index] for name, column in values.items()},
+                 **({"same_class": bool(same_class[index])} if same_class is not None else {})}
+                for index in range(self.distance.shape[0])]
+
+
+class Objective:
+    """The per-sample loss of Eq. 15 and the measurements on 8-bit images, for one batch."""
+
+    def __init__(self, originals, target, key, settings: AttackSettings, loss_kind: LossKind):
+        self.settings = settings
+        self.loss_kind = loss_kind
+        self.target = target
+        self.key = key
+        with torch.no_grad():
+            reference = target(originals).float()
+        self.reference = reference
+        self.leak = LeakPenalty(originals, settings.lowpass_sigma) if settings.leak_weight else None
+        self.reference_class = reference.argmax(dim=1) if loss_kind == "classifier" else None
+        # Unit vectors (N, D) from f(x) toward f(x'_0), once the start is known (see set_start).
+        self.toward_start: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def set_start(self, starts: torch.Tensor) -> None:
+        """Note where each image starts, for the start-side term and bar (embedding targets only)."""
+        stop = self.settings.stop
+        wanted = self.settings.start_side_weight or (stop is not None and stop.max_start_side is not None)
+        if self.loss_kind == "classifier" or not wanted:
+            return
+        direction = self.target(starts).float() - self.reference
+        length = direction.norm(dim=1, keepdim=True)
+        # A start whose features are f(x)'s (the original itself) has no side: its direction is 0.
+        self.toward_start = torch.where(length > 1e-6, direction / length.clamp_min(1e-12), torch.zeros_like(direction))
+
+    def target_loss(self, outputs, reference, reference_class, toward_start=None):
+        if self.loss_kind == "classifier":
+            top1_logit = outputs.gather(1, reference_class[:, None]).squeeze(1)
+            return -self.settings.classifier_scale * top1_logit
+        residual = outputs - reference
+        loss = (residual ** 2).mean(dim=1)
+        if toward_start is not None and self.settings.start_side_weight:
+            # In the same units as the mean square: the along-start component weighs (1 + weight)
+            # times any other direction of the residual.
+            along = (residual * toward_start).sum(dim=1)
+            loss = loss + self.settings.start_side_weight * along ** 2 / residual.shape[1]
+        return loss
+
+    def start_directions(self, active: torch.Tensor) -> torch.Tensor | None:
+        return self.toward_start[active] if self.toward_start is not None else None
+
+    def loss(self, images, originals, reference, reference_class, active):
+        """Per-sample loss (N,) of the images being optimized; `active` indexes them in the batch."""
+        settings = self.settings
+        with autocast_forwards(images, settings.autocast_dtype):
+            outputs = self.target(images).float()
+            decrypted = self.key(images).float()
+        loss = self.target_loss(outputs, reference, reference_class, self.start_directions(active))
+        key_error = ((decrypted - originals) ** 2).flatten(1).mean(dim=1)
+        if settings.key_ssim_weight:
+            key_error = key_error + settings.key_ssim_weight * (1 - ssim(decrypted.clamp(0, 1), originals))
+        loss = loss + settings.key_weight * key_error
+        if self.leak is not None:
+            loss = loss + settings.leak_weight * self.leak.penalty(images, active)
+        if settings.smoothness == "variance":
+            loss = loss + settings.variance_weight * variance_consistency(images, settings.block_size)
+        else:
+            loss = loss - settings.variance_weight * ((images - originals) ** 2).flatten(1).sum(dim=1)
+        return loss
+
+    @torch.no_grad()
+    def measure(self, encrypted8, originals, reference, reference_class, toward_start=None) -> Measured:
+        """The figures of 8-bit ciphertexts.
+
+        Always in full precision, also when the optimization runs under autocast: every stop
+        decision is taken on the figures a user will see.
+        """
+        outputs = self.target(encrypted8).float()
+        decrypted8 = quantize(self.key(encrypted8).float())
+        distance = feature_distance(outputs, reference)
+        cosine = cosine_similarity(outputs, reference)
+        same_class = outputs.argmax(dim=1) == reference_class if reference_class is not None else None
+        start_side = ((outputs - reference) * toward_start).sum(dim=1) if toward_start is not None else None
+        return Measured(distance, cosine, ssim(encrypted8, originals), ssim(decrypted8, originals), same_class,
+                        lowpass_correlation(encrypted8, originals), start_side)
+
+    def meets(self, measured: Measured) -> torch.Tensor:
+        return (self.settings.stop or StopCriteria()).accepts(measured.distance, measured.ssim_encrypted,
+                                                              measured.ssim_decrypted, measured.same_class,
+                                                              measured.lowpass, measured.start_side)
+
+    def only_short_of_key(self, measured: Measured) -> torch.Tensor:
+        """Images that meet every bar but SSIM_d: candidates for the best state kept of an image."""
+        stop = self.settings.stop or StopCriteria()
+        unbounded = torch.full_like(measured.ssim_decrypted, float("inf"))
+        return stop.accepts(measured.distance, measured.ssim_encrypted, unbounded, measured.same_class,
+                            measured.lowpass, measured.start_side) & (measured.ssim_decrypted < stop.min_ssim_decrypted)
+
+    def feature_ok(self, measured: Measured) -> torch.Tensor:
+        return (self.settings.stop or StopCriteria()).feature_ok(measured.distance, measured.same_class)

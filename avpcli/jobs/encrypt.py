@@ -1,0 +1,231 @@
+"""Encrypting folders: files → load/align → batches → engine → 8-bit PNGs + manifest, resumably and in shards.
+
+Runs never print: they report what happens through an `on_event` callback (avpcli.events).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from avpcli.encryptor import Encryptor
+from avpcli.errors import ImageError, NoFaceError, UsageError
+from avpcli.events import Event, EventCallback, ignore_events
+from avpcli.images import (SourceImage, check_link_stays_inside, check_named_file, describe_error, find_images,
+                           output_names, png_bytes, png_tensor, read_png)
+from avpcli.inputs import prepare_file
+from avpcli.jobs.folders import (Checkpoint, check_output_folder, face_output_name, owned_folder, previous_manifest,
+                                 remove_stale_temporaries, write_into, write_records)
+from avpcli.jobs.resume import (FolderRun, anonymous_names, earlier_entries, finished_before, linked_safely, resume,
+                                settings_record, source_file_tag)
+from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest
+
+
+@dataclass
+class _Item:
+    """One image ready for the engine: a face chip or a resized image, and its manifest entry."""
+
+    tensor: torch.Tensor
+    entry: dict[str, Any]
+    noise_seed: int
+    order: tuple[int, int]
+
+
+def _noise_seed(run_seed: int, name: str) -> int:
+    # surrogateescape: a name that is not UTF-8 counts by its bytes (UTF-8 names as before).
+    digest = hashlib.sha256(f"{run_seed}:{name}".encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def encrypt_folder(encryptor: Encryptor, inputs: Path | str | Sequence[Path | str], output: Path | str,
+                   on_event: EventCallback | None = None, **run_options: Any) -> Manifest:
+    """Encrypt files and folders into `output` (PNGs and avp-manifest.json), resumably; returns the manifest.
+
+    run_options are FolderRun's: align, all_faces, noise_seed, overwrite, shard, aligned_output,
+    anonymize, names_map, key_path (by default the encryptor's key file: where --anonymize's names
+    map goes), follow_links, listed. See run_folder for what a run guarantees.
+    """
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(path) for path in inputs]
+    run_options.setdefault("key_path", encryptor.loaded_key.path)
+    return run_folder(encryptor, FolderRun(inputs=paths, output=Path(output), **run_options), on_event or ignore_events)
+
+
+def run_folder(encryptor: Encryptor, run: FolderRun, on_event: EventCallback = ignore_events) -> Manifest:
+    """Encrypt every image under run.inputs into run.output; returns the manifest it wrote.
+
+    Files that fail are recorded with a reason and the run goes on. A rerun into the same folder
+    skips every output that an earlier run finished (listed in its manifest, unchanged on disk)
+    and redoes the rest with the earlier run's noise seed, so that an interrupted run and its
+    rerun together write exactly what one uninterrupted run writes; run.overwrite redoes all.
+    Entries of an earlier run with other inputs (same target, key and settings) stay in the
+    manifest. Every file is written atomically and the manifest is rewritten as the run goes (Checkpoint).
+    The run holds the folder's lock (owned_folder): shared among shards, which write their own
+    manifest parts; the last shard to finish merges the parts into avp-manifest.json.
+    """
+    if run.names_map is not None and not run.anonymize:
+        raise UsageError("--names-map goes with --anonymize")
+    if not run.listed:  # listed files are checked one by one (check_named_file)
+        check_output_folder(run.inputs, run.output)
+    with owned_folder(run.output, shared=run.shard[1] > 1):
+        return _encrypt_owned(encryptor, run, on_event)
+
+
+def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback) -> Manifest:
+    """encrypt_folder's work, once the run holds run.output."""
+    all_sources = find_images(run.inputs, listed=run.listed)
+    index, count = run.shard
+    sources = all_sources[index::count]
+    manifest = Manifest(
+        kind="encrypted",
+        target={"name": encryptor.spec.name, "input_size": list(encryptor.spec.input_size), "loss": encryptor.spec.loss,
+                "weights": encryptor.weights_label},
+        key_fingerprint=encryptor.key_fingerprint,
+        settings={**settings_record(encryptor.settings), "key_scramble": encryptor.key_scrambles,
+                  "noise_seed": run.noise_seed,
+                  "alignment": run.align, "all_faces": run.all_faces, "anonymized": run.anonymize},
+        complete=False,
+        shard=f"{index + 1}/{count}" if count > 1 else None,
+    )
+    manifest_name = part_name(run.shard)
+    previous = previous_manifest(run.output, (manifest_name, MANIFEST_NAME))
+    resumed = resume(run, manifest, previous)
+    manifest.settings["noise_seed"] = resumed.noise_seed
+    manifest.run = resumed.run_id if run.anonymize else None
+    names = anonymous_names(run, sources, resumed) if run.anonymize else output_names(all_sources)
+    remove_stale_temporaries(run.output, {names[source.relative] for source in sources} | {Path(manifest_name)})
+
+    def label(source: SourceImage) -> str:
+        """What the manifest calls a source: its relative path, or its random id when anonymized."""
+        return names[source.relative].stem if run.anonymize else str(source.relative)
+
+    # A shard's part lists its own files only; the merge keeps what earlier runs left (merge_finished_parts).
+    earlier = [] if count > 1 else earlier_entries(previous, manifest, {label(source) for source in sources},
+                                                    {str(names[source.relative]) for source in sources})
+    records: list[tuple[tuple[int, int], dict[str, Any]]] = []
+    finished: set[int] = set()
+    for position, source in enumerate(sources):
+        entries = resumed.entries.get(label(source), [])
+        if entries and linked_safely(source, run) and finished_before(
+                entries, run.output, names[source.relative], source_file_tag(source.path, encryptor.source_tag_secret)):
+            finished.add(position)
+            for face, entry in enumerate(entries, 1):
+                records.append(((position, face), entry))
+                on_event(Event("skipped", source=str(source.relative), output=run.output / entry["output"],
+                               missed_bars=not entry.get("met_targets"), entry=entry))
+
+    checkpoint = Checkpoint(lambda: write_records(manifest, records, run.output, manifest_name, earlier))
+    checkpoint.write()
+
+    def items(position: int, source: SourceImage) -> list[_Item]:
+        """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
+        try:
+            if run.listed:
+                check_named_file(source.path, run.output)
+            if not run.follow_links:
+                check_link_stays_inside(source)
+            faces = prepare_file(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device)
+        except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
+            if position not in finished:
+                status, reason = _failure_reason(error, source.path)
+                entry = {"source": label(source), "output": None, "status": status, "reason": reason}
+                records.append(((position, 0), entry))
+                on_event(Event("failed", source=str(source.relative), reason=reason, entry=entry))
+            return []
+        prepared = []
+        source_tag = source_file_tag(source.path, encryptor.source_tag_secret)
+        for face_index, (tensor, alignment) in enumerate(faces):
+            output = face_output_name(names[source.relative], face_index)
+            entry: dict[str, Any] = {"source": label(source), "output": str(output), "status": "pending",
+                                     "alignment": alignment, "source_tag": source_tag}
+            if len(faces) > 1:
+                entry.update(face=face_index + 1, faces=len(faces))
+            prepared.append(_Item(tensor, entry, _noise_seed(resumed.noise_seed, str(output)), (position, face_index + 1)))
+        return prepared
+
+    # Batches are fixed runs of batch_size files by position, whatever is already done: the engine's
+    # floating-point results can depend on an image's batch-mates, so a resumed run recomputes the
+    # finished mates of an unfinished batch (writing only what is missing) to match an uninterrupted run.
+    pending = len(sources) - len(finished)
+    done = 0
+    for start in range(0, len(sources), encryptor.batch_size):
+        positions = range(start, min(start + encryptor.batch_size, len(sources)))
+        if all(position in finished for position in positions):
+            continue
+        on_event(Event("progress", source=str(sources[start].relative), done=done, total=pending))
+        batch = [item for position in positions for item in items(position, sources[position])]
+        if batch:
+            _encrypt_and_write(batch, encryptor, run, records, on_event, skip={position for position in positions
+                                                                     if position in finished})
+        checkpoint.write_if_due()
+        done += sum(position not in finished for position in positions)
+    on_event(Event("progress", done=pending, total=pending))
+    manifest.complete = True
+    checkpoint.write()
+    if count > 1:
+        merge_finished_parts(run.output, count)
+    return manifest
+
+
+def _failure_reason(error: Exception, path: Path) -> tuple[str, str]:
+    """(status, one-line reason) for a file that could not be loaded or aligned."""
+    if isinstance(error, NoFaceError):
+        return "no_face", str(error)
+    if isinstance(error, ImageError):
+        return "failed", str(error)
+    return "failed", f"internal error: {type(error).__name__}: {describe_error(error, path)}"
+
+
+def merge_finished_parts(folder: Path, count: int) -> Manifest | None:
+    """Merge the n manifest parts into avp-manifest.json once every shard has finished.
+
+    Each shard calls this after writing its finished part, so the last one to finish merges (if two
+    finish together both may, writing the same bytes). Returns the merged manifest, or None while
+    some part is missing or unfinished.
+    """
+    parts = []
+    for index in range(count):
+        path = folder / part_name((index, count))
+        if not path.is_file():
+            return None
+        part = read_manifest(path)
+        if not part.complete:
+            return None
+        parts.append(part)
+    merged = merge_parts(parts)
+    # An earlier run into this folder with other inputs keeps its entries, as in an unsharded run.
+    merged.files += earlier_entries(previous_manifest(folder, (MANIFEST_NAME,)), merged,
+                                     {str(entry.get("source")) for entry in merged.files},
+                                     {entry.get("output") for entry in merged.files})
+    merged.write(folder)
+    return merged
+
+
+def _encrypt_and_write(batch: list[_Item], encryptor: Encryptor, run: FolderRun, records: list, on_event: EventCallback,
+                       skip: set[int] = frozenset()) -> None:
+    """Encrypt a batch; write and record every item except those of the source positions in `skip`
+    (finished earlier: they are recomputed only so that their batch-mates come out the same)."""
+
+    def store(index: int, data: bytes) -> torch.Tensor:
+        item = batch[index]
+        if item.order[0] in skip:
+            return png_tensor(data)
+        written = read_png(write_into(run.output, item.entry["output"], data))
+        if run.aligned_output is not None:
+            write_into(run.aligned_output, item.entry["output"], png_bytes(item.tensor))
+        return written
+
+    originals = torch.stack([item.tensor for item in batch])
+    # Every figure in the manifest is measured on the PNG as written and read back.
+    ciphertexts = encryptor.encrypt_and_measure(originals, [item.noise_seed for item in batch], store)
+    for item, ciphertext in zip(batch, ciphertexts):
+        if item.order[0] in skip:
+            continue
+        item.entry.update(status="ok", **ciphertext.metrics, sha256=hashlib.sha256(ciphertext.png).hexdigest())
+        records.append((item.order, item.entry))
+        on_event(Event("written", source=item.entry["source"], output=run.output / item.entry["output"],
+                       missed_bars=not item.entry["met_targets"], entry=item.entry))
