@@ -388,3 +388,67 @@ def test_the_scramble_scheme_changes_neither_g_nor_the_secret():
     assert all(torch.equal(tensor, per_size.tensors()[name]) for name, tensor in per_image.tensors().items())
     assert {name: value for name, value in per_image.metadata.items() if name != "scramble"} == \
         {name: value for name, value in per_size.metadata.items() if name != "scramble"}
+
+
+# ------------------------------------------------------------------------------------------------
+# keygen's mistakes are usage errors: one line and exit code 2 from the command, never a traceback
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"preset": "huge"}, "unknown key preset 'huge'"),
+    ({"seed": -1}, "the seed must be a non-negative integer"),
+    ({"steps": 0}, "steps must be at least 1"),
+    ({"scramble": "rot13"}, "unknown scramble scheme 'rot13'"),
+])
+def test_bad_keygen_options_are_usage_errors_raised_before_any_training(options, message, monkeypatch):
+    from avpcli.key import resolve_recipe
+    from avpcli.key import training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the options were wrong")
+
+    monkeypatch.setattr(training.KeyGenerator, "__init__", no_training)
+    arguments = {"preset": TINY, "seed": 1, "steps": None, "scramble": True, **options}
+    with pytest.raises(UsageError, match=message):
+        resolve_recipe(**arguments)
+    with pytest.raises(UsageError, match=message):
+        train_key(arguments.pop("preset"), **arguments)
+
+
+def test_resolve_recipe_applies_the_steps_and_picks_the_scheme():
+    from avpcli.key import resolve_recipe
+
+    assert resolve_recipe("demo", seed=0) == ("demo", KEY_PRESETS["demo"], PER_IMAGE_SCHEME)
+    name, preset, scheme = resolve_recipe(TINY, seed=0, steps=20, scramble=False)
+    assert (name, preset.steps, preset.warmup_steps, scheme) == ("custom", 20, 1, None)
+    assert resolve_recipe("default", seed=0, steps=5)[1].warmup_steps == 0
+
+
+def _keygen(*args: str, tmp_path):
+    from typer.testing import CliRunner
+
+    from avpcli.cli import app
+
+    return CliRunner().invoke(app, ["keygen", "--preset", "demo", "--device", "cpu",
+                                    "--out", str(tmp_path / "key.safetensors"), *args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--seed", "-7", "--steps", "1"), "the seed must be a non-negative integer"),
+    (("--steps", "0"), "steps must be at least 1"),
+])
+def test_keygen_with_a_bad_seed_or_step_count_exits_2_with_its_reason(args, message, tmp_path):
+    result = _keygen(*args, tmp_path=tmp_path)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.endswith(f"error: {message}\n") and result.stderr.count("error:") == 1
+    assert "Traceback" not in result.output and not (tmp_path / "key.safetensors").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="cli.keygen draws its progress bar before train_key checks the options; "
+                                       "it should call avpcli.key.resolve_recipe first (cli.py is not this change's)")
+@pytest.mark.parametrize("args, message", [
+    (("--seed", "-7", "--steps", "1"), "the seed must be a non-negative integer"),
+    (("--steps", "0"), "steps must be at least 1"),
+])
+def test_keygen_with_a_bad_seed_or_step_count_prints_one_line(args, message, tmp_path):
+    assert _keygen(*args, tmp_path=tmp_path).stderr == f"error: {message}\n"
