@@ -10,7 +10,8 @@ from typing import Any, Callable
 from avpcli.encryptor import Encryptor
 from avpcli.evaluate import blur_reveal
 from avpcli.images import contact_sheet, read_png, save_png
-from avpcli.jobs import DecryptJob, EventCallback, decrypt_folder
+from avpcli.events import EventCallback, ignore_events
+from avpcli.jobs import decrypt_paths, encrypt_folder
 from avpcli.key import Key, load_key
 from avpcli.weights import user_cache_home
 
@@ -54,17 +55,17 @@ def run_demo(
     device: str = "cpu",
     key_path: Path | None = None,
     on_training_step: Callable[[int, int], None] = lambda step, total: None,
-    on_event: EventCallback = lambda event: None,
+    on_event: EventCallback = ignore_events,
 ) -> DemoResult:
     """Train or reuse a key, encrypt `images` against dlib, decrypt them, and draw a contact sheet."""
     started = time.perf_counter()
     key, trained = ensure_demo_key(key_path or demo_key_path(), device, on_training_step)
     encryptor = Encryptor(DEMO_TARGET, key, device=device, batch_size=4)
     encrypted_folder, decrypted_folder, aligned_folder = output / "encrypted", output / "decrypted", output / "aligned"
-    manifest = encryptor.encrypt_folder([images], encrypted_folder, on_event, noise_seed=0, overwrite=True,
-                                        aligned_output=aligned_folder)
-    decrypt_folder(DecryptJob(encrypted=encrypted_folder, output=decrypted_folder, key=key.model,
-                              key_fingerprint=key.fingerprint, device=encryptor.device, overwrite=True), on_event)
+    manifest = encrypt_folder(encryptor, [images], encrypted_folder, on_event, noise_seed=0, overwrite=True,
+                              aligned_output=aligned_folder)
+    decrypt_paths([encrypted_folder], decrypted_folder, key=key, device=encryptor.device, overwrite=True,
+                  on_event=on_event)
     result = DemoResult(key_trained=trained)
     sheet_rows = []
     for entry in manifest.files:

@@ -23,14 +23,17 @@ class UnusableFile(Exception):
     """Why a path cannot be read as a regular file: `reason` is one line that never names the path.
 
     `missing` marks a path that names nothing (or a broken link); `not_regular` a folder, pipe,
-    socket or device. Callers turn it into their own domain error (ImageError, KeyFileError).
+    socket or device; `strerror` is the system's own words where the system refused (else the reason).
+    Callers turn it into their own domain error (ImageError, KeyFileError).
     """
 
-    def __init__(self, reason: str, *, missing: bool = False, not_regular: bool = False) -> None:
+    def __init__(self, reason: str, *, missing: bool = False, not_regular: bool = False,
+                 strerror: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.missing = missing
         self.not_regular = not_regular
+        self.strerror = strerror or reason
 
 
 def open_regular_file(path: Path) -> tuple[BinaryIO, os.stat_result]:
@@ -43,12 +46,12 @@ def open_regular_file(path: Path) -> tuple[BinaryIO, os.stat_result]:
     except FileNotFoundError:
         raise UnusableFile("broken symbolic link" if Path(path).is_symlink() else "file vanished",
                            missing=True) from None
-    except PermissionError:
-        raise UnusableFile("permission denied") from None
+    except PermissionError as error:
+        raise UnusableFile("permission denied", strerror=error.strerror) from None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise UnusableFile("symbolic link loop") from None
-        raise UnusableFile(f"cannot read file: {error.strerror or error}") from None
+            raise UnusableFile("symbolic link loop", strerror=error.strerror) from None
+        raise UnusableFile(f"cannot read file: {error.strerror or error}", strerror=error.strerror) from None
     status = os.fstat(descriptor)
     if not stat.S_ISREG(status.st_mode):
         os.close(descriptor)

@@ -25,6 +25,7 @@ from avpcli import (
     UsageError,
     attack_settings,
     decrypt,
+    encrypt_folder,
     read_manifest,
 )
 
@@ -184,7 +185,7 @@ def test_encrypt_folder_is_what_avp_encrypt_writes(tmp_path, tiny_key_file):
     photos = write_noise_photos(tmp_path / "photos", ["a.png", "sub/b.png", "c.jpg"], 40, 48, seed=9)
     before = snapshot(photos)
     encryptor = Encryptor("tiny-embedding", tiny_key_file, device="cpu", iterations=3, batch_size=2)
-    manifest = encryptor.encrypt_folder(photos, tmp_path / "api", noise_seed=5)
+    manifest = encrypt_folder(encryptor, photos, tmp_path / "api", noise_seed=5)
     result = CliRunner().invoke(app, ["encrypt", str(photos), "--target", "tiny-embedding", "--key", str(tiny_key_file),
                                       "--out", str(tmp_path / "cli"), "--iterations", "3", "--batch-size", "2",
                                       "--seed", "5", "--device", "cpu"])
@@ -265,7 +266,7 @@ def test_encrypt_folder_anonymizes_with_the_names_map_beside_the_key(tmp_path, t
     key_path.parent.mkdir()
     shutil.copy(tiny_key_file, key_path)
     photos = write_noise_photos(tmp_path / "photos", ["a.png"], 32, 32, seed=3)
-    manifest = Encryptor("tiny-embedding", key_path, device="cpu", iterations=1).encrypt_folder(
-        photos, tmp_path / "out", anonymize=True)
+    encryptor = Encryptor("tiny-embedding", key_path, device="cpu", iterations=1)
+    manifest = encrypt_folder(encryptor, photos, tmp_path / "out", anonymize=True)
     assert manifest.files[0]["output"] != "a.png"
     assert list(key_path.parent.glob("k.safetensors.names-*.json"))

@@ -8,13 +8,13 @@ decrypt   decrypt_folder, decrypt_files: ciphertexts through the key into PNGs +
 
 from avpcli.events import Event, EventCallback
 from avpcli.inputs import prepare_file as prepare_faces  # the name of avp 0.2
-from avpcli.jobs.decrypt import DecryptFilesJob, DecryptJob, decrypt_files, decrypt_folder, uses_scramble
+from avpcli.jobs.decrypt import DecryptFilesJob, DecryptJob, decrypt_files, decrypt_folder, decrypt_paths, uses_scramble
 from avpcli.jobs.encrypt import encrypt_folder, merge_finished_parts, run_folder
 from avpcli.jobs.folders import check_output_folder, owned_folder, remove_stale_temporaries
 from avpcli.jobs.resume import FolderRun, settings_record
 
 __all__ = [
-    "DecryptFilesJob", "DecryptJob", "Event", "EventCallback", "FolderRun", "check_output_folder", "decrypt_files",
+    "DecryptFilesJob", "DecryptJob", "Event", "EventCallback", "FolderRun", "check_output_folder", "decrypt_files", "decrypt_paths",
     "decrypt_folder", "encrypt_folder", "merge_finished_parts", "owned_folder", "prepare_faces",
     "remove_stale_temporaries", "run_folder", "settings_record", "uses_scramble",
 ]

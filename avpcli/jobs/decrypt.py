@@ -7,18 +7,18 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
-from avpcli.engine import decrypt_grouped
-from avpcli.errors import AvpError, ImageError, UsageError
+from avpcli.engine import decrypt_grouped, resolve_device
+from avpcli.errors import AvpError, ImageError, KeyFileError, UsageError
 from avpcli.events import Event, EventCallback, ignore_events
 from avpcli.images import (MAX_PNG_BYTES, check_named_file, contained_path, describe_error, find_images, is_inside,
                            output_names, png_bytes, png_tensor, read_file_bytes)
 from avpcli.jobs.folders import (Checkpoint, file_digest, owned_folder, previous_manifest, remove_stale_temporaries,
                                  write_into, write_records)
-from avpcli.key import Key
+from avpcli.key import Key, find_key, load_key
 from avpcli.manifest import MANIFEST_NAME, Manifest, manifest_parts, read_manifest
 
 
@@ -299,3 +299,62 @@ def _decrypted_before(entry: dict[str, Any] | None, folder: Path, name: str, dig
             or entry.get("source_sha256") != digest):
         return None
     return entry if file_digest(folder, name) == entry.get("sha256") else None
+
+
+def decrypt_paths(inputs: Iterable[Path], output: Path | None = None, *, key: Key | Path | None = None,
+                  key_folders: Sequence[Path] = (), listed: bool = False, force: bool = False, batch_size: int = 16,
+                  device: str = "auto", overwrite: bool = False, on_event: EventCallback = ignore_events,
+                  on_warning: Callable[[str], None] = lambda message: None) -> Manifest:
+    """`avp decrypt`: one folder written by `avp encrypt`, or ciphertext files one by one; returns the manifest written.
+
+    A folder: the key is `key` (KeyFileError if its fingerprint is not the manifest's, unless
+    `force`, which warns through on_warning) or else the key in `key_folders` whose fingerprint the
+    manifest names (find_key; unusable files there are passed to on_warning); the output defaults
+    to <folder>-decrypted beside it, and --recipe research ciphertexts decrypt with G alone (the
+    manifest says which). Files (or `listed`: paths read from a list, each checked alone): `key` and
+    `output` are needed (UsageError), and each file is held to a manifest that lists it
+    (DecryptFilesJob). `inputs` is read only after these checks, so that a usage error does not wait
+    for a list that is still being written.
+    """
+    if not listed:
+        inputs = list(inputs)
+    folder = None if listed or len(inputs) != 1 or not inputs[0].is_dir() else inputs[0]
+    if folder is None:
+        _check_ciphertext_files(inputs, listed, key, output)
+    resolved = resolve_device(device)
+    if folder is None:
+        loaded = key if isinstance(key, Key) else load_key(key, device=resolved)
+        return decrypt_files(DecryptFilesJob(files=list(inputs), output=output, key=loaded, batch_size=batch_size,
+                                             device=resolved, overwrite=overwrite, force=force), on_event)
+    manifest = read_manifest(folder)
+    if key is not None:
+        loaded = key if isinstance(key, Key) else load_key(key, device=resolved)
+        if loaded.fingerprint != manifest.key_fingerprint:
+            if not force:
+                raise KeyFileError(
+                    f"{key if not isinstance(key, Key) else 'the key'} is not the key these images were encrypted "
+                    f"with (fingerprint {loaded.fingerprint[:16]}… vs {manifest.key_fingerprint[:16]}… in the "
+                    "manifest); use --force to decrypt anyway")
+            on_warning("decrypting with a key that does not match the manifest")
+    else:
+        loaded = find_key(manifest.key_fingerprint, list(key_folders), resolved,
+                          on_unusable=lambda reason: on_warning(f"skipped: {reason}"))
+    job = DecryptJob(encrypted=folder, output=output if output is not None else folder.with_name(folder.name + "-decrypted"),
+                     key=loaded.model_for(scramble=uses_scramble(loaded, manifest)), key_fingerprint=loaded.fingerprint,
+                     batch_size=batch_size, device=resolved, manifest=manifest, overwrite=overwrite)
+    return decrypt_folder(job, on_event)
+
+
+def _check_ciphertext_files(inputs: Sequence[Path] | Iterable[Path], listed: bool, key: Key | Path | None,
+                            output: Path | None) -> None:
+    """UsageError for what decrypting files one by one cannot do without."""
+    if not listed:
+        for given in inputs:
+            if given.is_dir():
+                raise UsageError(f"{given} is a folder: give one folder written by `avp encrypt`, or ciphertext files")
+            if not given.exists() and not given.is_symlink():
+                raise UsageError(f"input not found: {given}")
+    if key is None:
+        raise UsageError("give --key to decrypt files: only a folder's manifest names the key to look for")
+    if output is None:
+        raise UsageError("give --out: the folder where the decrypted files go")

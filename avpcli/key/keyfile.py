@@ -183,9 +183,7 @@ def _open_key_file(source: Path) -> tuple[BinaryIO, int]:
             raise KeyFileError(f"{source} is not a regular file (a folder, pipe or device), "
                                "so it is not a key") from None
         # The system's own words ("Permission denied", "Too many levels of symbolic links"), as for a failed read.
-        error = unusable.__context__
-        reason = (error.strerror or error) if isinstance(error, OSError) else unusable.reason
-        raise KeyFileError(f"cannot read key file {source}: {reason}") from None
+        raise KeyFileError(f"cannot read key file {source}: {unusable.strerror}") from None
     if status.st_size > MAX_KEY_BYTES:
         stream.close()
         raise KeyFileError(f"{source} is too large to be an avp key ({status.st_size:,} bytes; "
