@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 ChannelOrder = Literal["rgb", "bgr"]
 
 
+# The input normalizations the registered models were trained with, on the [0, 1] scale (TargetSpec's
+# mean and std), named once: `TargetSpec(..., **CENTRED_BY_128)`.
+CENTRED_BY_127_5 = {"mean": (127.5 / 255,) * 3, "std": (127.5 / 255,) * 3}  # (x − 127.5) / 127.5: insightface
+CENTRED_BY_128 = {"mean": (127.5 / 255,) * 3, "std": (128 / 255,) * 3}  # (x − 127.5) / 128: FaceNet, SphereFace
+HALF_RANGE = {"mean": (0.5,) * 3, "std": (0.5,) * 3}  # (x − 0.5) / 0.5: AdaFace
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+CIFAR10 = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2023, 0.1994, 0.2010)}  # kuangliu/pytorch-cifar
+
 @dataclass(frozen=True)
 class TargetSpec:
     """What avp must know about a target model to feed it and to attack it.

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from avpcli.errors import TargetError
-from avpcli.targets import TargetSpec, register_target
+from avpcli.targets import HALF_RANGE, TargetSpec, register_target
 from avpcli.weights import load_state_into, load_torch_file, resolve_weights, unwrap_state_dict
 
 # Blocks per stage (64/128/256/512 channels, each stage starts with stride 2). AdaFace calls the
@@ -95,8 +95,7 @@ def load_adaface(path: Path, target: str) -> nn.Module:
         description="AdaFace IR-50/IR-101 (depth read from the checkpoint), 112x112 BGR, 512-D",
         input_size=(112, 112),
         channel_order="bgr",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
+        **HALF_RANGE,
         loss="embedding",
         normalize_embedding=True,
         alignment="arcface",

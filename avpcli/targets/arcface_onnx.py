@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from avpcli.targets import TargetSpec, register_target
+from avpcli.targets import CENTRED_BY_127_5, TargetSpec, register_target
 from avpcli.targets.custom import load_onnx_model
 from avpcli.targets.iresnet import load_iresnet
 from avpcli.weights import RemoteWeights, resolve_weights
@@ -27,8 +27,7 @@ INSIGHTFACE_COPY = Path("~/.insightface/models/buffalo_l/w600k_r50.onnx").expand
         name="arcface",
         description="ArcFace ResNet-50 (insightface buffalo_l, WebFace600K), 112x112 RGB, 512-D",
         input_size=(112, 112),
-        mean=(127.5 / 255, 127.5 / 255, 127.5 / 255),
-        std=(127.5 / 255, 127.5 / 255, 127.5 / 255),
+        **CENTRED_BY_127_5,
         loss="embedding",
         normalize_embedding=True,
         alignment="arcface",

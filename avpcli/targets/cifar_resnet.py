@@ -8,13 +8,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avpcli.targets import TargetSpec, register_target
+from avpcli.targets import IMAGENET, TargetSpec, register_target
 from avpcli.weights import RemoteWeights, load_checkpoint_into, resolve_weights
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 _LICENCE = "BSD-2-Clause (akamaster/pytorch_resnet_cifar10)"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class OptionABlock(nn.Module):
@@ -73,8 +71,7 @@ def _register(depth: int, sha256: str) -> None:
             name=name,
             description=f"CIFAR-10 ResNet-{depth} (akamaster), 32x32 RGB, 10 logits",
             input_size=(32, 32),
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
+            **IMAGENET,
             loss="classifier",
             alignment=None,
             weights=f"downloaded from {remote.url} (sha256-checked; {_LICENCE}) or --weights PATH",

@@ -19,14 +19,9 @@ from torch import nn
 from torchvision import models
 from torchvision.models import vgg
 
-from avpcli.targets import TargetSpec, register_target
+from avpcli.targets import CIFAR10, IMAGENET, TargetSpec, register_target
 from avpcli.weights import load_state_into, load_torch_file, resolve_weights, unwrap_state_dict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# kuangliu/pytorch-cifar's normalization, the most common for CIFAR-10 ResNet/VGG weights.
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
 _TORCHVISION_WEIGHTS = "https://pytorch.org/vision/stable/models.html (BSD-3-Clause code; weights per their terms)"
 
 
@@ -74,8 +69,7 @@ def _classifier_spec(name: str, description: str, cifar: bool, layout: str) -> T
         name=name,
         description=description,
         input_size=(32, 32) if cifar else (224, 224),
-        mean=CIFAR_MEAN if cifar else IMAGENET_MEAN,
-        std=CIFAR_STD if cifar else IMAGENET_STD,
+        **(CIFAR10 if cifar else IMAGENET),
         loss="classifier",
         alignment=None,
         weights=f"--weights PATH (required): {layout}",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from avpcli.targets import TargetSpec, register_target
+from avpcli.targets import CENTRED_BY_128, TargetSpec, register_target
 from avpcli.weights import RemoteWeights, load_checkpoint_into, resolve_weights
 
 # facenet-pytorch 2.5.3, models/inception_resnet_v1.py: the URLs and file names it downloads and
@@ -28,8 +28,7 @@ FACENET_CASIA = RemoteWeights(
 
 _FACENET_SPEC = dict(
     input_size=(160, 160),
-    mean=(127.5 / 255, 127.5 / 255, 127.5 / 255),
-    std=(128 / 255, 128 / 255, 128 / 255),
+    **CENTRED_BY_128,
     loss="embedding",
     normalize_embedding=True,
     alignment="facenet",

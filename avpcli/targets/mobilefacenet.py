@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from avpcli.targets import TargetSpec, register_target
+from avpcli.targets import CENTRED_BY_128, IMAGENET, TargetSpec, register_target
 from avpcli.weights import default_cache_dir, load_checkpoint_into, resolve_weights
 
 # (expansion t, output channels c, repeats n, first stride s) of the paper's bottleneck stages,
@@ -155,8 +155,7 @@ class MobileFaceNetFoamliu(nn.Module):
         name="mobilefacenet",
         description="MobileFaceNet (Xiaoccer, ArcFace loss, CASIA-WebFace), 112x96 RGB, 128-D",
         input_size=(112, 96),
-        mean=(127.5 / 255, 127.5 / 255, 127.5 / 255),
-        std=(128 / 255, 128 / 255, 128 / 255),
+        **CENTRED_BY_128,
         loss="embedding",
         normalize_embedding=True,
         alignment="arcface96",
@@ -164,13 +163,8 @@ class MobileFaceNetFoamliu(nn.Module):
     )
 )
 def build_mobilefacenet(weights: Path | None) -> nn.Module:
-    path = resolve_weights(
-        "mobilefacenet",
-        weights,
-        known_paths=[default_cache_dir() / "mobilefacenet_xiaoccer_068.ckpt"],
-        how_to_get=f"It is 068.ckpt from {XIAOCCER_URL}.",
-    )
-    return load_checkpoint_into(MobileFaceNetXiaoccer(), path, "mobilefacenet")
+    return _load_local_weights(MobileFaceNetXiaoccer(), "mobilefacenet", weights, "mobilefacenet_xiaoccer_068.ckpt",
+                               f"It is 068.ckpt from {XIAOCCER_URL}.")
 
 
 @register_target(
@@ -178,8 +172,7 @@ def build_mobilefacenet(weights: Path | None) -> nn.Module:
         name="mobilefacenet-foamliu",
         description="MobileFaceNet (foamliu), 112x112 RGB, 128-D",
         input_size=(112, 112),
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        **IMAGENET,
         loss="embedding",
         normalize_embedding=True,
         alignment="arcface",
@@ -187,10 +180,12 @@ def build_mobilefacenet(weights: Path | None) -> nn.Module:
     )
 )
 def build_mobilefacenet_foamliu(weights: Path | None) -> nn.Module:
-    path = resolve_weights(
-        "mobilefacenet-foamliu",
-        weights,
-        known_paths=[default_cache_dir() / "mobilefacenet_foamliu.pt"],
-        how_to_get=f"It is mobilefacenet.pt from {FOAMLIU_SOURCE}.",
-    )
-    return load_checkpoint_into(MobileFaceNetFoamliu(), path, "mobilefacenet-foamliu")
+    return _load_local_weights(MobileFaceNetFoamliu(), "mobilefacenet-foamliu", weights, "mobilefacenet_foamliu.pt",
+                               f"It is mobilefacenet.pt from {FOAMLIU_SOURCE}.")
+
+
+def _load_local_weights(model: nn.Module, target: str, weights: Path | None, cached_name: str,
+                        how_to_get: str) -> nn.Module:
+    """Weights that cannot be downloaded (no stable URL): --weights, or a copy in avp's cache folder."""
+    path = resolve_weights(target, weights, known_paths=[default_cache_dir() / cached_name], how_to_get=how_to_get)
+    return load_checkpoint_into(model, path, target)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from avpcli.targets import TargetSpec, register_target
+from avpcli.targets import CENTRED_BY_128, TargetSpec, register_target
 from avpcli.weights import load_checkpoint_into, resolve_weights
 
 _TIPIM_MODELS = "http://ml.cs.tsinghua.edu.cn/~xiaoyang/face_models/"
@@ -20,8 +20,7 @@ SPHERE20_STAGES = ((64, 1), (128, 2), (256, 4), (512, 1))  # (channels, residual
 
 _SPHERE_SPEC = dict(
     input_size=(112, 96),
-    mean=(127.5 / 255, 127.5 / 255, 127.5 / 255),
-    std=(128 / 255, 128 / 255, 128 / 255),
+    **CENTRED_BY_128,
     loss="embedding",
     normalize_embedding=True,
     alignment="arcface96",
