@@ -52,6 +52,22 @@ def test_every_evaluate_subcommand_has_help():
         assert result.exit_code == 0 and "Usage" in result.stdout, name
 
 
+def test_stage_bars_appear_with_the_first_stage_and_a_warning_goes_below_them(capsys):
+    from avpcli.cli import StagePrinter
+    from avpcli.events import Event
+
+    with StagePrinter() as printer:
+        printer(Event("failed", source="a.png", reason="empty file"))
+    assert capsys.readouterr().err == "failed: a.png: empty file\n"  # a call that fails before its first stage
+    with StagePrinter() as printer:
+        printer(Event("stage", source="gallery for x", total=2))
+        printer(Event("progress", done=2, total=2))
+        printer(Event("warning", reason="a small gallery"))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("gallery for x") and "2/2" in lines[0]
+    assert lines[1:] == ["warning: a small gallery"]
+
+
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("avp ")

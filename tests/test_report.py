@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from avpcli import report
+from avpcli import evaluate, report
 from avpcli.align import resize_transform
 from avpcli.targets import get_spec
 from avpcli.cli import app
@@ -166,7 +166,7 @@ def test_evaluate_commands_that_encrypt_take_precision_and_recipe(tmp_path, tiny
         seen.append(fields[option])
         raise Stop
 
-    monkeypatch.setattr("avpcli.encryptor.Encryptor", capture)
+    monkeypatch.setattr("avpcli.report.evaluations.Encryptor", capture)  # the one builder, where the analyses call it
     folder = tmp_path / "people"
     for person in ("ann", "bob"):
         _pictures(folder / person, [f"{person}_{i}.png" for i in range(3)], seed=len(person))
@@ -221,7 +221,7 @@ def test_privacy_report_ranks_filtered_images_and_leaves_the_same_photo_out():
     result = report.privacy_report(pairs, get_spec("tiny-embedding"), torch.nn.Identity(), observer,
                                    detect=False)
     filters = result.data["filters"]
-    assert [reveal.name for reveal in report.evaluate.REVEAL_FILTERS] == list(filters)
+    assert [reveal.name for reveal in evaluate.REVEAL_FILTERS] == list(filters)
     # Plain originals are identified; the very same photo would have been at distance 0 for them all.
     assert filters["none"]["observer_original"] == {"queries": 3, "unranked": 0, "top1": 1.0, "top10": 1.0,
                                                     "median_rank": 1.0}
@@ -275,6 +275,23 @@ def test_privacy_and_key_recovery_end_to_end_on_tiny_embedding(tmp_path, tiny_ke
     assert [(point["pairs"], point["rule"]) for point in curve] == [(1, "distance"), (3, "correlation"),
                                                                    (3, "distance")]
     assert all(0.0 <= point["recovered"] <= point["source"] <= 1.0 for point in curve)
+
+
+def test_an_analysis_is_one_call_that_tells_its_stages_and_warnings_and_writes_nothing(tmp_path, tiny_key_file):
+    people = tmp_path / "people"
+    for person in ("Ann_Lee", "Bo_Chan"):
+        _pictures(people / person, [f"{person}_{i:04d}.png" for i in range(1, 3)], seed=len(person))
+    encrypted = tmp_path / "encrypted"
+    _run("encrypt", str(people), "--target", "tiny-embedding", "--key", str(tiny_key_file), "--out", str(encrypted),
+         "--iterations", "1", "--device", "cpu", "--seed", "1")
+    before = sorted(tmp_path.rglob("*"))
+    events = []
+    result = report.privacy_evaluation(people, encrypted, "tiny-embedding", tiny_key_file, gallery=people,
+                                       observer="tiny-classifier", detect=False, device="cpu", on_event=events.append)
+    assert isinstance(result, report.Report) and result.data["observer"]["gallery_images"] == 4
+    assert [event.kind for event in events] == ["stage"] + ["progress"] * 4 + ["warning"]
+    assert events[0].source == "gallery for tiny-classifier" and "fewer than 300" in events[-1].reason
+    assert sorted(tmp_path.rglob("*")) == before  # the caller writes the report
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

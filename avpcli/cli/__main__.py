@@ -1,0 +1,5 @@
+"""Lets `python -m avpcli.cli` run the command-line interface, as `python -m avpcli` does."""
+
+from avpcli.cli.app import main
+
+main()

@@ -1,0 +1,104 @@
+"""Option values the commands share: where keys live, --shard, own models' options, paths on stdin, and the
+device and key files, loaded when a command runs (so that `avp --help` does not import torch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from avpcli.errors import UsageError
+
+NullOption = Annotated[bool, typer.Option("--null", "-0", help="End each output path with a NUL byte instead of a newline, and print names exactly as they are (for xargs -0; by default control characters and backslashes are escaped so that each path is one line). With - as the input, also read the input paths NUL-separated (for find -print0); with --json, only that.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object a line (NDJSON) per file as it finishes, instead of its output path: source, output, status, reason, skipped (done by an earlier run) and the rest of its manifest entry (for encrypt, the figures).")]
+PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
+
+
+def default_key_folder() -> Path:
+    """Where keys go and are looked for: $AVP_KEYS or ./keys."""
+    return Path(os.environ.get("AVP_KEYS", "keys"))
+
+
+def parse_shard(shard: Optional[str]) -> tuple[int, int]:
+    """--shard i/n (1-based), else torchrun's RANK / WORLD_SIZE, else the whole list."""
+    if shard:
+        try:
+            index_text, count_text = shard.split("/")
+            index, count = int(index_text), int(count_text)
+        except ValueError:
+            raise UsageError(f"--shard takes i/n, e.g. 2/8; got {shard!r}") from None
+        if not 1 <= index <= count:
+            raise UsageError(f"--shard {shard}: i must be between 1 and n")
+        return index - 1, count
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return int(os.environ.get("RANK", "0")), world
+    return 0, 1
+
+
+def _numbers(text: str, separator: str, count: int, option: str, kind=float) -> tuple:
+    try:
+        values = tuple(kind(part) for part in text.split(separator))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise UsageError(f"{option} takes {count} numbers separated by '{separator}', got {text!r}")
+    return values
+
+
+def custom_options(target: str, input_size, mean, std, channels: str, loss: str):
+    """The description of a user's own model (onnx:PATH / torchscript:PATH); None for registered targets."""
+    from avpcli.targets import is_custom_reference
+
+    if not is_custom_reference(target):
+        if input_size or mean or std:
+            raise UsageError("--input-size, --mean and --std describe your own model: use them with onnx:PATH or torchscript:PATH")
+        return None
+    from avpcli.targets.custom import CustomTargetOptions
+
+    if input_size is None:
+        raise UsageError(f"{target} needs --input-size HxW (and usually --mean/--std, --channels, --loss)")
+    if channels not in ("rgb", "bgr") or loss not in ("embedding", "classifier"):
+        raise UsageError("--channels is 'rgb' or 'bgr'; --loss is 'embedding' or 'classifier'")
+    return CustomTargetOptions(
+        input_size=_numbers(input_size.lower(), "x", 2, "--input-size", int),
+        mean=_numbers(mean, ",", 3, "--mean") if mean else (0.0, 0.0, 0.0),
+        std=_numbers(std, ",", 3, "--std") if std else (1.0, 1.0, 1.0),
+        channel_order=channels,
+        loss=loss,
+    )
+
+
+def resolve_device(device: str) -> str:
+    """--device as a torch device ('auto' → CUDA where there is one); UsageError where it cannot be had."""
+    from avpcli.engine import resolve_device as resolve
+
+    return resolve(device)
+
+
+def load_key_or_fail(path: Path, device: str):
+    """The key file at `path` on `device` (KeyFileError, a domain error, where it is not a usable key)."""
+    from avpcli.key import load_key
+
+    return load_key(path, device=device)
+
+
+def reads_stdin(inputs: list[Path], null: bool, as_json: bool, out: Optional[Path]) -> bool:
+    """Whether the inputs are `-` (paths on stdin); UsageError for what does not go together with it."""
+    listed = Path("-") in inputs
+    if listed and len(inputs) > 1:
+        raise UsageError("- reads every input path from stdin: give it alone")
+    if listed and out is None:
+        raise UsageError("with - (input paths from stdin), give --out")
+    if null and as_json and not listed:
+        raise UsageError("--null and --json do not go together: the JSON lines hold every name safely")
+    return listed
+
+
+def stdin_paths(null: bool) -> list[Path]:
+    """The paths on stdin, one a line or (null) NUL-separated; empty ones are ignored. Names that are
+    not UTF-8 keep their bytes (os.fsdecode)."""
+    data = typer.get_binary_stream("stdin").read()
+    return [Path(os.fsdecode(name)) for name in data.split(b"\0" if null else b"\n") if name]
