@@ -29,7 +29,7 @@ def keygen(
     per_size_scramble: Annotated[bool, typer.Option("--per-size-scramble", help="One scramble per image size, as avp 0.1's keys had, instead of one per image: (ciphertext, original) pairs of any images then teach an attacker the scramble of all others (docs/KEY.md). For reproducing old figures only.")] = False,
 ) -> None:
     """Train a key (the generator G that decrypts) and save it as safetensors, mode 0600. Prints its path."""
-    from avpcli.key import KEY_PRESETS, new_seed, save_key, seed_is_guessable, train_key
+    from avpcli.key import KEY_PRESETS, new_seed, resolve_recipe, save_key, seed_is_guessable, train_key
     from avpcli.scramble import SCHEME as SCRAMBLE_SCHEME
 
     with domain_errors():
@@ -37,9 +37,12 @@ def keygen(
             raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(KEY_PRESETS)}")
         if data is not None and not data.is_dir():
             raise UsageError(f"--data must be a folder of images: {data}")
-        if seed is None:
+        given_seed = seed is not None
+        if not given_seed:
             seed = new_seed()
-        elif seed_is_guessable(seed):
+        # A bad seed or step count is refused before any warning or progress bar: one line.
+        total_steps = resolve_recipe(preset, seed, steps)[1].steps
+        if given_seed and seed_is_guessable(seed):
             stderr.print("[yellow]warning:[/] this seed is small enough to be guessed by trying them all; "
                          "anyone who guesses it can train your key. Omit --seed for a random 256-bit one.")
         resolved_device = resolve_device(device)
@@ -47,7 +50,6 @@ def keygen(
             scramble = preset != "paper"
         if per_size_scramble and not scramble:
             raise UsageError("--per-size-scramble needs a scramble (drop --no-scramble)")
-        total_steps = steps or KEY_PRESETS[preset].steps
         with progress_bars() as progress:
             task = progress.add_task("training key", total=total_steps)
             trained = train_key(preset, seed, data_dir=data, steps=steps, device=resolved_device,
