@@ -241,13 +241,19 @@ def test_privacy_report_ranks_filtered_images_and_leaves_the_same_photo_out():
     assert plain.pictures["contact-sheet"].size == (4 * 36 + 4, 3 * 36 + 4)
 
 
-def test_privacy_and_key_recovery_end_to_end_on_tiny_embedding(tmp_path, tiny_key_file):
+def _encrypted_people(tmp_path: Path, key: Path, photos: int, iterations: int) -> tuple[Path, Path]:
+    """Two LFW-style identities of `photos` photos each, and the folder `avp encrypt` made of them."""
     people = tmp_path / "people"
     for person in ("Ann_Lee", "Bo_Chan"):
-        _pictures(people / person, [f"{person}_{i:04d}.png" for i in range(1, 4)], seed=len(person))
+        _pictures(people / person, [f"{person}_{i:04d}.png" for i in range(1, photos + 1)], seed=len(person))
     encrypted = tmp_path / "encrypted"
-    _run("encrypt", str(people), "--target", "tiny-embedding", "--key", str(tiny_key_file), "--out", str(encrypted),
-         "--iterations", "2", "--device", "cpu", "--seed", "1")
+    _run("encrypt", str(people), "--target", "tiny-embedding", "--key", str(key), "--out", str(encrypted),
+         "--iterations", str(iterations), "--device", "cpu", "--seed", "1")
+    return people, encrypted
+
+
+def test_privacy_and_key_recovery_end_to_end_on_tiny_embedding(tmp_path, tiny_key_file):
+    people, encrypted = _encrypted_people(tmp_path, tiny_key_file, photos=3, iterations=2)
     common = ["--target", "tiny-embedding", "--key", str(tiny_key_file), "--device", "cpu"]
 
     privacy = tmp_path / "privacy"
@@ -278,12 +284,7 @@ def test_privacy_and_key_recovery_end_to_end_on_tiny_embedding(tmp_path, tiny_ke
 
 
 def test_an_analysis_is_one_call_that_tells_its_stages_and_warnings_and_writes_nothing(tmp_path, tiny_key_file):
-    people = tmp_path / "people"
-    for person in ("Ann_Lee", "Bo_Chan"):
-        _pictures(people / person, [f"{person}_{i:04d}.png" for i in range(1, 3)], seed=len(person))
-    encrypted = tmp_path / "encrypted"
-    _run("encrypt", str(people), "--target", "tiny-embedding", "--key", str(tiny_key_file), "--out", str(encrypted),
-         "--iterations", "1", "--device", "cpu", "--seed", "1")
+    people, encrypted = _encrypted_people(tmp_path, tiny_key_file, photos=2, iterations=1)
     before = sorted(tmp_path.rglob("*"))
     events = []
     result = report.privacy_evaluation(people, encrypted, "tiny-embedding", tiny_key_file, gallery=people,
