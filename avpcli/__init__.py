@@ -43,6 +43,7 @@ _PUBLIC = {
     "get_spec": "avpcli.targets",
     "target_names": "avpcli.targets",
     "TargetSpec": "avpcli.targets",
+    "TargetModel": "avpcli.targets",
     "FolderRun": "avpcli.jobs",
     "encrypt_folder": "avpcli.jobs",
     "DecryptJob": "avpcli.jobs",

@@ -2,9 +2,9 @@
 are put together.
 
 The CLI, `avp evaluate`, `avp demo`, the benchmarks and library users all build one here, then
-encrypt images in memory (`Encryptor.encrypt` / `stream`) or hand it a folder
-(`Encryptor.encrypt_folder`, which jobs.encrypt_folder runs). `attack_settings` is the one builder
-of settings: by the target's kind of loss and the recipe, with overrides.
+encrypt images in memory (`Encryptor.encrypt` / `stream`) or hand it to a folder run
+(`avpcli.jobs.encrypt_folder`). Both go through `Encryptor.encrypt_and_measure`, avp's one
+encrypt → 8-bit PNG → read back → measure → judge. Settings come from engine.attack_settings.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from avpcli.key import Key, load_key
 from avpcli.targets import TargetModel, TargetSpec, get_spec, load_target
 
 if TYPE_CHECKING:
-    from avpcli.manifest import Manifest
-    from avpcli.events import EventCallback
     from avpcli.targets.custom import CustomTargetOptions
 
 NO_SCRAMBLE_WARNING = ("this key has no scramble (format 1 or --no-scramble): filters of its ciphertexts can show "
@@ -192,17 +190,6 @@ class Encryptor:
                 noise_seed: int = 0) -> list[Ciphertext]:
         """Encrypt one image or many (paths, PIL images, tensors (3, H, W) or a batch (N, 3, H, W))."""
         return list(self.stream(as_batch(images), align, all_faces, noise_seed))
-
-    def encrypt_folder(self, inputs: Path | str | Sequence[Path | str], output: Path | str,
-                       on_event: EventCallback | None = None, **run_options: Any) -> Manifest:
-        """Encrypt files and folders into `output` (PNGs and avp-manifest.json), resumably.
-
-        run_options are jobs.FolderRun's: align, all_faces, noise_seed, overwrite, shard,
-        aligned_output, anonymize, names_map, key_path, follow_links, listed.
-        """
-        from avpcli.jobs import encrypt_folder  # deprecated shim, removed with the refactor's end
-
-        return encrypt_folder(self, inputs, output, on_event, **run_options)
 
 
 def decrypt(images: Any, key: Key | str | os.PathLike[str], *, research: bool = False,

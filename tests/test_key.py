@@ -444,8 +444,6 @@ def test_keygen_with_a_bad_seed_or_step_count_exits_2_with_its_reason(args, mess
     assert "Traceback" not in result.output and not (tmp_path / "key.safetensors").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="cli.keygen draws its progress bar before train_key checks the options; "
-                                       "it should call avpcli.key.resolve_recipe first (cli.py is not this change's)")
 @pytest.mark.parametrize("args, message", [
     (("--seed", "-7", "--steps", "1"), "the seed must be a non-negative integer"),
     (("--steps", "0"), "steps must be at least 1"),

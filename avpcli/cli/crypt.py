@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from avpcli.cli.options import (JsonOption, NullOption, PrecisionOption, custom_options, default_key_folder,
-                                load_key_or_fail, parse_shard, reads_stdin, resolve_device, stdin_paths)
+                                parse_shard, reads_stdin, stdin_paths)
 from avpcli.cli.output import EventPrinter, domain_errors, progress_bars, say, stderr
-from avpcli.errors import KeyFileError, UsageError
 
 
 def encrypt(
@@ -53,6 +52,7 @@ def encrypt(
 ) -> None:
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
     from avpcli.encryptor import NO_SCRAMBLE_WARNING, Encryptor
+    from avpcli.jobs import encrypt_folder
 
     with domain_errors():
         listed = reads_stdin(inputs, null, as_json, out)
@@ -72,8 +72,8 @@ def encrypt(
         with progress_bars() as progress:
             # What this run did; the manifest also lists files of earlier runs into the same folder.
             printer = EventPrinter("json" if as_json else "paths", null, progress, f"encrypting for {target}")
-            encryptor.encrypt_folder(
-                paths, output, printer, align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed,
+            encrypt_folder(
+                encryptor, paths, output, printer, align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed,
                 overwrite=overwrite, shard=shard_index, anonymize=anonymize, names_map=names_map, key_path=key,
                 follow_links=follow_links, listed=listed)
     if printer.missed_bars:
@@ -97,55 +97,16 @@ def decrypt(
     null: NullOption = False,
 ) -> None:
     """Decrypt a folder or ciphertext files with the key: writes the images as PNGs and avp-manifest.json; prints one path per output."""
-    from avpcli.jobs import DecryptFilesJob, DecryptJob, decrypt_files, decrypt_folder, uses_scramble
-    from avpcli.key import find_key
-    from avpcli.manifest import read_manifest
+    from avpcli.jobs import decrypt_paths
 
     with domain_errors():
         listed = reads_stdin(inputs, null, as_json, out)
-        folder = None if listed or len(inputs) != 1 or not inputs[0].is_dir() else inputs[0]
-        if folder is None:
-            _check_ciphertext_files(inputs, listed, key, out)
-        resolved_device = resolve_device(device)
         printer = EventPrinter("json" if as_json else "paths", null)
-        if folder is None:
-            loaded = load_key_or_fail(key, resolved_device)
-            files = stdin_paths(null) if listed else inputs
-            decrypt_files(DecryptFilesJob(files=files, output=out, key=loaded, batch_size=batch_size,
-                                          device=resolved_device, overwrite=overwrite, force=force), printer)
-        else:
-            manifest = read_manifest(folder)
-            if key is not None:
-                loaded = load_key_or_fail(key, resolved_device)
-                if loaded.fingerprint != manifest.key_fingerprint:
-                    if not force:
-                        raise KeyFileError(
-                            f"{key} is not the key these images were encrypted with (fingerprint "
-                            f"{loaded.fingerprint[:16]}… vs {manifest.key_fingerprint[:16]}… in the manifest); "
-                            "use --force to decrypt anyway")
-                    stderr.print("[yellow]warning:[/] decrypting with a key that does not match the manifest")
-            else:
-                loaded = find_key(manifest.key_fingerprint, [default_key_folder()], resolved_device,
-                                  on_unusable=lambda reason: say("[yellow]warning:[/]", f"skipped: {reason}"))
-            output = out if out is not None else folder.with_name(folder.name + "-decrypted")
-            job = DecryptJob(encrypted=folder, output=output,
-                             key=loaded.model_for(scramble=uses_scramble(loaded, manifest)),
-                             key_fingerprint=loaded.fingerprint, batch_size=batch_size, device=resolved_device,
-                             manifest=manifest, overwrite=overwrite)
-            decrypt_folder(job, printer)
+        # The paths on stdin are read only once the options are known to be good.
+        paths = (path for path in stdin_paths(null)) if listed else inputs
+        decrypt_paths(paths, out, key=key, key_folders=[default_key_folder()], listed=listed, force=force,
+                      batch_size=batch_size, device=device, overwrite=overwrite, on_event=printer,
+                      on_warning=lambda message: say("[yellow]warning:[/]", message))
     if printer.failed:
         raise typer.Exit(1)
 
-
-def _check_ciphertext_files(inputs: list[Path], listed: bool, key: Optional[Path], out: Optional[Path]) -> None:
-    """UsageError for what decrypting files one by one cannot do without."""
-    if not listed:
-        for given in inputs:
-            if given.is_dir():
-                raise UsageError(f"{given} is a folder: give one folder written by `avp encrypt`, or ciphertext files")
-            if not given.exists() and not given.is_symlink():
-                raise UsageError(f"input not found: {given}")
-    if key is None:
-        raise UsageError("give --key to decrypt files: only a folder's manifest names the key to look for")
-    if out is None:
-        raise UsageError("give --out: the folder where the decrypted files go")

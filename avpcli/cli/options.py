@@ -78,13 +78,6 @@ def resolve_device(device: str) -> str:
     return resolve(device)
 
 
-def load_key_or_fail(path: Path, device: str):
-    """The key file at `path` on `device` (KeyFileError, a domain error, where it is not a usable key)."""
-    from avpcli.key import load_key
-
-    return load_key(path, device=device)
-
-
 def reads_stdin(inputs: list[Path], null: bool, as_json: bool, out: Optional[Path]) -> bool:
     """Whether the inputs are `-` (paths on stdin); UsageError for what does not go together with it."""
     listed = Path("-") in inputs
