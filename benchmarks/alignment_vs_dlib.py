@@ -14,37 +14,26 @@ Needs the reference dlib (pip install dlib-bin) and the LFW data (AVP_DATA or <r
 
 3. On the same chips, the torch port vs dlib's own network (max abs descriptor difference).
 
-Usage: python benchmarks/alignment_vs_dlib.py [--fit 400] [--every 8] [--skip-fit]
-       python benchmarks/alignment_vs_dlib.py --timing      (the port's speed, 1 thread)
+Usage: python -m benchmarks.alignment_vs_dlib [--fit 400] [--every 8] [--skip-fit]
+       python -m benchmarks.alignment_vs_dlib --timing      (the port's speed, 1 thread)
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from avpcli import align  # noqa: E402
-from avpcli.targets import load_target  # noqa: E402
-from avpcli.targets.dlib import default_model_path  # noqa: E402
-from benchmarks.common import data_folder  # noqa: E402
+from avpcli import align, load_target
+from avpcli.targets.dlib import default_model_path
+from benchmarks.common import LfwPhoto, data_folder, read_lfw
 
 DATA = data_folder()
 CHIP, PADDING = 150, 0.25
-
-
-def lfw_rows() -> list[dict[str, str]]:
-    with open(DATA / "lfw.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 class DlibReference:
@@ -100,10 +89,10 @@ def chip_error(landmarks: np.ndarray, to_chip: np.ndarray, points, weights) -> f
     return float(np.sqrt(((apply(avp, in_image) - GRID) ** 2).sum(axis=1).mean()))
 
 
-def fit(rows: list[dict[str, str]], reference: DlibReference) -> None:
+def fit(rows: list[LfwPhoto], reference: DlibReference) -> None:
     dlib_points, facenet_points, pairs = [], [], []
     for row in rows:
-        image = Image.open(DATA / row["path"]).convert("RGB")
+        image = Image.open(row.path).convert("RGB")
         result = reference.chip(np.asarray(image))
         face = mtcnn_face_near(image, result[1] if result else None)
         if face is None:
@@ -127,19 +116,19 @@ def fit(rows: list[dict[str, str]], reference: DlibReference) -> None:
                 print(f"    weights {weights}: chip {np.mean(errors):.2f} px RMS from dlib's (mean over photos)")
 
 
-def evaluate(rows: list[dict[str, str]], reference: DlibReference) -> None:
+def evaluate(rows: list[LfwPhoto], reference: DlibReference) -> None:
     target = load_target("dlib")
     dlib_chips, avp_chips, resampled_chips, used = [], [], [], []
     found_dlib = found_mtcnn = 0
     for row in rows:
-        image = Image.open(DATA / row["path"]).convert("RGB")
+        image = Image.open(row.path).convert("RGB")
         result = reference.chip(np.asarray(image))
         face = mtcnn_face_near(image, result[1] if result else None)
         found_dlib += result is not None
         found_mtcnn += face is not None
         if result is None or face is None:
             continue
-        used.append(row["path"])
+        used.append(row.file)
         dlib_chips.append(result[0])
         avp_chips.append(np.asarray(align.warp_to_template(image, face[2], "dlib")))
         resampled_chips.append(np.asarray(align.warp_affine(image, result[1], (CHIP, CHIP), fill="black")))
@@ -202,12 +191,12 @@ def main() -> None:
         return
     if not (DATA / "lfw.csv").is_file():
         sys.exit(f"LFW data not found at {DATA} (set AVP_DATA)")
-    rows = lfw_rows()
+    rows = read_lfw(DATA)
     reference = DlibReference()
     started = time.perf_counter()
     if not arguments.skip_fit:
-        fit([row for row in rows if row["role"] == "distractor"][: arguments.fit], reference)
-    evaluate([row for row in rows if row["role"] == "multi"][:: arguments.every], reference)
+        fit([row for row in rows if row.role == "distractor"][: arguments.fit], reference)
+    evaluate([row for row in rows if row.role == "multi"][:: arguments.every], reference)
     print(f"({time.perf_counter() - started:.0f} s, 1 thread)")
 
 

@@ -1,7 +1,7 @@
 """Check avp's ONNX path on a full-size ArcFace graph: export an iresnet50 the way arcface_torch does,
 load it as `--target arcface --weights FILE.onnx`, and compare outputs and input gradients.
 
-    python benchmarks/arcface_onnx_check.py [--threads 2] [--opset 11] [--images 4]
+    python -m benchmarks.arcface_onnx_check [--threads 2] [--opset 11] [--images 4]
 
 insightface's w600k_r50.onnx (buffalo_l) cannot be downloaded here, and no iresnet50 weights exist
 offline, so this builds arcface_torch's iresnet50 architecture (avp's IResNet, state_dict names as
@@ -18,7 +18,6 @@ show: anything about the real weights or insightface's own export.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
@@ -27,12 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from avpcli import __version__  # noqa: E402
-from avpcli.targets import load_target  # noqa: E402
-from avpcli.targets.iresnet import IResNet  # noqa: E402
+from avpcli import __version__, load_target
+from avpcli.targets.iresnet import IResNet
 
 
 def seeded_iresnet50(seed: int = 0) -> nn.Module:

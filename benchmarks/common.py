@@ -1,29 +1,57 @@
-"""Pieces the benchmark scripts share: where the data is, encrypting through avp's Encryptor with
-per-image rows, and the naive research-style loop the speed-ups are taken against."""
+"""Pieces the benchmark scripts share: where the data is and LFW's list of it, the settings options,
+keys trained once, logging, encrypting through avp's Encryptor with per-image rows, and the naive
+research-style loop the speed-ups are taken against.
+
+Run every benchmark from the repository's root as a module: `python -m benchmarks.NAME --help`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import dataclasses
+import inspect
 import os
+import re
 import statistics
 import sys
 import time
+import typing
+from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from avpcli import AttackSettings, Encryptor, Key, KeyPreset, load_key, save_key
+from avpcli.engine import LeakPenalty
+from avpcli.files import atomic_write_bytes
+from avpcli.metrics import ssim
+
 REPO = Path(__file__).resolve().parents[1]
 
-from avpcli.encryptor import Encryptor  # noqa: E402
-from avpcli.engine import AttackSettings, LeakPenalty  # noqa: E402
-from avpcli.images import atomic_write_bytes  # noqa: E402
-from avpcli.key import load_key  # noqa: E402
-from avpcli.metrics import ssim  # noqa: E402
+# Where the shared data keeps each face model's weights (None: the model finds its own).
+FACE_WEIGHTS = {"dlib": None, "mobilefacenet": "weights/mobilefacenet_xiaoccer/068.ckpt"}
 
 
 def data_folder() -> Path:
     """../shared/data beside the repo, or $AVP_DATA: the one place the benchmarks look for shared data."""
     return Path(os.environ.get("AVP_DATA", REPO.parent / "shared" / "data"))
+
+
+def log(message: str) -> None:
+    """A progress line with the time, on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def events(label: str) -> Callable[[Any], None]:
+    """An on_event for folder runs that logs each file written or failed under `label`."""
+    def on_event(event) -> None:
+        if event.kind == "written":
+            log(f"{label}: encrypted {event.source}")
+        elif event.kind == "failed":
+            log(f"{label}: FAILED {event.source}: {event.reason}")
+    return on_event
 
 
 def write_generated_doc(doc: Path, generated: str, marker: str) -> None:
@@ -39,16 +67,150 @@ def write_generated_doc(doc: Path, generated: str, marker: str) -> None:
     atomic_write_bytes(doc, (generated.rstrip("\n") + "\n\n" + marker + (kept or "\n")).encode())
 
 
-def lfw_by_role(data: Path) -> dict[str, list[tuple[str, Path]]]:
-    """<data>/lfw.csv: role (probe, multi, distractor) → [(identity, photo path)], in the file's order."""
-    import csv
-    from collections import defaultdict
+# ------------------------------------------------------------------------------------------------
+# LFW: <data>/lfw.csv, columns path, identity, role (../shared/data/README.md)
 
-    roles: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+
+@dataclasses.dataclass(frozen=True)
+class LfwPhoto:
+    """One row of lfw.csv."""
+
+    identity: str
+    file: str  # the photo relative to the data folder, as lfw.csv writes it
+    role: str  # probe (12 identities, all their photos), multi (≥ 5 photos, up to 10) or distractor (one each)
+    path: Path  # the data folder / file
+
+
+def read_lfw(data: Path, role: str | None = None) -> list[LfwPhoto]:
+    """The rows of <data>/lfw.csv in the file's order: all of them, or those of one role."""
     with open(data / "lfw.csv", newline="") as stream:
-        for row in csv.DictReader(stream):
-            roles[row["role"]].append((row["identity"], data / row["path"]))
-    return roles
+        return [LfwPhoto(row["identity"], row["path"], row["role"], data / row["path"])
+                for row in csv.DictReader(stream) if role is None or row["role"] == role]
+
+
+def lfw_identities(data: Path, role: str) -> dict[str, list[Path]]:
+    """identity → its photos of one role, both sorted by name."""
+    photos: dict[str, list[Path]] = defaultdict(list)
+    for photo in read_lfw(data, role):
+        photos[photo.identity].append(photo.path)
+    return {identity: sorted(paths) for identity, paths in sorted(photos.items())}
+
+
+def lfw_faces(data: Path, count: int) -> list[Path]:
+    """The first photo of each of the first `count` `multi` identities (sorted by name)."""
+    return [photos[0] for photos in lfw_identities(data, "multi").values()][:count]
+
+
+def lfw_split(data: Path, gallery_size: int) -> tuple[dict[str, list[Path]], list[tuple[str, Path]]]:
+    """Table 2's sets: the probe identities' photos, and the first `gallery_size` distractors as
+    (identity, photo)."""
+    gallery = [(photo.identity, photo.path) for photo in read_lfw(data, "distractor")[:gallery_size]]
+    return lfw_identities(data, "probe"), gallery
+
+
+# ------------------------------------------------------------------------------------------------
+# Settings options: one per AttackSettings field, so that the benchmarks take what avp's settings are
+
+
+# attack_settings's stop bars beside the fields: a negative value keeps the recipe's bar.
+BARS = {"max_lowpass_correlation": "stop bar on |low-pass correlation| of x′ and x",
+        "max_feature_distance": "stop bar on the feature distance (replaces the recipe's)"}
+
+
+def _field_help() -> dict[str, str]:
+    """Each AttackSettings field's first sentence in the class's docstring ("name: meaning. ...")."""
+    meanings: dict[str, str] = {}
+    names: list[str] = []
+    for line in (inspect.getdoc(AttackSettings) or "").splitlines():
+        head, colon, rest = line.partition(": ")
+        if colon and not line.startswith(" ") and all(name.strip().isidentifier() for name in head.split(",")):
+            names = [name.strip() for name in head.split(",")]
+            for name in names:
+                meanings[name] = rest
+        elif names and line.startswith(" "):
+            for name in names:
+                meanings[name] += " " + line.strip()
+        else:
+            names = []
+    return {name: re.split(r"\. (?=[A-Z])", meaning)[0].rstrip(".") for name, meaning in meanings.items()}
+
+
+def _bar(value: str) -> float | None:
+    number = float(value)
+    return number if number >= 0 else None
+
+
+def add_settings_options(parser: argparse.ArgumentParser, only: Iterable[str] | None = None,
+                         aliases: Mapping[str, str] | None = None, defaults: Mapping[str, Any] | None = None) -> None:
+    """Add an option for each AttackSettings field of a plain type (--key-weight for key_weight, ...) and
+    for attack_settings's stop bars (--max-lowpass-correlation, --max-feature-distance).
+
+    Each defaults to None, which keeps the recipe's value (the target's: attack_settings), unless
+    `defaults` gives the benchmark's own. only: these names alone. aliases: option → name, another
+    spelling a benchmark has taken (e.g. {"--init": "initialization"}). settings_overrides reads them back.
+    """
+    hints = typing.get_type_hints(AttackSettings)
+    meanings = _field_help()
+    choices: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for field in dataclasses.fields(AttackSettings):
+        kind = hints[field.name]
+        if kind in (int, float):
+            choices[field.name] = (meanings.get(field.name), {"type": kind})
+        elif kind is bool:
+            choices[field.name] = (meanings.get(field.name), {"action": argparse.BooleanOptionalAction})
+        elif typing.get_origin(kind) is typing.Literal:
+            choices[field.name] = (meanings.get(field.name), {"choices": typing.get_args(kind)})
+    for name, meaning in BARS.items():
+        choices[name] = (meaning + "; a negative value keeps the recipe's", {"type": _bar})
+    wanted = list(choices) if only is None else list(only)
+    unknown = set(wanted) - set(choices)
+    if unknown:
+        raise ValueError(f"no settings option for {', '.join(sorted(unknown))}")
+    spellings: dict[str, list[str]] = defaultdict(list)
+    for option, name in (aliases or {}).items():
+        spellings[name].append(option)
+    defaults = defaults or {}
+    for name in wanted:
+        meaning, how = choices[name]
+        default = defaults.get(name)
+        shown = "the recipe's" if default is None else str(default)
+        help_text = f"{meaning or 'AttackSettings.' + name} (default: {shown})".replace("%", "%%")
+        parser.add_argument(f"--{name.replace('_', '-')}", *spellings.pop(name, []), dest=name, default=default,
+                            help=help_text, **how)
+    if spellings:
+        raise ValueError(f"aliases of options not added: {', '.join(sorted(spellings))}")
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings options in `args` (add_settings_options) as overrides for attack_settings(...) or
+    Encryptor(...): {name: value}, None where the recipe's value stays."""
+    names = [field.name for field in dataclasses.fields(AttackSettings)] + list(BARS)
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Keys
+
+
+def cached_key(path: Path, preset: str | KeyPreset, seed: int | None = None, *, steps: int | None = None,
+               device: str = "cpu", before_training: Callable[[], None] = lambda: None) -> Key | None:
+    """Make sure a key of `preset` and `seed` (None: a fresh secret seed) lies at `path`: trained
+    (Key.train, save_key) only when no file is there, so that a rerun reuses it.
+
+    Returns the key when this call trained it (`seconds`: its training time), None when the file was
+    there. before_training runs just before a training starts (to say so).
+    """
+    if path.exists():
+        return None
+    before_training()
+    trained = Key.train(preset, seed, steps=steps, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_key(trained, path)
+    return trained
+
+
+# ------------------------------------------------------------------------------------------------
+# Encryption and the naive loop
 
 
 def encrypt_and_measure(encryptor: Encryptor, images: list[torch.Tensor], names: list[str],

@@ -1,6 +1,6 @@
 """Encrypt CIFAR-10 test images against a real CIFAR-10 classifier and report whether the class survives.
 
-    python benchmarks/encrypt_cifar.py --key K.safetensors [--images 200] [--target cifar-resnet20]
+    python -m benchmarks.encrypt_cifar --key K.safetensors [--images 200] [--target cifar-resnet20]
                                        [--weights PATH] [--threads 2] [--batch-size 50]
 
 Images: the first images/10 PNGs (sorted) of each class folder of ../shared/data/cifar10 (or
@@ -21,19 +21,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from avpcli import __version__  # noqa: E402
-from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
-from avpcli.images import load_rgb, to_tensor  # noqa: E402
-from avpcli.key import load_key  # noqa: E402
-from avpcli.metrics import (bandpass_correlation, colour_mean_correlation, edge_correlation,  # noqa: E402
-                            lowpass_correlation)
-from benchmarks.common import data_folder, encrypt_and_measure  # noqa: E402
-
-# The options' defaults: the settings `avp encrypt` takes for classifiers.
-CLASSIFIER_DEFAULTS = attack_settings("classifier")
+from avpcli import Encryptor, __version__, load_key
+from avpcli.images import load_rgb, to_tensor
+from avpcli.metrics import bandpass_correlation, colour_mean_correlation, edge_correlation, lowpass_correlation
+from benchmarks.common import add_settings_options, data_folder, encrypt_and_measure, settings_overrides
 
 
 def cifar_images(count: int) -> tuple[list[Path], list[int], list[str]]:
@@ -60,11 +51,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--iterations", type=int, default=CLASSIFIER_DEFAULTS.iterations)
-    parser.add_argument("--key-weight", type=float, default=CLASSIFIER_DEFAULTS.key_weight)
-    parser.add_argument("--key-ssim-weight", type=float, default=CLASSIFIER_DEFAULTS.key_ssim_weight)
-    parser.add_argument("--momentum", type=float, default=CLASSIFIER_DEFAULTS.momentum)
-    parser.add_argument("--leak-weight", type=float, default=CLASSIFIER_DEFAULTS.leak_weight)
+    # avp's settings; each defaults to the target's recipe (CLASSIFIER_SETTINGS, as `avp encrypt` has it).
+    add_settings_options(parser)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="model forwards, as avp encrypt's --precision")
     args = parser.parse_args()
@@ -75,9 +63,7 @@ def main() -> None:
     workspace = Path(tempfile.mkdtemp(prefix="avp-bench-cifar-"))
     key = load_key(args.key)
     encryptor = Encryptor(args.target, key, weights=args.weights or default_weights(args.target), device="cpu",
-                          precision=args.precision, batch_size=args.batch_size, iterations=args.iterations,
-                          key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
-                          leak_weight=args.leak_weight, momentum=args.momentum)
+                          precision=args.precision, batch_size=args.batch_size, **settings_overrides(args))
     settings, target = encryptor.settings, encryptor.target
     files, labels, classes = cifar_images(args.images)
     images = [to_tensor(load_rgb(path)) for path in files]

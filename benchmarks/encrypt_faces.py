@@ -1,6 +1,6 @@
 """Encrypt LFW faces against a face target on this machine and report quality and speed.
 
-    python benchmarks/encrypt_faces.py --key K.safetensors [--faces 20] [--target dlib] [--threads 2]
+    python -m benchmarks.encrypt_faces --key K.safetensors [--faces 20] [--target dlib] [--threads 2]
                                        [--batch-size 1] [--naive-faces 3] [--iterations 800]
 
 Faces: the first photo of the first N identities marked `multi` in ../shared/data/lfw.csv (or
@@ -21,7 +21,6 @@ of median seconds per face is the speed-up. Without --key a default-preset key i
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import tempfile
@@ -32,35 +31,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from avpcli import Encryptor, StopCriteria, __version__, attack_settings, load_key, load_target
+from avpcli.align import align_faces
+from avpcli.engine import quantize
+from avpcli.evaluate import blur_reveal
+from avpcli.images import load_rgb, to_tensor
+from avpcli.key import KeyModel
+from avpcli.metrics import bandpass_correlation, colour_mean_correlation, edge_correlation, ssim
+from avpcli.report import sheet_picture
+from benchmarks.common import (add_settings_options, cached_key, data_folder, encrypt_and_measure, lfw_faces,
+                               print_speedup, settings_overrides, time_naive_loop)
 
-from avpcli import __version__  # noqa: E402
-from benchmarks.common import (data_folder, encrypt_and_measure, print_speedup,  # noqa: E402
-                               time_naive_loop)
-from avpcli.align import align_faces  # noqa: E402
-from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
-from avpcli.engine import StopCriteria, quantize  # noqa: E402
-from avpcli.evaluate import blur_reveal  # noqa: E402
-from avpcli.report import sheet_picture  # noqa: E402
-from avpcli.images import load_rgb, to_tensor  # noqa: E402
-from avpcli.key import KeyModel, load_key, save_key, train_key  # noqa: E402
-from avpcli.metrics import bandpass_correlation, colour_mean_correlation, edge_correlation, ssim  # noqa: E402
-from avpcli.targets import load_target  # noqa: E402
-
-# The options' defaults: the tuned recipe for face (embedding) targets, as `avp encrypt` has them.
-FACE_DEFAULTS = attack_settings("embedding")
 # The research code's settings: its fixed K is the naive loop's.
 RESEARCH_DEFAULTS = attack_settings("embedding", "research")
-
-
-def lfw_faces(count: int) -> list[Path]:
-    seen: dict[str, Path] = {}
-    with open(data_folder() / "lfw.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["role"] == "multi" and row["identity"] not in seen:
-                seen[row["identity"]] = data_folder() / row["path"]
-    return [seen[name] for name in sorted(seen)][:count]
 
 
 def real_dlib_distances(originals: list[np.ndarray], encrypted: list[np.ndarray]) -> list[float] | None:
@@ -114,23 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--faces", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--iterations", type=int, default=FACE_DEFAULTS.iterations)
-    parser.add_argument("--key-weight", type=float, default=FACE_DEFAULTS.key_weight)
-    parser.add_argument("--key-ssim-weight", type=float, default=FACE_DEFAULTS.key_ssim_weight)
-    parser.add_argument("--variance-weight", type=float, default=FACE_DEFAULTS.variance_weight)
-    parser.add_argument("--leak-weight", type=float, default=FACE_DEFAULTS.leak_weight)
-    parser.add_argument("--init", choices=["preimage", "noise", "original"], default=FACE_DEFAULTS.initialization)
-    parser.add_argument("--hold-colour", action=argparse.BooleanOptionalAction, default=FACE_DEFAULTS.hold_colour)
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N faces (faces the settings were not tuned on)")
     parser.add_argument("--other-key", type=Path, help="a key of another seed: decrypt every ciphertext with it, and with "
                         "this key's G behind the other key's scramble")
-    parser.add_argument("--lowpass-bar", type=float, default=FACE_DEFAULTS.stop.max_lowpass_correlation,
-                        help="stop bar on |low-pass correlation|; a negative value turns it off")
-    parser.add_argument("--step-size", type=float, default=FACE_DEFAULTS.step_size)
-    parser.add_argument("--momentum", type=float, default=FACE_DEFAULTS.momentum)
-    parser.add_argument("--check-every", type=int, default=FACE_DEFAULTS.check_every)
-    parser.add_argument("--start-side-weight", type=float,
-                        help="the start-side term's weight (default: the target's, engine.stopping_past_the_original)")
+    # avp's settings; each defaults to the target's recipe (the tuned one for faces, as `avp encrypt` has it).
+    add_settings_options(parser, aliases={"--init": "initialization", "--lowpass-bar": "max_lowpass_correlation"})
     parser.add_argument("--sheet", type=Path, help="write original | encrypted | blurred+stretched | decrypted here")
     parser.add_argument("--sheet-rows", type=int, help="only the first N faces on the sheet (default: all)")
     parser.add_argument("--naive-iterations", type=int, default=RESEARCH_DEFAULTS.iterations,
@@ -148,35 +119,29 @@ def run(args: argparse.Namespace, emit: Callable[[str], None] = print) -> FacesR
 
     key_path = args.key
     if key_path is None:
-        print("training a default-preset key (seed 1)...", file=sys.stderr)
-        trained = train_key("default", seed=1)
         key_path = workspace / "key.safetensors"
-        save_key(trained, key_path)
+        trained = cached_key(key_path, "default", seed=1, before_training=lambda: print(
+            "training a default-preset key (seed 1)...", file=sys.stderr))
         print(f"key training: {trained.seconds:.0f} s", file=sys.stderr)
     key = load_key(key_path)
-    # A negative --lowpass-bar gives None, which keeps the recipe's bar: none for faces.
-    lowpass_bar = args.lowpass_bar if args.lowpass_bar is not None and args.lowpass_bar >= 0 else None
-    encryptor = Encryptor(
-        args.target, key, weights=args.weights, device="cpu", precision=args.precision, batch_size=args.batch_size,
-        iterations=args.iterations, key_weight=args.key_weight, key_ssim_weight=args.key_ssim_weight,
-        step_size=args.step_size, momentum=args.momentum, variance_weight=args.variance_weight,
-        leak_weight=args.leak_weight, initialization=args.init, hold_colour=args.hold_colour,
-        check_every=args.check_every, max_lowpass_correlation=lowpass_bar, start_side_weight=args.start_side_weight)
+    overrides = settings_overrides(args)
+    encryptor = Encryptor(args.target, key, weights=args.weights, device="cpu", precision=args.precision,
+                          batch_size=args.batch_size, **overrides)
     spec, settings = encryptor.spec, encryptor.settings
     bars = settings.stop
 
-    files = lfw_faces(args.skip + args.faces)[args.skip:]
+    files = lfw_faces(data_folder(), args.skip + args.faces)[args.skip:]
     chips = [to_tensor(align_faces(load_rgb(path), spec.alignment)[0].image) for path in files]
     emit(f"avp {__version__}; target {args.target}; key {key.metadata.get('preset')} preset "
          f"(ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, {key.metadata.get('steps')} steps, "
          f"seed {key.metadata.get('seed')}, scramble {key.metadata.get('scramble', 'none')}); "
          f"torch {torch.__version__}, {args.threads} threads, CPU; {len(files)} LFW faces aligned by avp "
          f"(identities {args.skip + 1}-{args.skip + len(files)} of lfw.csv's 'multi'); batch {args.batch_size}; "
-         f"K={args.iterations}, start {settings.initialization}, step {args.step_size}, momentum {settings.momentum}, "
-         f"mu {args.key_weight}, key SSIM weight {settings.key_ssim_weight}, lambda {settings.variance_weight}, "
+         f"K={settings.iterations}, start {settings.initialization}, step {settings.step_size}, momentum {settings.momentum}, "
+         f"mu {settings.key_weight}, key SSIM weight {settings.key_ssim_weight}, lambda {settings.variance_weight}, "
          f"leak weight {settings.leak_weight}, colour held {settings.hold_colour}, start-side weight {settings.start_side_weight:g}, "
-         f"check every {args.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
-         f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {lowpass_bar}, "
+         f"check every {settings.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
+         f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {overrides['max_lowpass_correlation']}, "
          f"start side ≤ {bars.max_start_side}; "
          f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")
 

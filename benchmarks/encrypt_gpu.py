@@ -2,9 +2,9 @@
 against the naive research-style loop in the same run.
 
     # on any machine with ../shared/data: align LFW faces to ArcFace's 112×112 template, once
-    python benchmarks/encrypt_gpu.py --save-chips CHIPS --faces 256
+    python -m benchmarks.encrypt_gpu --save-chips CHIPS --faces 256
     # on the GPU machine (no facenet-pytorch or LFW needed there, only the chips)
-    python benchmarks/encrypt_gpu.py --chips CHIPS [--batch-size 128] [--precision bf16] [--compile]
+    python -m benchmarks.encrypt_gpu --chips CHIPS [--batch-size 128] [--precision bf16] [--compile]
                                      [--key K | --key-steps 3000] [--naive-faces 2] [--iterations 800]
 
 Target: the iresnet50 architecture of arcface_torch under avp's `arcface` spec (RGB, (x − 0.5)/0.5,
@@ -37,33 +37,23 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from avpcli import Encryptor, StopCriteria, __version__, attack_settings, get_spec, load_key
+from avpcli.align import align_faces
+from avpcli.images import load_rgb, read_png, save_png, to_tensor
+from avpcli.targets import TargetModel
+from avpcli.targets.iresnet import IResNet
+from benchmarks.common import (add_settings_options, cached_key, data_folder, encrypt_and_measure, lfw_faces,
+                               print_speedup, settings_overrides, time_naive_loop)
 
-from avpcli import __version__  # noqa: E402
-from benchmarks.common import encrypt_and_measure, print_speedup, time_naive_loop  # noqa: E402
-from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
-from avpcli.engine import StopCriteria  # noqa: E402
-from avpcli.images import read_png, save_png  # noqa: E402
-from avpcli.key import load_key, save_key, train_key  # noqa: E402
-from avpcli.targets import TargetModel, get_spec  # noqa: E402
-from avpcli.targets.iresnet import IResNet  # noqa: E402
-
-# The options' defaults: the tuned recipe for face (embedding) targets, as `avp encrypt` has them.
-FACE_DEFAULTS = attack_settings("embedding")
 # The research code's settings: its fixed K is the naive loop's.
 RESEARCH_DEFAULTS = attack_settings("embedding", "research")
 
 
 def save_chips(folder: Path, count: int) -> None:
     """Align the first `count` LFW benchmark faces to the arcface template and save them as PNGs."""
-    from benchmarks.encrypt_faces import lfw_faces
-    from avpcli.align import align_faces
-    from avpcli.images import load_rgb, to_tensor
-
     folder.mkdir(parents=True, exist_ok=True)
     template = get_spec("arcface").alignment
-    faces = lfw_faces(count)
+    faces = lfw_faces(data_folder(), count)
     for path in faces:
         save_png(to_tensor(align_faces(load_rgb(path), template)[0].image), folder / (path.stem + ".png"))
     print(f"{len(faces)} chips written to {folder}")
@@ -110,8 +100,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--iterations", type=int, default=FACE_DEFAULTS.iterations)
-    parser.add_argument("--momentum", type=float, default=FACE_DEFAULTS.momentum)
+    # avp's settings; each defaults to the target's recipe (the tuned one for faces, as `avp encrypt` has it).
+    add_settings_options(parser)
     parser.add_argument("--naive-iterations", type=int, default=RESEARCH_DEFAULTS.iterations,
                         help="the naive loop's fixed K (the research code's 800)")
     parser.add_argument("--naive-faces", type=int, default=2)
@@ -135,19 +125,18 @@ def main() -> None:
     key_path = args.key
     if key_path is None:
         began = time.perf_counter()
-        trained = train_key("paper", seed=1, steps=args.key_steps, device=device)
         key_path = workspace / "paper-key.safetensors"
-        save_key(trained, key_path)
+        cached_key(key_path, "paper", seed=1, steps=args.key_steps, device=device)
         print(f"paper-size key trained for {args.key_steps} steps in {time.perf_counter() - began:.0f} s")
     target = iresnet50_target(chips, device)
-    settings = attack_settings(target.spec.loss, iterations=args.iterations, momentum=args.momentum,
-                               stop_past_original=target.spec.stop_past_original)
+    settings = attack_settings(target.spec.loss, stop_past_original=target.spec.stop_past_original,
+                               **settings_overrides(args))
     key = load_key(key_path, device=device)
     print(f"avp {__version__}; torch {torch.__version__}; GPU {gpu}; {len(chips)} LFW faces "
           f"aligned to 112×112; target iresnet50 (random weights, arcface spec); key {key.metadata.get('preset')} "
           f"preset (ngf {key.metadata.get('ngf')}, {key.metadata.get('blocks')} blocks, "
           f"{key.metadata.get('steps')} steps); batch {args.batch_size}; precision {args.precision}; "
-          f"compile {args.compile}; K={args.iterations}; momentum {settings.momentum}; start {settings.initialization}; μ {settings.key_weight}, key SSIM weight "
+          f"compile {args.compile}; K={settings.iterations}; momentum {settings.momentum}; start {settings.initialization}; μ {settings.key_weight}, key SSIM weight "
           f"{settings.key_ssim_weight}, λ {settings.variance_weight}, leak weight {settings.leak_weight}; "
           f"check every {settings.check_every}")
 

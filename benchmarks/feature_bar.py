@@ -1,7 +1,7 @@
 """Table 2's AVP-ONE against the feature bar: how far an encrypted gallery image may sit from its
 original in the target's feature space, and what that does to nearest-neighbour identification.
 
-    python benchmarks/feature_bar.py --key KEY [--target dlib] [--bars 0.10,0.03] [--gallery 1000]
+    python -m benchmarks.feature_bar --key KEY [--target dlib] [--bars 0.10,0.03] [--gallery 1000]
                                      [--turns 30] [--work DIR]
 
 The protocol of `avp evaluate identification` (report.identification_report) with a plain gallery:
@@ -24,12 +24,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from avpcli import Encryptor, Key, report  # noqa: E402
-from benchmarks.common import data_folder  # noqa: E402
-from benchmarks.results import FACE_WEIGHTS, events, lfw_split  # noqa: E402
+from avpcli import Encryptor, Key, report
+from benchmarks.common import FACE_WEIGHTS, data_folder, events, lfw_split
 
 
 def main() -> None:

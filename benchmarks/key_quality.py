@@ -1,7 +1,7 @@
 """Train a key on CPU and measure how well it reproduces LFW faces (and CIFAR-10 test images, where
 present): SSIM(G(x), x) and colour error.
 
-    python benchmarks/key_quality.py [--steps N] [--threads N] [--preset default] [--seed 1]
+    python -m benchmarks.key_quality [--steps N] [--threads N] [--preset default] [--seed 1]
 
 Faces: the first image of every 50th identity in sorted order of ../shared/data/lfw (or $AVP_DATA/lfw),
 centre 150×150 crop of the 250×250 deep-funneled JPEG; the 112×112 variant resizes that crop
@@ -23,15 +23,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from avpcli import __version__  # noqa: E402
-from avpcli.images import load_rgb, to_tensor  # noqa: E402
-from benchmarks.common import data_folder  # noqa: E402
-from benchmarks.encrypt_cifar import cifar_images  # noqa: E402
-from avpcli.key import KEY_PRESETS, count_parameters, load_key, resolve_preset, save_key, train_key  # noqa: E402
-from avpcli.metrics import colour_error, mean_absolute_error, ssim  # noqa: E402
+from avpcli import KEY_PRESETS, __version__, load_key, save_key, train_key
+from avpcli.images import load_rgb, to_tensor
+from avpcli.metrics import colour_error, mean_absolute_error, ssim
+from benchmarks.common import data_folder
+from benchmarks.encrypt_cifar import cifar_images
 
 FACES = 24
 EVERY = 50
@@ -94,7 +90,7 @@ def main() -> int:
         generator, metadata, seconds, steps = loaded.generator, loaded.metadata, 0.0, int(loaded.metadata["steps"])
         preset_label = metadata["preset"]
     else:
-        _, preset = resolve_preset(args.preset)
+        preset = KEY_PRESETS[args.preset]
         overrides = {knob: value for knob in ("ngf", "blocks", "norm", "batch_size", "crop_size", "learning_rate",
                                               "warmup_steps", "ssim_weight")
                      if (value := getattr(args, knob)) is not None}
@@ -118,7 +114,7 @@ def main() -> int:
     print(f"avp {__version__} key quality, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
           f"{args.threads} thread(s)")
     print(f"preset {preset_label}: ngf {metadata['ngf']}, blocks {metadata['blocks']}, norm {metadata['norm']}, "
-          f"params {count_parameters(generator):,}, steps {steps}, seed {metadata['seed']}, "
+          f"params {sum(parameter.numel() for parameter in generator.parameters()):,}, steps {steps}, seed {metadata['seed']}, "
           f"data {metadata['training_data']}")
     if args.key is None:
         print(f"training wall time {seconds:.0f} s ({seconds / steps:.3f} s/step)")

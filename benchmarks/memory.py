@@ -1,4 +1,4 @@
-"""Memory over the size of a run: the peak RSS of a real folder run (`Encryptor.encrypt_folder`) on
+"""Memory over the size of a run: the peak RSS of a real folder run (`avpcli.encrypt_folder`) on
 1,000 and on 10,000 images, each in a fresh process.
 
     python -m benchmarks.memory [--counts 1000,10000] [--target tiny-classifier] [--batch-size 8]
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -38,8 +37,6 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 # The bar: a run 10× as long may take at most this much more peak memory.
 ALLOWED_GROWTH = 0.10
 SIZE = 32
@@ -59,11 +56,11 @@ def write_random_images(folder: Path, count: int, seed: int = 0) -> Path:
 
 def tiny_key(path: Path) -> Path:
     """The tests' tiny key (tests/conftest.py): enough to run every code path, trained in a second."""
-    from avpcli.key import Key, KeyPreset
+    from avpcli import KeyPreset
+    from benchmarks.common import cached_key  # torch and avp load only where a run needs them
 
-    if not path.exists():
-        preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=SIZE, learning_rate=1e-3)
-        Key.train(preset, seed=1).save(path)
+    preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=SIZE, learning_rate=1e-3)
+    cached_key(path, preset, seed=1)
     return path
 
 
@@ -79,7 +76,7 @@ def child(args: argparse.Namespace) -> None:
     """One run in this fresh process; its figures as one JSON line on stdout."""
     import torch
 
-    from avpcli.encryptor import Encryptor
+    from avpcli import Encryptor, encrypt_folder
 
     torch.set_num_threads(args.threads)
     encryptor = Encryptor(args.target, args.key, device="cpu", batch_size=args.batch_size, iterations=1)
@@ -96,7 +93,7 @@ def child(args: argparse.Namespace) -> None:
 
     before = kib_in_status("VmRSS")
     began = time.perf_counter()
-    manifest = encryptor.encrypt_folder(args.inputs, args.output, on_event, noise_seed=0)
+    manifest = encrypt_folder(encryptor, args.inputs, args.output, on_event, noise_seed=0)
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     done = sum(entry.get("status") == "ok" for entry in manifest.files)
@@ -142,10 +139,10 @@ def run_child(work: Path, count: int, args: argparse.Namespace, profile: bool = 
                "--target", args.target, "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     if profile:
         command += ["--profile", "1"]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     # A fresh output folder: a rerun must encrypt every file again, not resume.
     shutil.rmtree(output, ignore_errors=True)
-    finished = subprocess.run(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, text=True, check=True)
+    # From the repository's root, `-m benchmarks.memory` finds the benchmarks package.
+    finished = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 

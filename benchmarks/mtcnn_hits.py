@@ -1,6 +1,6 @@
 """Where MTCNN finds "faces" in filtered ciphertexts, beside two controls that hold nothing of the face.
 
-    python benchmarks/mtcnn_hits.py --key KEY [--target dlib] [--faces 50]
+    python -m benchmarks.mtcnn_hits --key KEY [--target dlib] [--faces 50]
 
 The faces of benchmarks/privacy.py (the first image of LFW's first N `multi` identities), encrypted
 with avp's defaults; every filter of `avp evaluate privacy` (evaluate.REVEAL_FILTERS) is applied to
@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from avpcli import Encryptor, Key
+from avpcli.align import detect_faces
+from avpcli.engine import quantize
+from avpcli.evaluate import AT_FACE_IOU, REVEAL_FILTERS, box_iou
+from avpcli.images import to_pil
+from benchmarks.common import data_folder, lfw_identities
 
-from avpcli import Encryptor, Key  # noqa: E402
-from avpcli.align import detect_faces  # noqa: E402
-from avpcli.engine import quantize  # noqa: E402
-from avpcli.evaluate import AT_FACE_IOU, REVEAL_FILTERS, box_iou  # noqa: E402
-from avpcli.images import to_pil  # noqa: E402
-from avpcli.key import KeyModel  # noqa: E402
-from benchmarks.common import data_folder, lfw_by_role  # noqa: E402
+if TYPE_CHECKING:
+    from avpcli.key import KeyModel
 
 # The three sets each filter is applied to, in the order they are printed.
 SETS = ("ciphertexts", "preimages", "uniform noise")
@@ -121,12 +118,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("AVP_THREADS", "2")))
 
-    multi: dict[str, list[Path]] = defaultdict(list)
-    for identity, path in lfw_by_role(data_folder())["multi"]:
-        multi[identity].append(path)
-    chosen = sorted(multi)[:args.faces]
+    multi = lfw_identities(data_folder(), "multi")
+    chosen = list(multi)[:args.faces]
     key = Key.load(args.key)
-    ciphertexts = Encryptor(args.target, key, device="cpu").encrypt([sorted(multi[name])[0] for name in chosen])
+    ciphertexts = Encryptor(args.target, key, device="cpu").encrypt([multi[name][0] for name in chosen])
     originals = torch.stack([ciphertext.original for ciphertext in ciphertexts])
     encrypted = torch.stack([ciphertext.image for ciphertext in ciphertexts])  # as read back from the PNG
     print(f"{args.target}; key {Path(args.key).name}; {len(chosen)} LFW faces; MTCNN (facenet-pytorch)\n")

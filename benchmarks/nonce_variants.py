@@ -1,6 +1,6 @@
 """What the per-image scramble's nonce costs the attack, part by part (docs/BENCHMARKS.md).
 
-    python benchmarks/nonce_variants.py --key KEY [--variants full,nofill,nopin,nofill-nopin] [--faces 20]
+    python -m benchmarks.nonce_variants --key KEY [--variants full,nofill,nopin,nofill-nopin] [--faces 20]
 
 Runs benchmarks/encrypt_faces.py's faces (dlib, batch 1, no naive loop) once per variant, with every
 image given one fixed nonce, so that all images share one plan as with a per-size key and only the
@@ -26,7 +26,6 @@ VARIANTS = ("full", "nofill", "nopin", "nofill-nopin")
 
 def run_variant(key: str, variant: str, faces: int, threads: int) -> None:
     """Patch the scramble for `variant` in this process and run encrypt_faces.py's benchmark."""
-    sys.path.insert(0, str(REPO))
     from avpcli import scramble
     from benchmarks import encrypt_faces
 
@@ -56,8 +55,9 @@ def main() -> None:
         if variant not in VARIANTS:
             sys.exit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         print(variant, flush=True)
-        subprocess.run([sys.executable, __file__, "--key", args.key, "--one", variant, "--faces", str(args.faces),
-                        "--threads", str(args.threads)], check=True, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "benchmarks.nonce_variants", "--key", args.key, "--one", variant,
+                        "--faces", str(args.faces), "--threads", str(args.threads)],
+                       cwd=REPO, check=True, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ other seeds (--other-key decrypting key-A ciphertexts). Everything lands under -
 JSON, markdown and pictures in <out>/<target>/, the summary in <out>/privacy-<target>.md; ciphertexts
 live under --work (default <out>/work) and a rerun reuses them.
 
-Run: python benchmarks/privacy.py --key K --other-key K2 --faces 50 --target dlib --out DIR
+Run: python -m benchmarks.privacy --key K --other-key K2 --faces 50 --target dlib --out DIR
      [--pairs 1,2,5,10,20] [--gallery-size 1200] [--gallery-others 1] [--iterations N] [--device cpu] [--data PATH]
 Threads: $AVP_THREADS (default 2).
 """
@@ -28,18 +28,16 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from avpcli import Encryptor, load_key, load_target, report
+from benchmarks.common import (FACE_WEIGHTS, add_settings_options, data_folder, events, lfw_identities, log,
+                               read_lfw, settings_overrides)
 
-from avpcli import report  # noqa: E402
-from avpcli.encryptor import Encryptor  # noqa: E402
-from avpcli.key import KeyModel, load_key  # noqa: E402
-from avpcli.targets import load_target  # noqa: E402
-from benchmarks.common import data_folder, lfw_by_role  # noqa: E402
-from benchmarks.results import FACE_WEIGHTS, events, log  # noqa: E402
+if TYPE_CHECKING:
+    from avpcli.key import KeyModel
 
 # Where the shared data keeps each face model's weights (None: the model finds its own).
 WEIGHTS = {**FACE_WEIGHTS, "mobilefacenet-foamliu": "weights/mobilefacenet_foamliu/mobilefacenet.pt"}
@@ -48,20 +46,17 @@ WEIGHTS = {**FACE_WEIGHTS, "mobilefacenet-foamliu": "weights/mobilefacenet_foaml
 def lfw_selection(data: Path, faces: int, gallery_size: int,
                   others: int) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """The faces to encrypt (relative name → photo) and the gallery (identity → photos)."""
-    roles = lfw_by_role(data)
-    multi: dict[str, list[Path]] = defaultdict(list)
-    for identity, path in roles["multi"]:
-        multi[identity].append(path)
-    chosen = sorted(multi)[:faces]
+    multi = lfw_identities(data, "multi")
+    chosen = list(multi)[:faces]
     if len(chosen) < faces:
         sys.exit(f"lfw.csv has only {len(chosen)} `multi` identities; lower --faces")
     selection, gallery = {}, defaultdict(list)
     for identity in chosen:
-        first, *rest = sorted(multi[identity])
+        first, *rest = multi[identity]
         selection[f"{identity}/{first.name}"] = first
         gallery[identity] += rest[:others] if others else rest
-    for identity, path in roles["distractor"][:gallery_size]:
-        gallery[identity].append(path)
+    for photo in read_lfw(data, "distractor")[:gallery_size]:
+        gallery[photo.identity].append(photo.path)
     return selection, gallery
 
 
@@ -112,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gallery-others", type=int, default=1,
                         help="other photos of each encrypted face's identity in the gallery (0: all). The default 1 "
                              "matches the distractors' one photo each, so that chance is 1/identities for every identity")
-    parser.add_argument("--iterations", type=int, help="most attack steps per image (default: avp encrypt's)")
+    add_settings_options(parser, only=["iterations"])
     parser.add_argument("--out", required=True, help="folder for the summary and the reports")
     parser.add_argument("--work", help="ciphertexts and the gallery's links (default: <out>/work)")
     parser.add_argument("--device", default="cpu")
@@ -139,7 +134,7 @@ def run(argv: list[str]) -> PrivacyRun:
     selection, gallery = lfw_selection(data, args.faces, args.gallery_size, args.gallery_others)
     # `avp evaluate`'s encryptor: the tuned recipe, precision auto, at most --iterations steps.
     encryptor = Encryptor(args.target, Path(args.key), weights=weights(args.target), device=args.device,
-                          iterations=args.iterations)
+                          **settings_overrides(args))
     began = time.perf_counter()
     pairs = report.encrypt_selection(selection, work / args.target, encryptor, events(args.target))
     timings.append(f"encryption of {len(pairs.names)} faces: {time.perf_counter() - began:.0f} s")
@@ -177,7 +172,7 @@ def run(argv: list[str]) -> PrivacyRun:
     written = cross.write(reports)
     sections.append(section(written, "Keys of other seeds", cross.markdown))
 
-    command = "python benchmarks/privacy.py " + shlex.join(argv)
+    command = "python -m benchmarks.privacy " + shlex.join(argv)
     summary = out / f"privacy-{args.target}.md"
     summary.write_text(
         f"# Privacy of avp's ciphertexts: {args.target}\n\n"

@@ -6,13 +6,12 @@ avpcli.align (MTCNN, the face nearest the photo centre) to each target's templat
 by a fixed centre crop for comparison. Accuracy is the standard LFW 10-fold protocol: the cosine
 threshold is chosen on 9 folds and applied to the 10th; mean and standard deviation over the folds.
 
-Run: python benchmarks/real_weights_accuracy.py [--pairs 600] [--data PATH]
+Run: python -m benchmarks.real_weights_accuracy [--pairs 600] [--data PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import random
 import sys
@@ -24,13 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from avpcli.errors import NoFaceError  # noqa: E402
-from avpcli.images import to_tensor  # noqa: E402
-from avpcli.targets import load_target  # noqa: E402
-from benchmarks.common import data_folder  # noqa: E402
+from avpcli import NoFaceError, load_target
+from avpcli.images import to_tensor
+from benchmarks.common import data_folder, read_lfw
 
 FACE_TARGETS = {
     "mobilefacenet": "weights/mobilefacenet_xiaoccer/068.ckpt",
@@ -42,9 +37,8 @@ CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 
 def build_pairs(data: Path, count: int, seed: int = 0) -> list[tuple[str, str, bool]]:
     by_identity: dict[str, list[str]] = defaultdict(list)
-    with open(data / "lfw.csv", newline="") as stream:
-        for row in csv.DictReader(stream):
-            by_identity[row["identity"]].append(row["path"])
+    for photo in read_lfw(data):
+        by_identity[photo.identity].append(photo.file)
     rng = random.Random(seed)
     multi = {name: sorted(paths) for name, paths in by_identity.items() if len(paths) >= 2}
     positives = [(a, b, True) for paths in multi.values() for a, b in itertools.combinations(paths, 2)]

@@ -10,7 +10,7 @@ CIFAR-10: --cifar-per-class test images per class, with --cifar-key (a `small`-p
 
 Everything is resumable: ciphertexts and keys live under --work and a rerun reuses them.
 
-Run: python benchmarks/results.py [--key PATH] [--other-key PATH] [--faces-targets dlib,mobilefacenet]
+Run: python -m benchmarks.results [--key PATH] [--other-key PATH] [--faces-targets dlib,mobilefacenet]
      [--turns 1] [--gallery 20 | dlib=1000,mobilefacenet=300] [--iterations 300] [--attack-pairs 20,200]
      [--cifar-per-class 2] [--cifar-key PATH] [--data PATH]
 """
@@ -22,23 +22,17 @@ import os
 import shutil
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from avpcli import report  # noqa: E402
-from avpcli.encryptor import Encryptor, attack_settings  # noqa: E402
-from avpcli.images import save_png  # noqa: E402
-from avpcli.key import KEY_PRESETS, load_key, new_seed, save_key, train_key  # noqa: E402
-from benchmarks.common import data_folder, lfw_by_role, write_generated_doc  # noqa: E402
+from avpcli import Encryptor, KEY_PRESETS, load_key, report
+from avpcli.images import save_png
+from benchmarks.common import (FACE_WEIGHTS, REPO, add_settings_options, cached_key, data_folder, events, lfw_split,
+                               log, settings_overrides, write_generated_doc)
 
 DOC = REPO / "docs" / "RESULTS.md"
 PICTURES = REPO / "docs" / "results"
-FACE_WEIGHTS = {"dlib": None, "mobilefacenet": "weights/mobilefacenet_xiaoccer/068.ckpt"}
 CIFAR_TARGET, CIFAR_WEIGHTS = "cifar-resnet20", "weights/cifar10_resnet_akamaster/resnet20-12fca82f.th"
 
 PAPER_TABLE_1 = "AdaFace 0.028 / 0.893 / cos 0.997; ArcFace 0.030 / 0.903 / 0.994; CosFace 0.028 / 0.899 / 0.998; SphereFace 0.029 / 0.906 / 0.996"
@@ -69,10 +63,6 @@ NOTES = """## How to read these numbers, and what is not measured here
 """
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def data_root(given: str | None) -> Path:
     root = Path(given) if given else data_folder()
     if not (root / "lfw.csv").is_file():
@@ -85,23 +75,12 @@ def key_file(given: str | None, work: Path, name: str, steps: int | None) -> tup
     if given:
         return Path(given), f"given ({Path(given).name})"
     path = work / f"{name}.safetensors"
-    if not path.exists():
-        log(f"training {name} (default preset, {steps or KEY_PRESETS['default'].steps} steps)")
-        trained = train_key("default", new_seed(), steps=steps)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_key(trained, path)
+    trained = cached_key(path, "default", steps=steps, before_training=lambda: log(
+        f"training {name} (default preset, {steps or KEY_PRESETS['default'].steps} steps)"))
+    if trained is not None:
         log(f"{name} trained in {trained.seconds:.0f} s")
     metadata = load_key(path).metadata
     return path, f"trained here: preset {metadata['preset']}, {metadata['steps']} steps, procedural data"
-
-
-def lfw_split(data: Path, gallery_size: int) -> tuple[dict[str, list[Path]], list[tuple[str, Path]]]:
-    roles = lfw_by_role(data)
-    probes: dict[str, list[Path]] = defaultdict(list)
-    for identity, path in roles["probe"]:
-        probes[identity].append(path)
-    gallery = roles["distractor"][:gallery_size]
-    return {name: sorted(paths) for name, paths in sorted(probes.items())}, gallery
 
 
 def gallery_size_by_target(given: str, targets: list[str]) -> dict[str, int]:
@@ -132,15 +111,6 @@ def encryptor_for(target: str, key, weights: Path | None, **overrides) -> Encryp
     return Encryptor(target, key, weights=weights, device="cpu", precision="fp32", batch_size=8, **overrides)
 
 
-def events(label: str):
-    def on_event(event) -> None:
-        if event.kind == "written":
-            log(f"{label}: encrypted {event.source}")
-        elif event.kind == "failed":
-            log(f"{label}: FAILED {event.source}: {event.reason}")
-    return on_event
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
@@ -152,9 +122,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=1, help="encrypted inserted-image turns per probe identity")
     parser.add_argument("--gallery", default="20",
                         help="distractor images in the gallery: N for every target, or name=N,name=N")
-    parser.add_argument("--iterations", type=int, default=300, help="most attack steps per image")
-    parser.add_argument("--key-weight", type=float, default=attack_settings("embedding").key_weight,
-                        help="μ for faces (default: avp encrypt's)")
+    # --iterations for every target, --key-weight (μ) for the faces; μ defaults to the face targets' recipe.
+    add_settings_options(parser, only=["iterations", "key_weight"], defaults={"iterations": 300})
     parser.add_argument("--attack-other", type=int, default=4, help="probe-turn images encrypted again with key B")
     parser.add_argument("--attack-steps", type=int, default=300)
     parser.add_argument("--attack-pairs", default="20", help="comma-separated training pair counts of the attacker")
@@ -175,9 +144,10 @@ def main() -> None:
     for index, target_name in enumerate(face_targets):
         probes, gallery = lfw_split(data, gallery_sizes[target_name])
         weights = FACE_WEIGHTS[target_name] and data / FACE_WEIGHTS[target_name]
-        encryptor = encryptor_for(target_name, loaded_a, weights, iterations=args.iterations,
-                                  key_weight=args.key_weight)
+        encryptor = encryptor_for(target_name, loaded_a, weights, **settings_overrides(args))
         spec, target, settings = encryptor.spec, encryptor.target, encryptor.settings
+        if index == 0:
+            key_weight = settings.key_weight  # the faces' μ, for the header
         folder = work / target_name
         began = time.perf_counter()
         identification = report.identification_report(probes, gallery, encryptor, folder / "identification",
@@ -239,8 +209,7 @@ def main() -> None:
             save_png(image, path)
             files[name] = path
         began = time.perf_counter()
-        encryptor_b = encryptor_for(target_name, loaded_b, weights, iterations=args.iterations,
-                                    key_weight=args.key_weight)
+        encryptor_b = encryptor_for(target_name, loaded_b, weights, **settings_overrides(args))
         other_pairs = report.encrypt_selection(files, folder / "attack" / "key-b", encryptor_b, events("key B"))
         for count in (int(value) for value in args.attack_pairs.split(",")):
             if count > len(training.names):
@@ -272,7 +241,7 @@ def main() -> None:
                         + f"\nPaper (original → encrypted top-1 %): {PAPER_TABLE_4}.\n\n"
                         + "\n".join(picture_links(written, CIFAR_TARGET)) + "\n")
 
-    command = "python benchmarks/results.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.results " + " ".join(sys.argv[1:])
     header = f"""# Results: the paper's tables measured with avp
 
 Generated by `{command.strip()}` on {time.strftime('%Y-%m-%d')} (CPU, {torch.get_num_threads()} threads,
@@ -283,7 +252,7 @@ Sizes (CPU time): probe set = LFW's 12 probe identities (all their images are qu
 {args.turns} encrypted turn(s) per probe identity, a gallery of the first
 {', '.join(f'{size} ({name})' for name, size in gallery_sizes.items())} distractor images (the paper:
 355 probe images, 12,878 gallery images, every turn). Encryption: at most {args.iterations}
-iterations per image, μ = {args.key_weight}, other settings `avp encrypt`'s defaults for faces
+iterations per image, μ = {key_weight}, other settings `avp encrypt`'s defaults for faces
 (`FACE_SETTINGS`: the key's preimage as start, an SSIM term, the leak term, momentum 0.9, the
 start-side term and bar: features stop past the original's, not short of it on the start's side;
 docs/BENCHMARKS.md) and `CLASSIFIER_SETTINGS` for CIFAR-10.

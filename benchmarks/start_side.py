@@ -1,6 +1,6 @@
 """Table 2's AVP-ONE against the start-side term and bar (engine.stopping_past_the_original).
 
-    python benchmarks/start_side.py --work RESULTS_WORK [--target dlib] [--turns 10] [--key KEY]
+    python -m benchmarks.start_side --work RESULTS_WORK [--target dlib] [--turns 10] [--key KEY]
                                     [--variants off,30:0,10:0]
 
 A quick form of `avp evaluate identification`'s AVP-ONE column for trying stop rules: it reuses the
@@ -34,14 +34,9 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from avpcli import Encryptor, Key, evaluate  # noqa: E402
-from avpcli.engine import FACE_SETTINGS  # noqa: E402
-from avpcli.images import png_bytes, png_tensor, read_png  # noqa: E402
-from benchmarks.common import data_folder  # noqa: E402
-from benchmarks.results import FACE_WEIGHTS  # noqa: E402
+from avpcli import FACE_SETTINGS, Encryptor, Key, evaluate
+from avpcli.images import png_bytes, png_tensor, read_png
+from benchmarks.common import FACE_WEIGHTS, data_folder
 
 
 def variant_settings(variant: str):
