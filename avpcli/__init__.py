@@ -26,6 +26,7 @@ _PUBLIC = {
     "save_key": "avpcli.key",
     "train_key": "avpcli.key",
     "find_key": "avpcli.key",
+    "cached_key": "avpcli.key",
     "KEY_PRESETS": "avpcli.key",
     "KeyPreset": "avpcli.key",
     "Encryptor": "avpcli.encryptor",

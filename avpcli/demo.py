@@ -12,7 +12,7 @@ from avpcli.evaluate import blur_reveal
 from avpcli.images import contact_sheet, read_png, save_png
 from avpcli.events import EventCallback, ignore_events
 from avpcli.jobs import decrypt_paths, encrypt_folder
-from avpcli.key import Key, load_key
+from avpcli.key import Key, cached_key
 from avpcli.weights import user_cache_home
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -39,14 +39,10 @@ def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, in
     A cached key without scramble (made by avp before key format 2), or with avp 0.1's one scramble
     per size, is replaced: the demo shows what avp's defaults do.
     """
-    if path.exists():
-        cached = load_key(path, device=device)
-        if cached.scrambles and cached.scramble.per_image:
-            return cached, False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trained = Key.train(DEMO_PRESET, device=device, progress=lambda step, total, loss: on_training_step(step, total))
-    trained.save(path, overwrite=True)
-    return load_key(path, device=device), True
+    key, trained = cached_key(path, DEMO_PRESET, device=device,
+                              accept=lambda cached: cached.scrambles and cached.scramble.per_image,
+                              progress=lambda step, total, loss: on_training_step(step, total))
+    return key, trained is not None
 
 
 def run_demo(

@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from avpcli import AttackSettings, Encryptor, Key, KeyPreset, load_key, save_key
+from avpcli import AttackSettings, Encryptor, Key, KeyPreset, load_key
+from avpcli import cached_key as load_or_train_key
 from avpcli.engine import LeakPenalty
 from avpcli.files import atomic_write_bytes
 from avpcli.metrics import ssim
@@ -195,17 +196,12 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cached_key(path: Path, preset: str | KeyPreset, seed: int | None = None, *, steps: int | None = None,
                device: str = "cpu", before_training: Callable[[], None] = lambda: None) -> Key | None:
     """Make sure a key of `preset` and `seed` (None: a fresh secret seed) lies at `path`: trained
-    (Key.train, save_key) only when no file is there, so that a rerun reuses it.
+    (avpcli.cached_key) only when no file is there, so that a rerun reuses it.
 
     Returns the key when this call trained it (`seconds`: its training time), None when the file was
     there. before_training runs just before a training starts (to say so).
     """
-    if path.exists():
-        return None
-    before_training()
-    trained = Key.train(preset, seed, steps=steps, device=device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_key(trained, path)
+    _, trained = load_or_train_key(path, preset, seed, steps=steps, device=device, before_training=before_training)
     return trained
 
 

@@ -6,7 +6,7 @@ generator, which the paired-data attacker reuses), `keyfile` (the safetensors fo
 and `key` (the Key object: train, save, load, find). Every name is importable from `avpcli.key`.
 """
 
-from avpcli.key.key import Key, find_key, load_key, save_key, train_key
+from avpcli.key.key import Key, cached_key, find_key, load_key, save_key, train_key
 from avpcli.key.keyfile import (
     KEY_FORMAT, KEY_FORMAT_VERSION, MAX_HEADER_BYTES, MAX_KEY_BYTES, MAX_KEY_VALUES, NO_SCRAMBLE,
     READABLE_FORMAT_VERSIONS, SCRAMBLE_SECRET_TENSOR, expected_key_tensors, key_fingerprint, key_metadata,
@@ -30,7 +30,7 @@ __all__ = [
     "KEY_PRESETS", "Key", "KeyGenerator", "KeyModel", "KeyPreset", "MAX_HEADER_BYTES", "MAX_KEY_BYTES",
     "MAX_KEY_VALUES", "NORMS", "NO_SCRAMBLE", "PROCEDURAL_SOURCE", "ProgressCallback", "READABLE_FORMAT_VERSIONS",
     "ResidualBlock", "SCRAMBLE_SECRET_TENSOR", "SEED_BITS", "SIZE_MULTIPLE", "count_parameters", "derived_seed",
-    "expected_key_tensors", "find_key", "find_training_images", "fit_generator", "key_fingerprint", "key_metadata",
+    "cached_key", "expected_key_tensors", "find_key", "find_training_images", "fit_generator", "key_fingerprint", "key_metadata",
     "key_tensors", "load_key", "new_seed", "procedural_images", "read_key_file", "resnet_generator",
     "resolve_preset", "resolve_recipe", "save_key", "scramble_secret", "seed_is_guessable", "seeded_generator",
     "train_key", "training_data_fingerprint", "training_source", "write_key_file",

@@ -150,6 +150,28 @@ def load_key(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     return Key(generator, metadata, scramble, path=Path(path))
 
 
+def cached_key(path: str | os.PathLike[str], preset: str | KeyPreset, seed: int | None = None, *,
+               steps: int | None = None, device: str | torch.device = "cpu",
+               accept: Callable[[Key], bool] = lambda key: True, progress: ProgressCallback | None = None,
+               before_training: Callable[[], None] = lambda: None) -> tuple[Key, Key | None]:
+    """The key at `path`, trained (train_key, a fresh secret seed where `seed` is None) and saved there
+    only when no key is there yet or the one there is not `accept`ed (then it is replaced).
+
+    Returns (the key as loaded from `path`, the Key this call trained or None): the demo and the
+    benchmarks keep their keys this way between runs. before_training runs just before a training.
+    """
+    path = Path(path)
+    if path.exists():
+        cached = load_key(path, device=device)
+        if accept(cached):
+            return cached, None
+    before_training()
+    trained = train_key(preset, new_seed() if seed is None else seed, steps=steps, device=device, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_key(trained, path, overwrite=True)
+    return load_key(path, device=device), trained
+
+
 def find_key(fingerprint: str, folders: Sequence[Path], device: str | torch.device = "cpu",
              on_unusable: Callable[[str], None] = lambda reason: None) -> Key:
     """The key in `folders` (their *.safetensors files) whose fingerprint matches, loaded.
