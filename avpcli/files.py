@@ -60,7 +60,9 @@ def open_regular_file(path: Path) -> tuple[BinaryIO, os.stat_result]:
         raise UnusableFile("not a regular file (a pipe, socket or device)", not_regular=True)
     # Reads after the open are ordinary blocking reads of a regular file.
     os.set_blocking(descriptor, True)
-    return os.fdopen(descriptor, "rb"), status
+    stream = os.fdopen(descriptor, "rb")
+    stream.raw.name = os.fspath(path)  # not the descriptor's number: readers such as PIL name files by it
+    return stream, status
 
 
 def read_limited(stream: BinaryIO, limit: int) -> bytes:

@@ -190,6 +190,7 @@ def run(argv: list[str]) -> PrivacyRun:
 
 
 def main() -> None:
+    build_parser().parse_args(sys.argv[1:])  # --help and usage errors before anything changes in this process
     torch.set_num_threads(int(os.environ.get("AVP_THREADS", "2")))
     print(run(sys.argv[1:]).summary)
 

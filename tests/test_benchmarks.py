@@ -27,11 +27,16 @@ def test_no_benchmark_edits_the_import_path():
 @pytest.mark.parametrize("name", SCRIPTS)
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # imported by another test first
 def test_every_benchmark_runs_as_a_module_and_shows_its_help(name, monkeypatch, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
     monkeypatch.setattr(sys, "argv", [f"benchmarks/{name}.py", "--help"])
     with pytest.raises(SystemExit) as exit:
         runpy.run_module(f"benchmarks.{name}", run_name="__main__")
     assert exit.value.code == 0
     assert "usage:" in capsys.readouterr().out
+    # --help changes nothing in the process: the suite's other tests compare results made with one thread.
+    assert torch.get_num_threads() == threads
 
 
 def test_a_fresh_python_in_the_repository_runs_a_benchmark_as_a_module():

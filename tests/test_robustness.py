@@ -220,6 +220,7 @@ def image_folder(folder: Path) -> dict[str, str]:
 
 def test_each_kind_of_bad_input_fails_alone_with_its_reason(tmp_path, tiny_key_file, monkeypatch):
     import avpcli.images
+    import avpcli.inputs
     import avpcli.jobs
 
     expected = image_folder(tmp_path / "in")
@@ -227,8 +228,8 @@ def test_each_kind_of_bad_input_fails_alone_with_its_reason(tmp_path, tiny_key_f
     if os.geteuid() == 0:  # root reads mode-000 files, so simulate what a user without rights sees
         real_open = avpcli.images.Image.open
 
-        def refusing_open(path, *args, **kwargs):
-            if Path(path).name == "locked.jpg":
+        def refusing_open(path, *args, **kwargs):  # avp opens the file itself and hands PIL the stream
+            if Path(getattr(path, "name", path)).name == "locked.jpg":
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *args, **kwargs)
 
@@ -237,14 +238,14 @@ def test_each_kind_of_bad_input_fails_alone_with_its_reason(tmp_path, tiny_key_f
         locked.chmod(0)
     with Image.open(tmp_path / "in" / "trouble.png") as opened:
         trouble = opened.convert("RGB").tobytes()
-    real_fit = avpcli.encryptor.fit_to_size
+    real_fit = avpcli.inputs.fit_to_size
 
     def fit_with_a_bug(image, size):  # a bug in avp while preparing one file must not stop the run
         if image.tobytes() == trouble:
             raise RuntimeError("boom")
         return real_fit(image, size)
 
-    monkeypatch.setattr(avpcli.encryptor, "fit_to_size", fit_with_a_bug)
+    monkeypatch.setattr(avpcli.inputs, "fit_to_size", fit_with_a_bug)
 
     result = encrypt(tmp_path / "in", tiny_key_file, tmp_path / "out")
     assert result.exit_code == 1 and "Traceback" not in result.output
