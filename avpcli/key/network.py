@@ -152,5 +152,11 @@ class KeyModel(nn.Module):
         """(1, 1, H, W) True where an encryption must leave the pixels as stamped (the nonce), or None."""
         return self.scramble.pinned(height, width, device) if self.scramble is not None else None
 
+    def verify(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Per ciphertext (N,), whether its nonce's key check holds for this key and its size; None where the
+        key's scheme carries no check (no scramble, per-size and nonce-v2 keys): then nothing tells a
+        damaged ciphertext or another key's from a good one."""
+        return self.scramble.verify(images) if self.scramble is not None else None
+
     def freeze(self) -> KeyModel:
         return _frozen(self)
