@@ -195,11 +195,23 @@ def output_names(sources: Iterable[SourceImage], suffix: str = ".png") -> dict[P
     }
 
 
-def load_rgb(path: Path) -> Image.Image:
+def longer_names(path: Path, relative: Path) -> list[Path]:
+    """`relative` lengthened by the parent folders of `path` (absolute), one more at a time: for
+    /p/B/x.png named x.png, [B/x.png, p/B/x.png]. The rule find_images applies to two inputs of one
+    name, for a name that an earlier run's output already holds. [] if `relative` is not a tail of `path`."""
+    parts = Path(os.path.abspath(path)).parts[1:]
+    count = len(relative.parts)
+    if not count or parts[len(parts) - count:] != relative.parts:
+        return []
+    return [Path(*parts[len(parts) - length:]) for length in range(count + 1, len(parts) + 1)]
+
+
+def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image file as upright 8-bit RGB, or raise ImageError with a one-line reason.
 
     Whatever the file holds, the only exception that leaves is ImageError; reasons never name the
-    file (the caller knows it; an anonymized manifest must not).
+    file (the caller knows it; an anonymized manifest must not). An image whose header declares
+    more than `max_pixels` is refused before its pixels are decoded (check_pixel_cap).
     """
     if path.suffix.lower() in UNSUPPORTED_SUFFIXES:
         _open_image_file(path).close()  # a missing or unusable file says so first
@@ -210,9 +222,7 @@ def load_rgb(path: Path) -> Image.Image:
             warnings.simplefilter("ignore")  # PIL's complaints about damaged metadata: the pixels decide
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(stream) as opened:
-                width, height = opened.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(f"image too large ({width}x{height} pixels declared)")
+                check_pixel_cap(opened, max_pixels)
                 if getattr(opened, "n_frames", 1) > 1 and opened.format in {"GIF", "PNG", "WEBP"}:
                     raise ImageError(f"animated image ({opened.n_frames} frames): give one frame as a still image")
                 opened.load()
@@ -321,12 +331,23 @@ def read_png(path: Path) -> torch.Tensor:
         return to_tensor(opened.convert("RGB"))
 
 
-def png_tensor(data: bytes, size: tuple[int, int] | None = None, png_only: bool = False) -> torch.Tensor:
+def check_pixel_cap(opened: Image.Image, max_pixels: int) -> None:
+    """ImageError if an opened (not yet decoded) image declares more than `max_pixels` pixels: its header
+    alone says so, and a small file can claim a size whose pixels would not fit in memory."""
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise ImageError(f"image too large ({width}x{height} pixels declared; the cap is {max_pixels:,} pixels, "
+                         "--max-pixels)")
+
+
+def png_tensor(data: bytes, size: tuple[int, int] | None = None, png_only: bool = False,
+               max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Decode PNG bytes from png_bytes, as (3, H, W) in [0, 1].
 
     With `size` (H, W), an image of any other size is an ImageError, raised before its pixels are
-    decoded, as is data that is not an image; with `png_only`, so is anything but an 8-bit RGB PNG
-    (what avp writes: a ciphertext in any other form has lost what the key needs).
+    decoded, as is data that is not an image or that declares more than `max_pixels` pixels; with
+    `png_only`, so is anything but an 8-bit RGB PNG (what avp writes: a ciphertext in any other
+    form has lost what the key needs).
     """
     try:
         with warnings.catch_warnings():
@@ -336,6 +357,7 @@ def png_tensor(data: bytes, size: tuple[int, int] | None = None, png_only: bool 
                     raise ImageError(f"not an 8-bit RGB PNG ({opened.format} image, mode {opened.mode})")
                 if size is not None and opened.size != (size[1], size[0]):
                     raise ImageError(f"{opened.size[0]}x{opened.size[1]} pixels, not the target's input size")
+                check_pixel_cap(opened, max_pixels)
                 return to_tensor(opened.convert("RGB"))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("image too large (decompression bomb guard)") from None

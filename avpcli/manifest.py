@@ -127,6 +127,19 @@ def manifest_parts(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def missing_parts(folder: Path) -> list[str]:
+    """The shards ("i/n") of a sharded run whose manifest parts `folder` lacks, where it holds no merged
+    avp-manifest.json: what decrypting the folder would go without."""
+    if (folder / MANIFEST_NAME).exists():
+        return []
+    found: dict[int, set[int]] = {}
+    for path in manifest_parts(folder):
+        index, count = map(int, _PART_NAME.fullmatch(path.name).groups())
+        found.setdefault(count, set()).add(index)
+    return [f"{index}/{count}" for count, indices in sorted(found.items()) if count <= 1 << 16
+            for index in range(1, count + 1) if index not in indices]
+
+
 def _read_manifest_file(path: Path, named: Path | None = None) -> Manifest:
     """Read and check a manifest's structure; the paths its entries name are checked where they are used."""
     if not path.exists() and not path.is_symlink():

@@ -79,7 +79,7 @@ def test_inputs_are_never_modified(tmp_path, photos, tiny_key_file):
     assert after == before and {path: path.stat().st_mode for path in after} == modes
 
 
-def test_a_rerun_redoes_a_source_whose_bytes_changed_and_tags_sources_by_key(tmp_path, tiny_key_file):
+def test_another_source_of_the_same_name_never_replaces_a_finished_output(tmp_path, tiny_key_file):
     import json
 
     from avpcli import Encryptor
@@ -95,14 +95,24 @@ def test_a_rerun_redoes_a_source_whose_bytes_changed_and_tags_sources_by_key(tmp
     before = (out / "c.png").read_bytes()
     encrypt_folder(encryptor, [first], out, events.append)  # the same file: skipped
     assert [event.kind for event in events if event.kind != "progress"] == ["written", "skipped"]
-    # Another file of the same name into the same folder is encrypted, not taken for the one done.
+    # Another file of the same name is encrypted under its parent folder's name; the first stays.
     events.clear()
     encrypt_folder(encryptor, [second], out, events.append)
-    assert [event.kind for event in events if event.kind != "progress"] == ["written"]
-    assert (out / "c.png").read_bytes() != before
-    # The manifest tags the source under the key, never with a plain hash a photo's holder could check.
-    [entry] = json.loads((out / "avp-manifest.json").read_text())["files"]
-    assert entry["source_tag"] and entry["source_tag"] != hashlib.sha256(second.read_bytes()).hexdigest()
+    assert [(event.kind, event.output) for event in events if event.kind != "progress"] == [
+        ("written", out / "two" / "c.png")]
+    assert (out / "c.png").read_bytes() == before
+    entries = {entry["output"]: entry for entry in json.loads((out / "avp-manifest.json").read_text())["files"]}
+    assert set(entries) == {"c.png", "two/c.png"} and entries["two/c.png"]["source"] == "two/c.png"
+    for name, entry in entries.items():
+        assert entry["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    # Each rerun recognises its own output; the manifest tags sources under the key and the run, never
+    # with a plain hash a photo's holder could check.
+    events.clear()
+    encrypt_folder(encryptor, [second], out, events.append)
+    encrypt_folder(encryptor, [first], out, events.append)
+    assert [event.kind for event in events if event.kind != "progress"] == ["skipped", "skipped"]
+    tag = entries["two/c.png"]["source_tag"]
+    assert tag.startswith("run:") and hashlib.sha256(second.read_bytes()).hexdigest() not in tag
 
 
 def test_a_rerun_does_not_read_a_fifo_that_replaced_a_finished_source(tmp_path, tiny_key_file):

@@ -173,7 +173,10 @@ def test_a_files_manifest_decides_the_key_and_the_scramble(tmp_path, photos, tin
 
     refused = invoke("decrypt", research / "c.png", "--key", other_tiny_key_file, "--out", tmp_path / "other",
                      "--device", "cpu")
-    assert refused.exit_code == 1 and refused.stderr.startswith("failed: c.png: encrypted with another key")
+    # The manifest used is named (only the ciphertext's own folder is looked in); failures name the path given.
+    assert refused.exit_code == 1 and refused.stderr.splitlines()[0] == (
+        f"note: using the manifest {research / 'avp-manifest.json'} for the ciphertexts it lists")
+    assert refused.stderr.splitlines()[1].startswith(f"failed: {research / 'c.png'}: encrypted with another key")
     forced = invoke("decrypt", research / "c.png", "--key", other_tiny_key_file, "--out", tmp_path / "forced",
                     "--device", "cpu", "--force")
     assert forced.exit_code == 0 and (tmp_path / "forced" / "c.png").is_file()
@@ -193,11 +196,12 @@ def test_loose_files_that_are_no_ciphertexts_fail_alone(tmp_path, encrypted, pho
                     stdin=listing.encode())
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
-        "failed: gone.png: no such file",
-        "failed: alpha.png: cannot read: not an 8-bit RGB PNG (PNG image, mode RGBA)",
-        "failed: lossy.png: cannot read: not an 8-bit RGB PNG (JPEG image, mode RGB)",
-        "failed: tiny.png: cannot read: 4x4 pixels, smaller than the key takes (8 a side)",
-        "failed: odd.png: cannot read: a folder, not an image file"]
+        f"note: using the manifest {encrypted / 'avp-manifest.json'} for the ciphertexts it lists",
+        f"failed: {odd / 'gone.png'}: no such file",
+        f"failed: {odd / 'alpha.png'}: cannot read: not an 8-bit RGB PNG (PNG image, mode RGBA)",
+        f"failed: {odd / 'lossy.jpg'}: cannot read: not an 8-bit RGB PNG (JPEG image, mode RGB)",
+        f"failed: {odd / 'tiny.png'}: cannot read: 4x4 pixels, smaller than the key takes (8 a side)",
+        f"failed: {odd}: cannot read: a folder, not an image file"]
     assert result.stdout.splitlines() == [str(tmp_path / "dec" / "c.png")]
 
 

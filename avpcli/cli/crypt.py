@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from avpcli.cli.options import (JsonOption, NullOption, PrecisionOption, custom_options, default_key_folder,
+from avpcli.cli.options import (JsonOption, MaxPixelsOption, NullOption, PrecisionOption, custom_options, default_key_folder,
                                 parse_shard, reads_stdin, stdin_paths)
 from avpcli.cli.output import EventPrinter, domain_errors, progress_bars, say, stderr
 
@@ -43,6 +43,7 @@ def encrypt(
     null: NullOption = False,
     follow_links: Annotated[bool, typer.Option("--follow-links", help="Encrypt files that an input folder holds as symbolic links to places outside it (default: each fails with its reason).")] = False,
     precision: PrecisionOption = "auto",
+    max_pixels: MaxPixelsOption = 80_000_000,
     compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile the target and key (CUDA; slow start, faster steps).")] = False,
     input_size: Annotated[Optional[str], typer.Option(help="Own models (onnx:/torchscript:): input HxW, e.g. 112x112.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Own models: per-channel mean on the [0,1] scale, in the model's channel order, e.g. 0.5,0.5,0.5.")] = None,
@@ -75,7 +76,7 @@ def encrypt(
             encrypt_folder(
                 encryptor, paths, output, printer, align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed,
                 overwrite=overwrite, shard=shard_index, anonymize=anonymize, names_map=names_map, key_path=key,
-                follow_links=follow_links, listed=listed)
+                follow_links=follow_links, listed=listed, max_pixels=max_pixels)
     if printer.missed_bars:
         stderr.print(f"[yellow]note:[/] {printer.missed_bars} image(s) did not meet every quality bar within the "
                      f"iterations allowed; their figures are in the manifest")
@@ -89,10 +90,11 @@ def decrypt(
     *,
     key: Annotated[Optional[Path], typer.Option(help="Key file (default for a folder: the key in keys/ whose fingerprint the manifest names; required for files).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default for a folder: <folder>-decrypted beside it; required for files).")] = None,
-    force: Annotated[bool, typer.Option(help="Decrypt even with a key whose fingerprint differs from the manifest's.")] = False,
+    force: Annotated[bool, typer.Option(help="Decrypt even with a key whose fingerprint differs from the manifest's, a ciphertext whose bytes differ from the sha256 its manifest lists, or one that fails the key check (\"damaged, or made with another key\"); such entries say \"forced\".")] = False,
     batch_size: Annotated[int, typer.Option(help="Images decrypted together.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: keep those an earlier run with this key finished, resuming).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: keep those an earlier run with this key finished, resuming; another ciphertext's output of the same name is kept and the new one named by its parent folders).")] = False,
+    max_pixels: MaxPixelsOption = 80_000_000,
     as_json: JsonOption = False,
     null: NullOption = False,
 ) -> None:
@@ -105,7 +107,7 @@ def decrypt(
         # The paths on stdin are read only once the options are known to be good.
         paths = (path for path in stdin_paths(null)) if listed else inputs
         decrypt_paths(paths, out, key=key, key_folders=[default_key_folder()], listed=listed, force=force,
-                      batch_size=batch_size, device=device, overwrite=overwrite, on_event=printer,
+                      batch_size=batch_size, device=device, overwrite=overwrite, max_pixels=max_pixels, on_event=printer,
                       on_warning=lambda message: say("[yellow]warning:[/]", message))
     if printer.failed:
         raise typer.Exit(1)

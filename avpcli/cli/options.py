@@ -9,10 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from avpcli.cli.output import unprintable
 from avpcli.errors import UsageError
 
 NullOption = Annotated[bool, typer.Option("--null", "-0", help="End each output path with a NUL byte instead of a newline, and print names exactly as they are (for xargs -0; by default control characters and backslashes are escaped so that each path is one line). With - as the input, also read the input paths NUL-separated (for find -print0); with --json, only that.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object a line (NDJSON) per file as it finishes, instead of its output path: source, output, status, reason, skipped (done by an earlier run) and the rest of its manifest entry (for encrypt, the figures).")]
+MaxPixelsOption = Annotated[int, typer.Option(min=1, help="Refuse an image whose header declares more pixels than this (it fails alone, before its pixels are decoded).")]
 PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
 
 
@@ -91,7 +93,11 @@ def reads_stdin(inputs: list[Path], null: bool, as_json: bool, out: Optional[Pat
 
 
 def stdin_paths(null: bool) -> list[Path]:
-    """The paths on stdin, one a line or (null) NUL-separated; empty ones are ignored. Names that are
-    not UTF-8 keep their bytes (os.fsdecode)."""
+    """The paths on stdin, one a line or (null) NUL-separated and as they are; empty ones are ignored.
+    Lines are read as line mode prints paths (output.printable; so `avp encrypt ... | avp decrypt -`
+    works for any name): \\\\ is a backslash, \\n a newline, \\xNN a byte that is not UTF-8 (80-ff) or a
+    control character, \\uNNNN a character. Names that are not UTF-8 keep their bytes (os.fsdecode)."""
     data = typer.get_binary_stream("stdin").read()
-    return [Path(os.fsdecode(name)) for name in data.split(b"\0" if null else b"\n") if name]
+    if null:
+        return [Path(os.fsdecode(name)) for name in data.split(b"\0") if name]
+    return [Path(unprintable(os.fsdecode(line))) for line in data.split(b"\n") if line]

@@ -34,13 +34,35 @@ def _escape_character(match: re.Match) -> str:
         return _NAMED_ESCAPES[character]
     if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that is not UTF-8
         return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    # \xNN from 0x80 up is a byte that is not UTF-8; the characters U+0080-U+009F are \u0080-\u009f.
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
 
 
 def printable(text: str) -> str:
     """`text` safe for one line of output: backslash as \\\\, newline as \\n, ESC as \\x1b, a non-UTF-8 byte
-    as \\xNN, a line separator as \\u2028, ...; every other character (accents, scripts) as it is."""
+    as \\xNN (80-ff), a line separator as \\u2028, ...; every other character (accents, scripts) as it is.
+    unprintable reads it back."""
     return _UNPRINTABLE.sub(_escape_character, text)
+
+
+_ESCAPE = re.compile(r"\\(?:([\\nrt])|x([0-9a-fA-F]{2})|u([0-9a-fA-F]{4}))")
+_UNESCAPED = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape_match(match: re.Match) -> str:
+    named, byte, character = match.groups()
+    if named:
+        return _UNESCAPED[named]
+    if byte:
+        code = int(byte, 16)
+        return chr(code) if code < 0x80 else chr(0xDC00 + code)  # a byte that is not UTF-8, as os.fsdecode holds it
+    return chr(int(character, 16))
+
+
+def unprintable(line: str) -> str:
+    """The text that `printable` turned into `line` (so that line mode reads the paths line mode prints):
+    \\\\, \\n, \\r, \\t, \\xNN and \\uNNNN are read back; a backslash before anything else stays as it is."""
+    return _ESCAPE.sub(_unescape_match, line)
 
 
 def echo_path(path: Path, null: bool = False) -> None:
@@ -103,6 +125,9 @@ class EventPrinter:
         if event.kind == "progress":
             if self.progress is not None:
                 self.progress.update(self.task, completed=event.done, total=event.total)
+            return
+        if event.kind in ("warning", "note"):  # one stderr line, about the run rather than a file
+            say("[yellow]warning:[/]" if event.kind == "warning" else "note:", event.reason, self.console)
             return
         if event.kind == "failed":
             self.failed += 1

@@ -2,6 +2,7 @@
 
 folders   the output folder: its lock, atomic writes, the manifest rewritten as a run goes
 resume    how an encryption run treats files (FolderRun) and what it carries over from an earlier run
+names     output names that never replace another source's output
 encrypt   encrypt_folder: files → faces → engine → 8-bit PNGs + manifest, resumably and in shards
 decrypt   decrypt_folder, decrypt_files: ciphertexts through the key into PNGs + manifest
 """

@@ -14,12 +14,16 @@ from torch import nn
 from avpcli.engine import decrypt_grouped, resolve_device
 from avpcli.errors import AvpError, ImageError, KeyFileError, UsageError
 from avpcli.events import Event, EventCallback, ignore_events
-from avpcli.images import (MAX_PNG_BYTES, check_named_file, contained_path, describe_error, find_images, is_inside,
-                           output_names, png_bytes, png_tensor, read_file_bytes)
+from avpcli.images import (MAX_PIXELS, MAX_PNG_BYTES, check_named_file, contained_path, describe_error, find_images,
+                           is_inside, output_names, png_bytes, png_tensor, read_file_bytes)
 from avpcli.jobs.folders import (Checkpoint, file_digest, owned_folder, previous_manifest, remove_stale_temporaries,
                                  write_into, write_records)
+from avpcli.jobs.names import DecryptedNames
 from avpcli.key import Key, find_key, load_key
-from avpcli.manifest import MANIFEST_NAME, Manifest, manifest_parts, read_manifest
+from avpcli.manifest import MANIFEST_NAME, Manifest, manifest_parts, missing_parts, read_manifest
+
+# The one line for a ciphertext whose key check fails (KeyModel.verify).
+KEY_CHECK_FAILED = "damaged, or made with another key"
 
 
 @dataclass
@@ -35,6 +39,9 @@ class DecryptJob:
     manifest: Manifest | None = None
     # Redo every output; by default a rerun keeps what an earlier run with this key finished.
     overwrite: bool = False
+    # Decrypt ciphertexts that fail their sha256 in the manifest or the key check (the entry says "forced").
+    force: bool = False
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
@@ -42,13 +49,16 @@ class DecryptFilesJob:
     """Everything `avp decrypt FILE...` needs: ciphertext files decrypted one by one, and the key.
 
     files: ciphertext PNGs, each decrypted at its own size. One that is missing, not an 8-bit RGB
-        PNG, smaller than the key takes or inside `output` fails alone. One that a manifest of
-        `avp encrypt` in its folder (or a folder above) lists is held to that manifest, as a folder
-        would be: a key of another fingerprint fails it unless `force`, the manifest's input size
-        applies, and its key_scramble decides between G∘S and G alone.
+        PNG, larger than `max_pixels`, smaller than the key takes or inside `output` fails alone. One
+        that a manifest of `avp encrypt` in its own folder lists (no folder above is looked at) is
+        held to that manifest, as a folder would be: its sha256 must match and a key of another
+        fingerprint fails it, unless `force`; the manifest's input size applies, and its key_scramble
+        decides between G∘S and G alone.
     output: the folder written: the decrypted PNGs under the files' names (find_images's: parent
-        folders are added where two would clash) and an avp-manifest.json of kind "decrypted".
+        folders are added where two would clash, or where an earlier run's output holds the name)
+        and an avp-manifest.json of kind "decrypted".
     key: the loaded key (a file may need G∘S and another G alone).
+    force: also decrypt what fails the key check or its manifest's sha256; the entry says "forced".
     """
 
     files: list[Path]
@@ -58,6 +68,7 @@ class DecryptFilesJob:
     device: str = "cpu"
     overwrite: bool = False
     force: bool = False
+    max_pixels: int = MAX_PIXELS
 
 
 def uses_scramble(key: Key, manifest: Manifest | None) -> bool:
@@ -70,15 +81,17 @@ def uses_scramble(key: Key, manifest: Manifest | None) -> bool:
 
 @dataclass(frozen=True)
 class _Ciphertext:
-    """One ciphertext to decrypt: its place in the run, its name (in the output folder, the events and
-    the manifest), where it is read and written, the key model it needs, and the size it must have (None: any)."""
+    """One ciphertext to decrypt: its place in the run, its name (in the output folder, unless an earlier
+    run's output holds it), where it is read, the key model it needs, the size it must have (None: any),
+    the sha256 its manifest lists (None: none does) and what the manifest entry calls its source."""
 
     position: int
     name: str
     source: Path
-    output: Path
     key: nn.Module
     size: tuple[int, int] | None = None
+    sha256: str | None = None
+    label: str = ""
 
 
 @dataclass
@@ -94,6 +107,8 @@ class _Decryption:
     batch_size: int
     device: str
     overwrite: bool
+    force: bool = False
+    max_pixels: int = MAX_PIXELS
     png_only: bool = False
 
 
@@ -106,10 +121,14 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
 
     Every name the manifest gives is checked before anything is read or written (contained_path):
     an entry that would lead out of the encrypted folder or the output folder, or names no file,
-    fails alone with its reason. The run holds the output folder's lock, rewrites its manifest as
-    it goes (`complete` is False until the end), and a rerun keeps every output that an earlier run
-    with the same key finished (listed, unchanged on disk, made from the same ciphertext bytes), so
-    that a killed run and its rerun write what one uninterrupted run writes; job.overwrite redoes all.
+    fails alone with its reason. So does a ciphertext whose bytes are not the sha256 its entry
+    lists, or that fails the key's check (KeyModel.verify), unless job.force. The run holds the
+    output folder's lock, rewrites its manifest as it goes (`complete` is False until the end),
+    and a rerun keeps every output that an earlier run with the same key finished (listed,
+    unchanged on disk, made from the same ciphertext bytes), so that a killed run and its rerun
+    write what one uninterrupted run writes; job.overwrite redoes all. A manifest that says its
+    run did not finish, or a folder that lacks some of a sharded run's parts, is a "warning" event:
+    what is listed is decrypted.
     """
     source_manifest = job.manifest or read_manifest(job.encrypted)
     if is_inside(job.output, job.encrypted) or is_inside(job.encrypted, job.output):
@@ -117,8 +136,10 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
     size = source_manifest.target.get("input_size")
     if size is None:
         raise AvpError(f"the manifest of {job.encrypted} does not give the target's input size; it is damaged")
+    for warning in _unfinished(job.encrypted, source_manifest):
+        on_event(Event("warning", reason=warning))
     plan = _Decryption(job.output, job.key_fingerprint, source_manifest.target, [], [], job.batch_size, job.device,
-                       job.overwrite)
+                       job.overwrite, job.force, job.max_pixels)
     seen: set[str] = set()
     for position, entry in enumerate(source_manifest.files):
         if entry.get("status") != "ok":
@@ -126,7 +147,8 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
         name = entry.get("output")
         label = name if isinstance(name, str) and name else f"entry {position + 1}"
         try:
-            paths = contained_path(job.encrypted, name), contained_path(job.output, name)
+            source = contained_path(job.encrypted, name)
+            contained_path(job.output, name)
         except ImageError as unsafe:
             plan.refused.append((position, label, str(unsafe)))
             continue
@@ -134,9 +156,24 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
             plan.refused.append((position, label, "listed twice in the manifest"))
             continue
         seen.add(name)
-        plan.ciphertexts.append(_Ciphertext(position, name, *paths, job.key, tuple(size)))
+        digest = entry.get("sha256")
+        plan.ciphertexts.append(_Ciphertext(position, name, source, job.key, tuple(size),
+                                            digest if isinstance(digest, str) else None, name))
     with owned_folder(job.output):
         return _decrypt(plan, on_event)
+
+
+def _unfinished(folder: Path, manifest: Manifest) -> list[str]:
+    """One line for each way in which an encrypted folder holds less than its run meant to write."""
+    lines = []
+    if not manifest.complete:
+        lines.append(f"the manifest of {folder} says its run did not finish (complete: false); decrypting the "
+                     f"{sum(entry.get('status') == 'ok' for entry in manifest.files)} files it lists as done")
+    missing = missing_parts(folder)
+    if missing:
+        lines.append(f"{folder} lacks the manifest parts of shard(s) {', '.join(missing)} of a sharded run; "
+                     "decrypting what the other parts list")
+    return lines
 
 
 def decrypt_files(job: DecryptFilesJob, on_event: EventCallback = ignore_events) -> Manifest:
@@ -144,25 +181,29 @@ def decrypt_files(job: DecryptFilesJob, on_event: EventCallback = ignore_events)
 
     As decrypt_folder does: each file that cannot be decrypted fails alone with its reason, the
     output folder is locked and its manifest rewritten as the run goes, and a rerun keeps what an
-    earlier run with the same key finished (job.overwrite redoes all).
+    earlier run with the same key finished (job.overwrite redoes all). Each manifest a file is held
+    to is named once, as a "note" event.
     """
     sources = find_images(job.files, listed=True)
     names = output_names(sources)
     models: dict[bool, nn.Module] = {}  # one module per kind, so that a batch's files share it
-    manifests = _ListingManifests()
+    manifests = _ListingManifests(lambda path: on_event(Event("note", reason=f"using the manifest {path} for the "
+                                                                               "ciphertexts it lists")))
     plan = _Decryption(job.output, job.key.fingerprint, {}, [], [], job.batch_size, job.device, job.overwrite,
-                       png_only=True)
+                       job.force, job.max_pixels, png_only=True)
     for position, source in enumerate(sources):
         name = str(names[source.relative])
+        given = str(source.path)
         try:
             check_named_file(source.path, job.output)
-            output = contained_path(job.output, name)
-            manifest = manifests.listing(source.path)
+            contained_path(job.output, name)
+            listing = manifests.listing(source.path)
         except (ImageError, AvpError) as refused:
-            plan.refused.append((position, name, str(refused)))
+            plan.refused.append((position, given, str(refused)))
             continue
+        manifest, digest = listing if listing is not None else (None, None)
         if manifest is not None and manifest.key_fingerprint != job.key.fingerprint and not job.force:
-            plan.refused.append((position, name, f"encrypted with another key (fingerprint "
+            plan.refused.append((position, given, f"encrypted with another key (fingerprint "
                                  f"{manifest.key_fingerprint[:16]}… in its folder's manifest, not "
                                  f"{job.key.fingerprint[:16]}…); use --force to decrypt it anyway"))
             continue
@@ -170,59 +211,56 @@ def decrypt_files(job: DecryptFilesJob, on_event: EventCallback = ignore_events)
         if scramble not in models:
             models[scramble] = job.key.model_for(scramble=scramble).to(job.device)
         size = manifest.target.get("input_size") if manifest is not None else None
-        plan.ciphertexts.append(_Ciphertext(position, name, source.path, output, models[scramble],
-                                            tuple(size) if size else None))
+        plan.ciphertexts.append(_Ciphertext(position, name, source.path, models[scramble],
+                                            tuple(size) if size else None, digest, given))
     with owned_folder(job.output):
         return _decrypt(plan, on_event)
 
 
 class _ListingManifests:
-    """The manifests of `avp encrypt` that list ciphertext files, found by looking up from each file's
-    folder to the first folder that holds a manifest, and read once per folder."""
+    """The manifests of `avp encrypt` that list ciphertext files, looked for in each file's own folder
+    only (a manifest planted in a folder above must not steer decryption), read once per folder;
+    `on_used` is called once with the path of each manifest that lists a file."""
 
-    def __init__(self) -> None:
-        self._nearest: dict[Path, Path | None] = {}
-        self._read: dict[Path, tuple[Manifest, set[str]] | AvpError] = {}
+    def __init__(self, on_used: Callable[[Path], None]) -> None:
+        self._read: dict[Path, tuple[Manifest, dict[str, str | None], Path] | AvpError | None] = {}
+        self._on_used = on_used
+        self._used: set[Path] = set()
 
-    def listing(self, path: Path) -> Manifest | None:
-        """The manifest of the nearest folder above `path` that has one, if it is an encryption's and lists
-        `path` as a finished output; AvpError if that manifest cannot be read."""
+    def listing(self, path: Path) -> tuple[Manifest, str | None] | None:
+        """(manifest, the sha256 it lists) if the manifest in path's folder is an encryption's and lists
+        `path` as a finished output; None if there is none or it does not; AvpError if it cannot be read."""
         absolute = Path(os.path.abspath(path))
-        folder = self._nearest_manifest_folder(absolute.parent)
-        if folder is None:
-            return None
+        folder = absolute.parent
         if folder not in self._read:
-            try:
-                manifest = read_manifest(folder)
-                self._read[folder] = manifest, {entry.get("output") for entry in manifest.files
-                                                if entry.get("status") == "ok" and isinstance(entry.get("output"), str)}
-            except AvpError as damaged:
-                self._read[folder] = damaged
+            self._read[folder] = self._read_folder(folder)
         found = self._read[folder]
         if isinstance(found, AvpError):
             raise found
-        manifest, outputs = found
-        if manifest.kind != "encrypted" or absolute.relative_to(folder).as_posix() not in outputs:
+        if found is None:
             return None
-        return manifest
+        manifest, outputs, used = found
+        if absolute.name not in outputs:
+            return None
+        if used not in self._used:
+            self._used.add(used)
+            self._on_used(used)
+        return manifest, outputs[absolute.name]
 
-    def _nearest_manifest_folder(self, folder: Path) -> Path | None:
-        visited = []
-        found: Path | None = None
-        while True:
-            if folder in self._nearest:
-                found = self._nearest[folder]
-                break
-            visited.append(folder)
-            if (folder / MANIFEST_NAME).is_file() or manifest_parts(folder):
-                found = folder
-                break
-            if folder.parent == folder:
-                break
-            folder = folder.parent
-        for seen in visited:
-            self._nearest[seen] = found
-        return found
+    @staticmethod
+    def _read_folder(folder: Path) -> tuple[Manifest, dict[str, str | None], Path] | AvpError | None:
+        if not (folder / MANIFEST_NAME).is_file() and not manifest_parts(folder):
+            return None
+        try:
+            manifest = read_manifest(folder)
+        except AvpError as damaged:
+            return damaged
+        if manifest.kind != "encrypted":
+            return None
+        outputs = {entry["output"]: entry.get("sha256") if isinstance(entry.get("sha256"), str) else None
+                   for entry in manifest.files if entry.get("status") == "ok" and isinstance(entry.get("output"), str)}
+        used = folder / MANIFEST_NAME if (folder / MANIFEST_NAME).is_file() else folder
+        return manifest, outputs, used
 
 
 def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
@@ -230,17 +268,19 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
     earlier = _earlier_decryption(plan)
     manifest = Manifest(kind="decrypted", target=plan.target, key_fingerprint=plan.key_fingerprint, complete=False)
     records: list[tuple[int, dict[str, Any]]] = []
+    names = DecryptedNames(plan.output, earlier, {item.name for item in plan.ciphertexts})
 
-    def fail(position: int, label: str, reason: str) -> None:
+    def fail(position: int, label: str, reason: str, given: str | None = None) -> None:
         entry = {"source": label, "output": None, "status": "failed", "reason": reason}
         records.append((position, entry))
-        on_event(Event("failed", source=label, reason=reason, entry=entry))
+        on_event(Event("failed", source=given or label, reason=reason, entry=entry))
 
     for refused in plan.refused:
         fail(*refused)
     ciphertexts = plan.ciphertexts
     remove_stale_temporaries(plan.output, {Path(item.name) for item in ciphertexts} | {Path(MANIFEST_NAME)})
-    checkpoint = Checkpoint(lambda: write_records(manifest, records, plan.output))
+    checkpoint = Checkpoint(lambda: write_records(manifest, records, plan.output,
+                                                  earlier=names.kept({entry.get("output") for _, entry in records})))
     checkpoint.write()
 
     # Batches are fixed runs of the list, whatever is already done, as in encrypt: a rerun decrypts
@@ -249,27 +289,26 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
         batch = []
         for item in ciphertexts[start:start + plan.batch_size]:
             try:
-                data = read_file_bytes(item.source, MAX_PNG_BYTES)
-                tensor = png_tensor(data, item.size, png_only=plan.png_only)
-                if min(tensor.shape[-2:]) < _SMALLEST_CIPHERTEXT_SIDE:
-                    raise ImageError(f"{tensor.shape[-1]}x{tensor.shape[-2]} pixels, smaller than the key takes "
-                                     f"({_SMALLEST_CIPHERTEXT_SIDE} a side)")
-                batch.append((item, hashlib.sha256(data).hexdigest(), tensor))
-            except Exception as broken:  # noqa: BLE001 - a damaged ciphertext fails alone
-                fail(item.position, item.name, f"cannot read: {describe_error(broken, item.source)}")
-        kept = [_decrypted_before(earlier.get(item.name), plan.output, item.name, digest) for item, digest, _ in batch]
-        if not all(kept):
-            decrypted = decrypt_grouped([(item.key, tensor) for item, _, tensor in batch], plan.device)
-        for index, ((item, digest, _), entry) in enumerate(zip(batch, kept)):
+                batch.append(_read_ciphertext(item, plan, names))
+            except _Refused as refused:
+                fail(item.position, item.label, str(refused), str(item.source))
+        kept = [_decrypted_before(earlier.get(name), plan.output, name, digest) for _, name, digest, _, _ in batch]
+        decrypted = _decrypt_groups([(item.key, tensor) for (item, _, _, tensor, _), entry in zip(batch, kept)
+                                     if entry is None], plan.device)
+        for (item, name, digest, _, forced), entry in zip(batch, kept):
             kind = "skipped"
             if entry is None:
-                data = png_bytes(decrypted[index])
-                write_into(plan.output, item.name, data)
-                entry = {"source": item.name, "output": item.name, "status": "ok", "source_sha256": digest,
-                         "sha256": hashlib.sha256(data).hexdigest()}
+                result = decrypted.pop(0)
+                if isinstance(result, str):
+                    fail(item.position, item.label, result, str(item.source))
+                    continue
+                data = png_bytes(result)
+                write_into(plan.output, name, data)
+                entry = {"source": item.label, "output": name, "status": "ok", "source_sha256": digest,
+                         "sha256": hashlib.sha256(data).hexdigest(), **({"forced": forced} if forced else {})}
                 kind = "written"
             records.append((item.position, entry))
-            on_event(Event(kind, source=item.name, output=item.output, entry=entry))
+            on_event(Event(kind, source=str(item.source), output=plan.output / name, entry=entry))
         on_event(Event("progress", done=min(start + plan.batch_size, len(ciphertexts)), total=len(ciphertexts)))
         checkpoint.write_if_due()
     manifest.complete = True
@@ -277,8 +316,74 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
     return manifest
 
 
+class _Refused(Exception):
+    """A ciphertext that is not decrypted: its one-line reason."""
+
+
+def _read_ciphertext(item: _Ciphertext, plan: _Decryption,
+                     names: DecryptedNames) -> tuple[_Ciphertext, str, str, Any, str | None]:
+    """(item, its output name, its sha256, its pixels, why it was forced or None) once it has passed every
+    check that comes before decryption; _Refused with the reason where one fails (nothing is written)."""
+    try:
+        data = read_file_bytes(item.source, MAX_PNG_BYTES)
+        tensor = png_tensor(data, item.size, png_only=plan.png_only, max_pixels=plan.max_pixels)
+    except Exception as broken:  # noqa: BLE001 - a damaged ciphertext fails alone
+        raise _Refused(f"cannot read: {describe_error(broken, item.source)}") from None
+    if min(tensor.shape[-2:]) < _SMALLEST_CIPHERTEXT_SIDE:
+        raise _Refused(f"cannot read: {tensor.shape[-1]}x{tensor.shape[-2]} pixels, smaller than the key takes "
+                       f"({_SMALLEST_CIPHERTEXT_SIDE} a side)")
+    digest = hashlib.sha256(data).hexdigest()
+    forced = []
+    if item.sha256 is not None and digest != item.sha256:
+        if not plan.force:
+            raise _Refused("its bytes do not match the sha256 its manifest lists (damaged or replaced); "
+                           "use --force to decrypt it anyway")
+        forced.append("sha256")
+    if _key_check(item.key, tensor) is False:
+        if not plan.force:
+            raise _Refused(KEY_CHECK_FAILED)
+        forced.append("key check")
+    name = names.choose(item.name, item.source, digest)
+    if name is None:
+        raise _Refused(f"{item.name} in the output folder holds the decryption of another ciphertext, and so do "
+                       "the longer names; use --overwrite to replace it, or choose another --out")
+    return item, name, digest, tensor, " and ".join(forced) or None
+
+
+def _key_check(model: nn.Module, ciphertext: Any) -> bool | None:
+    """Whether a ciphertext (3, H, W) passes the key's check (KeyModel.verify); None where the key's
+    scheme carries none (keys made before the check, keys without scramble, G alone)."""
+    verify = getattr(model, "verify", None)
+    scramble = getattr(model, "scramble", None)
+    if verify is None or (scramble is not None and not hasattr(scramble, "verify")):
+        return None
+    result = verify(ciphertext.unsqueeze(0))
+    return None if result is None else bool(result[0])
+
+
+def _decrypt_groups(pairs: list[tuple[nn.Module, Any]], device: str) -> list[Any]:
+    """decrypt_grouped, one group (key and size) at a time, so that a group that runs out of memory fails
+    alone: its places hold the one-line reason instead of an image."""
+    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    for index, (key, image) in enumerate(pairs):
+        groups.setdefault((id(key), tuple(image.shape)), []).append(index)
+    results: list[Any] = [None] * len(pairs)
+    for indices in groups.values():
+        try:
+            decrypted = decrypt_grouped([pairs[index] for index in indices], device)
+        except (MemoryError, RuntimeError) as error:
+            if not isinstance(error, MemoryError) and "memory" not in str(error).lower():
+                raise
+            height, width = pairs[indices[0]][1].shape[-2:]
+            decrypted = [f"not enough memory to decrypt {width}x{height} pixels; --max-pixels refuses such files "
+                         "before reading them"] * len(indices)
+        for index, result in zip(indices, decrypted):
+            results[index] = result
+    return results
+
+
 def _earlier_decryption(plan: _Decryption) -> dict[str, dict[str, Any]]:
-    """The entries of an earlier decryption into plan.output by ciphertext name ({} with plan.overwrite).
+    """The finished entries of an earlier decryption into plan.output by output name ({} with plan.overwrite).
 
     UsageError if the folder holds avp output of another kind, or a decryption with another key.
     """
@@ -290,7 +395,7 @@ def _earlier_decryption(plan: _Decryption) -> dict[str, dict[str, Any]]:
     if earlier.key_fingerprint != plan.key_fingerprint:
         raise UsageError(f"{plan.output} holds a decryption with another key; use --overwrite to redo it, "
                          "or choose another --out")
-    return {entry["source"]: entry for entry in earlier.files if isinstance(entry.get("source"), str)}
+    return {entry["output"]: entry for entry in earlier.files if isinstance(entry.get("output"), str)}
 
 
 def _decrypted_before(entry: dict[str, Any] | None, folder: Path, name: str, digest: str) -> dict[str, Any] | None:
@@ -303,7 +408,8 @@ def _decrypted_before(entry: dict[str, Any] | None, folder: Path, name: str, dig
 
 def decrypt_paths(inputs: Iterable[Path], output: Path | None = None, *, key: Key | Path | None = None,
                   key_folders: Sequence[Path] = (), listed: bool = False, force: bool = False, batch_size: int = 16,
-                  device: str = "auto", overwrite: bool = False, on_event: EventCallback = ignore_events,
+                  device: str = "auto", overwrite: bool = False, max_pixels: int = MAX_PIXELS,
+                  on_event: EventCallback = ignore_events,
                   on_warning: Callable[[str], None] = lambda message: None) -> Manifest:
     """`avp decrypt`: one folder written by `avp encrypt`, or ciphertext files one by one; returns the manifest written.
 
@@ -325,7 +431,8 @@ def decrypt_paths(inputs: Iterable[Path], output: Path | None = None, *, key: Ke
     if folder is None:
         loaded = key if isinstance(key, Key) else load_key(key, device=resolved)
         return decrypt_files(DecryptFilesJob(files=list(inputs), output=output, key=loaded, batch_size=batch_size,
-                                             device=resolved, overwrite=overwrite, force=force), on_event)
+                                             device=resolved, overwrite=overwrite, force=force,
+                                             max_pixels=max_pixels), on_event)
     manifest = read_manifest(folder)
     if key is not None:
         loaded = key if isinstance(key, Key) else load_key(key, device=resolved)
@@ -341,7 +448,8 @@ def decrypt_paths(inputs: Iterable[Path], output: Path | None = None, *, key: Ke
                           on_unusable=lambda reason: on_warning(f"skipped: {reason}"))
     job = DecryptJob(encrypted=folder, output=output if output is not None else folder.with_name(folder.name + "-decrypted"),
                      key=loaded.model_for(scramble=uses_scramble(loaded, manifest)), key_fingerprint=loaded.fingerprint,
-                     batch_size=batch_size, device=resolved, manifest=manifest, overwrite=overwrite)
+                     batch_size=batch_size, device=resolved, manifest=manifest, overwrite=overwrite, force=force,
+                     max_pixels=max_pixels)
     return decrypt_folder(job, on_event)
 
 

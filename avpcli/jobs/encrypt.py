@@ -17,12 +17,13 @@ from avpcli.encryptor import Encryptor
 from avpcli.errors import ImageError, NoFaceError, UsageError
 from avpcli.events import Event, EventCallback, ignore_events
 from avpcli.images import (SourceImage, check_link_stays_inside, check_named_file, describe_error, find_images,
-                           output_names, png_bytes, png_tensor, read_png)
-from avpcli.inputs import prepare_file
-from avpcli.jobs.folders import (Checkpoint, check_output_folder, face_output_name, owned_folder, previous_manifest,
-                                 remove_stale_temporaries, write_into, write_records)
-from avpcli.jobs.resume import (FolderRun, anonymous_names, earlier_entries, finished_before, linked_safely, resume,
-                                settings_record, source_file_tag)
+                           load_rgb, output_names, png_bytes, png_tensor, read_png)
+from avpcli.inputs import target_inputs
+from avpcli.jobs.folders import (Checkpoint, check_output_folder, face_output_name, file_digest, owned_folder,
+                                 previous_manifest, remove_stale_temporaries, write_into, write_records)
+from avpcli.jobs.names import choose_label, held_by_another, held_outputs
+from avpcli.jobs.resume import (FolderRun, NamesMap, SourceTag, earlier_entries, finished_before, linked_safely,
+                                read_names_map, resume, run_identity, settings_record, source_file_tag)
 from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest
 
 
@@ -96,22 +97,36 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     resumed = resume(run, manifest, previous)
     manifest.settings["noise_seed"] = resumed.noise_seed
     manifest.run = resumed.run_id if run.anonymize else None
-    names = anonymous_names(run, sources, resumed) if run.anonymize else output_names(all_sources)
-    remove_stale_temporaries(run.output, {names[source.relative] for source in sources} | {Path(manifest_name)})
+    names_map = read_names_map(run, resumed) if run.anonymize else None
+    identity = run_identity(manifest, names_map.blind if names_map is not None else None)
+    tags: dict[int, SourceTag | None] = {}
 
-    def label(source: SourceImage) -> str:
-        """What the manifest calls a source: its relative path, or its random id when anonymized."""
-        return names[source.relative].stem if run.anonymize else str(source.relative)
+    def tag(position: int) -> SourceTag | None:
+        """The source's tag, read once (and never for a link out of its folder that the run does not follow)."""
+        if position not in tags:
+            source = sources[position]
+            tags[position] = (source_file_tag(source.path, encryptor.source_tag_secret, identity)
+                              if linked_safely(source, run) else None)
+        return tags[position]
 
-    # A shard's part lists its own files only; the merge keeps what earlier runs left (merge_finished_parts).
-    earlier = [] if count > 1 else earlier_entries(previous, manifest, {label(source) for source in sources},
-                                                    {str(names[source.relative]) for source in sources})
+    labels, outputs, refused = _choose_names(run, all_sources, sources, names_map, tag)
+    remove_stale_temporaries(run.output, set(outputs.values()) | {Path(manifest_name)})
+
+    def label(position: int) -> str:
+        """What the manifest calls a source: its relative path (lengthened where an earlier run's output of
+        another source holds its name), or its random id when anonymized."""
+        return outputs[position].stem if run.anonymize else str(labels[position])
+
+    # Entries of earlier runs for sources this run leaves alone stay listed (a shard's too: merge_finished_parts
+    # drops the copies that other shards' parts hold), so that no finished output is left out of the manifest.
+    processed = {label(position) for position in outputs} | {
+        str(source.relative) for position, source in enumerate(all_sources) if position % count != index}
+    earlier = earlier_entries(previous, manifest, processed, {str(output) for output in outputs.values()})
     records: list[tuple[tuple[int, int], dict[str, Any]]] = []
     finished: set[int] = set()
     for position, source in enumerate(sources):
-        entries = resumed.entries.get(label(source), [])
-        if entries and linked_safely(source, run) and finished_before(
-                entries, run.output, names[source.relative], source_file_tag(source.path, encryptor.source_tag_secret)):
+        entries = resumed.entries.get(label(position), []) if position in outputs else []
+        if entries and finished_before(entries, run.output, outputs[position], tag(position)):
             finished.add(position)
             for face, entry in enumerate(entries, 1):
                 records.append(((position, face), entry))
@@ -124,24 +139,29 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     def items(position: int, source: SourceImage) -> list[_Item]:
         """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
         try:
+            if position in refused:
+                raise ImageError(refused[position])
             if run.listed:
                 check_named_file(source.path, run.output)
             if not run.follow_links:
                 check_link_stays_inside(source)
-            faces = prepare_file(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device)
+            faces = target_inputs(load_rgb(source.path, run.max_pixels), encryptor.spec, run.align, run.all_faces,
+                                  encryptor.device)
         except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
             if position not in finished:
                 status, reason = _failure_reason(error, source.path)
-                entry = {"source": label(source), "output": None, "status": status, "reason": reason}
+                entry = {"source": label(position) if position in outputs else str(source.relative),
+                         "output": None, "status": status, "reason": reason}
                 records.append(((position, 0), entry))
                 on_event(Event("failed", source=str(source.relative), reason=reason, entry=entry))
             return []
         prepared = []
-        source_tag = source_file_tag(source.path, encryptor.source_tag_secret)
+        source_tag = tag(position)
         for face_index, (tensor, alignment) in enumerate(faces):
-            output = face_output_name(names[source.relative], face_index)
-            entry: dict[str, Any] = {"source": label(source), "output": str(output), "status": "pending",
-                                     "alignment": alignment, "source_tag": source_tag}
+            output = face_output_name(outputs[position], face_index)
+            entry: dict[str, Any] = {"source": label(position), "output": str(output), "status": "pending",
+                                     "alignment": alignment,
+                                     **({"source_tag": source_tag.value} if source_tag is not None else {})}
             if len(faces) > 1:
                 entry.update(face=face_index + 1, faces=len(faces))
             prepared.append(_Item(tensor, entry, _noise_seed(resumed.noise_seed, str(output)), (position, face_index + 1)))
@@ -169,6 +189,41 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     if count > 1:
         merge_finished_parts(run.output, count)
     return manifest
+
+
+def _choose_names(run: FolderRun, all_sources: list[SourceImage], sources: list[SourceImage], names_map: NamesMap | None,
+                  tag) -> tuple[dict[int, Path], dict[int, Path], dict[int, str]]:
+    """(label, output name) of each of this shard's sources by position, and the one-line reason of each
+    that gets none. A source's output name is its own (output_names; an anonymized run's id of its
+    label) unless a finished output of an earlier run, made from other bytes, holds it: then its
+    label is lengthened by its parent folders (images.longer_names) until one is free. --overwrite
+    replaces such outputs instead."""
+    held = {} if run.overwrite else held_outputs(run.output)
+    natural = output_names(all_sources)
+    planned = {str(name) for name in natural.values()}
+    labels: dict[int, Path] = {}
+    outputs: dict[int, Path] = {}
+    refused: dict[int, str] = {}
+    for position, source in enumerate(sources):
+        def output_of(label: Path) -> Path | None:
+            if names_map is not None:
+                return names_map.ids.get(str(label))  # None: a new id, which nothing holds
+            return natural[source.relative] if label == source.relative else label.with_suffix(".png")
+
+        def is_free(output: Path | None, label: Path) -> bool:
+            return output is None or not held_by_another(held.get(str(output)), tag(position),
+                                                         output.stem if names_map is not None else str(label))
+
+        chosen = choose_label(source.relative, source.path, output_of, is_free, planned)
+        if chosen is None:
+            refused[position] = (f"its output name {natural[source.relative]} holds another source's ciphertext, and "
+                                 "so do the longer names; use --overwrite to replace it, or choose another --out")
+            continue
+        labels[position] = chosen
+        outputs[position] = names_map.id_for(chosen) if names_map is not None else output_of(chosen)
+    if names_map is not None:
+        names_map.save(run)
+    return labels, outputs, refused
 
 
 def _failure_reason(error: Exception, path: Path) -> tuple[str, str]:
@@ -201,8 +256,33 @@ def merge_finished_parts(folder: Path, count: int) -> Manifest | None:
     merged.files += earlier_entries(previous_manifest(folder, (MANIFEST_NAME,)), merged,
                                      {str(entry.get("source")) for entry in merged.files},
                                      {entry.get("output") for entry in merged.files})
+    merged.files = _listed_once(merged.files, folder)
     merged.write(folder)
     return merged
+
+
+def _listed_once(entries: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
+    """The entries with each output listed once: where parts list one output twice (a shard's part keeps
+    an earlier run's entries, which another part may hold too), the entry of the file on disk; a
+    failure only for a source that nothing lists as done."""
+    by_output: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        name = entry.get("output")
+        if entry.get("status") == "ok" and isinstance(name, str):
+            if name not in by_output or (by_output[name].get("sha256") != entry.get("sha256")
+                                         and file_digest(folder, name) == entry.get("sha256")):
+                by_output[name] = entry
+    done = {entry.get("source") for entry in by_output.values()}
+    kept, failed = [], set()
+    for entry in entries:
+        name = entry.get("output")
+        if entry.get("status") == "ok" and isinstance(name, str):
+            if by_output.get(name) is entry:
+                kept.append(entry)
+        elif entry.get("source") not in done and entry.get("source") not in failed:
+            failed.add(entry.get("source"))
+            kept.append(entry)
+    return kept
 
 
 def _encrypt_and_write(batch: list[_Item], encryptor: Encryptor, run: FolderRun, records: list, on_event: EventCallback,

@@ -13,10 +13,10 @@ from typing import Any
 from avpcli.engine import AttackSettings
 from avpcli.errors import ImageError, UsageError
 from avpcli.files import UnusableFile, open_regular_file, write_output
-from avpcli.images import SourceImage, check_link_stays_inside, is_inside
+from avpcli.images import MAX_PIXELS, SourceImage, check_link_stays_inside, is_inside
 from avpcli.inputs import AlignMode
 from avpcli.jobs.folders import face_output_name, file_digest
-from avpcli.manifest import Manifest, differences
+from avpcli.manifest import Manifest, differences, settings_without_seed
 
 
 @dataclass
@@ -37,6 +37,7 @@ class FolderRun:
         default each fails with its reason (a planted link must not make avp encrypt what it points to).
     listed: every input is one file, read from a list (`avp encrypt -`): one that is missing, no
         image, a folder, or inside the output folder fails alone instead of stopping the run.
+    max_pixels: an image whose header declares more pixels fails alone before it is decoded.
     """
 
     inputs: list[Path]
@@ -52,6 +53,7 @@ class FolderRun:
     key_path: Path | None = None
     follow_links: bool = False
     listed: bool = False
+    max_pixels: int = MAX_PIXELS
 
 
 # Settings added since manifests were first written, with the value that leaves them off: recorded
@@ -114,33 +116,53 @@ def _names_map_path(run: FolderRun, run_id: str) -> Path:
     return path
 
 
-def anonymous_names(run: FolderRun, sources: list[SourceImage], resumed: ResumeState) -> dict[Path, Path]:
-    """Random ids as output names for this shard's sources, reusing (and extending) the run's names map."""
+@dataclass
+class NamesMap:
+    """An anonymized run's id → name map (kept outside the output folder): the ids known by source label,
+    and `blind`, the run's random value that its source tags are made with (so that two anonymized
+    folders cannot be joined by their tags)."""
+
+    path: Path
+    ids: dict[str, Path]
+    blind: str
+    changed: bool = False
+
+    def id_for(self, label: Path) -> Path:
+        """The output name of a source label: its id, a new one for a label not seen before."""
+        if str(label) not in self.ids:
+            self.ids[str(label)] = Path(f"{secrets.token_hex(8)}.png")
+            self.changed = True
+        return self.ids[str(label)]
+
+    def save(self, run: FolderRun) -> None:
+        if self.changed or not self.path.exists():
+            document = {"format": "avp-names", "output": str(run.output.resolve()), "tag_blind": self.blind,
+                        "names": {str(output): source for source, output in sorted(self.ids.items())}}
+            write_output(self.path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
+            self.changed = False
+
+
+def read_names_map(run: FolderRun, resumed: ResumeState) -> NamesMap:
+    """The run's names map (a new one for a new run); UsageError if an earlier run's cannot be found or read.
+    A map of avp 0.2 gets a blind the first time it is read."""
     path = _names_map_path(run, resumed.run_id or secrets.token_hex(4))
-    known: dict[str, str] = {}
-    if path.exists():
-        try:
-            document = json.loads(path.read_text())
-            known = dict(document["names"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UsageError(f"cannot read the names map {path}; use --overwrite to start afresh") from None
-    elif resumed.entries:
-        raise UsageError(f"the names map of the earlier run in {run.output} is not at {path}; give it with "
-                         "--names-map, or use --overwrite to start afresh")
-    by_source = {source: Path(output) for output, source in known.items()}
-    added = False
-    for source in sources:
-        if str(source.relative) not in by_source:
-            by_source[str(source.relative)] = Path(f"{secrets.token_hex(8)}.png")
-            added = True
-    if added or not path.exists():
-        document = {"format": "avp-names", "output": str(run.output.resolve()),
-                    "names": {str(output): source for source, output in sorted(by_source.items())}}
-        write_output(path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
-    return {source.relative: by_source[str(source.relative)] for source in sources}
+    if not path.exists():
+        if resumed.entries:
+            raise UsageError(f"the names map of the earlier run in {run.output} is not at {path}; give it with "
+                             "--names-map, or use --overwrite to start afresh")
+        return NamesMap(path, {}, secrets.token_hex(32), changed=True)
+    try:
+        document = json.loads(path.read_text())
+        ids = {str(source): Path(output) for output, source in dict(document["names"]).items()}
+        blind = document.get("tag_blind")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError(f"cannot read the names map {path}; use --overwrite to start afresh") from None
+    if isinstance(blind, str) and blind:
+        return NamesMap(path, ids, blind)
+    return NamesMap(path, ids, secrets.token_hex(32), changed=True)
 
 
-def finished_before(entries: list[dict[str, Any]], folder: Path, output: Path, source_tag: str | None) -> bool:
+def finished_before(entries: list[dict[str, Any]], folder: Path, output: Path, source_tag: SourceTag | None) -> bool:
     """True if an earlier run wrote every output of one source's entries, under the names this run
     gives them (`output` and its _faceN siblings), from this very source file, and none has changed since.
 
@@ -152,7 +174,7 @@ def finished_before(entries: list[dict[str, Any]], folder: Path, output: Path, s
     for number, entry in enumerate(entries, 1):
         if entry.get("status") != "ok" or (entry.get("face", 1), entry.get("faces", 1)) != (number, count):
             return False
-        if "source_tag" in entry and entry["source_tag"] != source_tag:
+        if "source_tag" in entry and (source_tag is None or not source_tag.matches(entry["source_tag"])):
             return False
         name = str(face_output_name(output, number - 1))
         if entry.get("output") != name or file_digest(folder, name) != entry.get("sha256"):
@@ -172,12 +194,42 @@ def linked_safely(source: SourceImage, run: FolderRun) -> bool:
     return True
 
 
-def source_file_tag(path: Path, secret: bytes) -> str | None:
-    """HMAC-SHA256 of a source file's bytes under the key's tag secret (hex), or None if it is not a
-    regular file that can be read (it then fails, with its reason, when it is loaded). Keyed: a plain
-    hash in a manifest would let anyone holding a photo check whether it was encrypted. Opened
-    without blocking and checked before reading: a FIFO must not hang the run."""
-    digest = hmac.new(secret, digestmod="sha256")
+# Tags of avp 0.3 on: HMAC-SHA256 under the key's tag secret of the run's identity, then the file.
+_RUN_TAG = "run:"
+
+
+@dataclass(frozen=True)
+class SourceTag:
+    """A source file's tag as this run writes it (`value`), and as avp 0.2 wrote it (`plain`: the HMAC
+    of the file alone, which linked one photo across every folder encrypted with one key)."""
+
+    value: str
+    plain: str
+
+    def matches(self, tag: object) -> bool:
+        """Whether a manifest's tag was made from these very bytes (by this run's identity, or by avp 0.2)."""
+        if not isinstance(tag, str):
+            return False
+        return hmac.compare_digest(tag, self.value if tag.startswith(_RUN_TAG) else self.plain)
+
+
+def run_identity(manifest: Manifest, blind: str | None = None) -> bytes:
+    """What a run's source tags are bound to: its target, key and settings (the noise seed aside, so that
+    shards and reruns of one run agree), and an anonymized run's blind (NamesMap)."""
+    identity = {"target": manifest.target, "key": manifest.key_fingerprint,
+                "settings": settings_without_seed(manifest.settings), "blind": blind}
+    return json.dumps(identity, sort_keys=True, default=str).encode() + b"\0"
+
+
+def source_file_tag(path: Path, secret: bytes, identity: bytes) -> SourceTag | None:
+    """A source file's tag: HMAC-SHA256 under the key's tag secret of the run's identity (run_identity)
+    and the file's bytes, so that one photo's tags differ across runs of other targets or settings and
+    across anonymized runs; None if it is not a regular file that can be read (it then fails, with
+    its reason, when it is loaded). Keyed: a plain hash in a manifest would let anyone holding a photo
+    check whether it was encrypted. Opened without blocking and checked before reading: a FIFO must
+    not hang the run."""
+    bound = hmac.new(secret, identity, digestmod="sha256")
+    plain = hmac.new(secret, digestmod="sha256")
     try:
         stream, _ = open_regular_file(path)
     except UnusableFile:
@@ -185,10 +237,11 @@ def source_file_tag(path: Path, secret: bytes) -> str | None:
     with stream:
         try:
             for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
+                bound.update(block)
+                plain.update(block)
         except OSError:
             return None
-    return digest.hexdigest()
+    return SourceTag(_RUN_TAG + bound.hexdigest(), plain.hexdigest())
 
 
 def earlier_entries(earlier: Manifest | None, manifest: Manifest, sources: set[str],
