@@ -1,8 +1,11 @@
 """The key: architecture, seeded training, the safetensors format and its refusals."""
 
+import dataclasses
+import hashlib
 import json
 import os
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -11,14 +14,14 @@ from PIL import Image
 
 from avpcli.errors import KeyFileError, UsageError
 from avpcli.key import (
-    KEY_PRESETS, NORMS, KeyGenerator, KeyModel, KeyPreset, count_parameters, expected_key_tensors,
-    key_fingerprint, load_key, new_seed, procedural_images, save_key, scramble_secret, seed_is_guessable, train_key,
-    training_data_fingerprint,
+    GUESSABLE_SEED_LIMIT, KEY_PRESETS, NORMS, SEED_KDF, TEST_SEED_KDF, KeyGenerator, KeyModel, KeyPreset, SeedKdf,
+    count_parameters, expected_key_tensors, key_fingerprint, load_key, new_seed, procedural_images, save_key,
+    scramble_secret, seed_is_guessable, seed_secrets, seeded_generator, train_key, training_data_fingerprint,
 )
 from avpcli.scramble import PER_IMAGE_SCHEME, SCHEME as SCRAMBLE_SCHEME
 
 TINY = KeyPreset(ngf=4, blocks=1, norm="batch", steps=3, batch_size=2, crop_size=16, learning_rate=1e-3,
-                 warmup_steps=1)
+                 warmup_steps=1, seed_kdf=TEST_SEED_KDF)
 
 
 @pytest.fixture(autouse=True)
@@ -222,8 +225,9 @@ def test_corrupt_header_is_refused(key_file):
 
 
 def test_seed_helpers():
-    assert seed_is_guessable(0) and seed_is_guessable(2 ** 32 - 1)
-    assert not seed_is_guessable(2 ** 32)
+    assert GUESSABLE_SEED_LIMIT == 2 ** 64
+    assert seed_is_guessable(0) and seed_is_guessable(2 ** 32) and seed_is_guessable(2 ** 64 - 1)
+    assert not seed_is_guessable(2 ** 64)
     seeds = {new_seed() for _ in range(4)}
     assert len(seeds) == 4 and all(seed.bit_length() > 64 for seed in seeds)  # fails with odds 2**-64
     assert not any(seed_is_guessable(seed) for seed in seeds)
@@ -285,7 +289,7 @@ def test_keys_scramble_by_default_and_the_secret_is_saved_and_fingerprinted(tiny
     assert loaded.metadata["format_version"] == "2" and loaded.metadata["scramble"] == PER_IMAGE_SCHEME
     assert loaded.scramble.per_image
     assert torch.equal(loaded.scramble.secret, tiny_key.scramble.secret)
-    assert bytes(loaded.scramble.secret.tolist()) == scramble_secret(12345)
+    assert bytes(loaded.scramble.secret.tolist()) == seed_secrets(12345, TEST_SEED_KDF).scramble
     images = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(loaded.model(images),
@@ -450,3 +454,107 @@ def test_keygen_with_a_bad_seed_or_step_count_exits_2_with_its_reason(args, mess
 ])
 def test_keygen_with_a_bad_seed_or_step_count_prints_one_line(args, message, tmp_path):
     assert _keygen(*args, tmp_path=tmp_path).stderr == f"error: {message}\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# The seed is a password: every secret of a key goes through scrypt, whose parameters the key records
+
+
+def test_every_built_in_preset_puts_the_seed_through_the_full_scrypt():
+    # Pinned: lowering the cost makes every seed cheaper to guess (docs/KEY.md, benchmarks/seed_search.py).
+    assert (SEED_KDF.n, SEED_KDF.r, SEED_KDF.p) == (2 ** 17, 10, 1)
+    assert SEED_KDF.memory_bytes == 160 * 2 ** 20 and SEED_KDF.name == "scrypt-v1:n=131072,r=10,p=1"
+    assert {name: preset.seed_kdf for name, preset in KEY_PRESETS.items()} == dict.fromkeys(KEY_PRESETS, SEED_KDF)
+    assert KeyPreset(ngf=4, blocks=1, norm="none", steps=1, batch_size=1, crop_size=16,
+                     learning_rate=1e-3).seed_kdf == SEED_KDF  # a preset of one's own gets it too
+    from avpcli.key import resolve_recipe
+
+    assert resolve_recipe("default", seed=0, steps=1)[1].seed_kdf == SEED_KDF  # --steps keeps it
+
+
+def test_one_full_cost_derivation_takes_at_least_a_fifth_of_a_second():
+    # A floor, not a speed bar: it fails only if someone makes guessing cheaper.
+    started = time.perf_counter()
+    derived = seed_secrets(4242, SEED_KDF)
+    assert time.perf_counter() - started >= 0.2
+    assert derived.scramble != scramble_secret(4242)
+
+
+def test_the_derivation_is_hmac_over_scrypt_of_the_seeds_digits():
+    import hmac
+
+    cheap = SeedKdf(n=4, r=2, p=1)
+    master = hashlib.scrypt(b"4242", salt=b"avp-seed-kdf:scrypt-v1", n=4, r=2, p=1, dklen=32)
+    label = b"avp-key:scrypt-v1:n=4,r=2,p=1:"
+    derived = seed_secrets(4242, cheap)
+    assert derived.scramble == hmac.new(master, label + b"scramble", hashlib.sha256).digest()
+    init = hmac.new(master, label + b"init", hashlib.sha256).digest()
+    assert derived.init == int.from_bytes(init[:8], "big") & (2 ** 63 - 1)
+    assert derived.scramble.hex()[:16] not in repr(derived) and str(derived.init) not in repr(derived)
+
+
+def test_the_seed_kdf_is_recorded_and_parsed_back(tiny_key, key_file):
+    assert load_key(key_file).metadata["seed_kdf"] == TEST_SEED_KDF.name == "scrypt-v1:n=2,r=1,p=1"
+    assert SeedKdf.parse(SEED_KDF.name) == SEED_KDF
+    for bad in ("scrypt-v1:n=3,r=1,p=1", "argon2:n=2", "scrypt-v1:n=2,r=0,p=1"):
+        with pytest.raises(UsageError):
+            SeedKdf.parse(bad)
+
+
+def test_every_secret_of_a_key_comes_from_the_kdf(tiny_key):
+    derived = seed_secrets(12345, TEST_SEED_KDF)
+    assert bytes(tiny_key.scramble.secret.tolist()) == derived.scramble
+    initial = seeded_generator(TINY.ngf, TINY.blocks, TINY.norm, derived.init, "cpu")
+    legacy = seeded_generator(TINY.ngf, TINY.blocks, TINY.norm, seed_secrets(12345, None).init, "cpu")
+    untrained = train_key(TINY, seed=12345, steps=1)  # one step moves the weights a little from the init
+    weight = "network.1.weight"
+    assert (untrained.generator.state_dict()[weight] - initial.state_dict()[weight]).abs().max() < 0.01
+    assert (untrained.generator.state_dict()[weight] - legacy.state_dict()[weight]).abs().max() > 0.01
+    other_cost = seed_secrets(12345, SeedKdf(n=4, r=1, p=1))
+    assert len({derived.scramble, other_cost.scramble, scramble_secret(12345)}) == 3
+    assert len({derived.init, derived.data, other_cost.init}) == 3
+
+
+def test_a_key_without_kdf_metadata_loads_and_decrypts_as_before(tmp_path):
+    # A key made before the KDF: its secrets are the fast hashes of its seed, computed here from the
+    # formulas those keys were made with, and its metadata has no seed_kdf.
+    old = train_key(dataclasses.replace(TINY, seed_kdf=None), seed=12345)
+    path = save_key(old, tmp_path / "old.safetensors")
+    again = save_key(train_key(dataclasses.replace(TINY, seed_kdf=None), seed=12345), tmp_path / "again.safetensors")
+    assert path.read_bytes() == again.read_bytes()
+    loaded = load_key(path)
+    assert "seed_kdf" not in loaded.metadata and set(loaded.metadata) == {
+        "format", "format_version", "architecture", "ngf", "blocks", "norm", "image_size", "seed", "training_data",
+        "steps", "preset", "scramble", "avp_version"}
+    assert bytes(loaded.scramble.secret.tolist()) == hashlib.sha256(b"avp-key:scramble:12345").digest()
+    init_seed = int.from_bytes(hashlib.sha256(b"avp-key:init:12345").digest()[:8], "big") & (2 ** 63 - 1)
+    assert seed_secrets(12345, None).init == init_seed
+    from avpcli.scramble import Scramble
+
+    legacy_scramble = Scramble(hashlib.sha256(b"avp-key:scramble:12345").digest(), PER_IMAGE_SCHEME)
+    ciphertexts = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():  # decryption is G∘S with the old secret, bit for bit
+        expected = KeyModel(old.generator, legacy_scramble).freeze()(ciphertexts)
+        assert torch.equal(loaded.model(ciphertexts), expected) and torch.equal(old.model(ciphertexts), expected)
+
+
+def _keygen_demo(seed: int, tmp_path, name: str):
+    result = _keygen("--seed", str(seed), "--steps", "1", tmp_path=tmp_path / name)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("seed", [2 ** 64 - 1])
+def test_keygen_warns_in_one_line_for_a_seed_below_2_64_and_never_prints_it(seed, tmp_path):
+    (tmp_path / "k").mkdir()
+    result = _keygen_demo(seed, tmp_path, "k")
+    lines = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(lines) == 1 and "2**64" in lines[0] and "guess" in lines[0] and "scramble" in lines[0]
+    assert "Omit --seed for a random 256-bit seed (recommended)" in lines[0]
+    assert str(seed) not in result.output and result.stdout.strip() == str(tmp_path / "k" / "key.safetensors")
+    assert load_key(tmp_path / "k" / "key.safetensors").metadata["seed_kdf"] == SEED_KDF.name
+
+
+def test_keygen_does_not_warn_for_a_seed_of_2_64_or_more(tmp_path):
+    (tmp_path / "k").mkdir()
+    assert "warning" not in _keygen_demo(2 ** 64, tmp_path, "k").stderr

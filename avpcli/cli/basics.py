@@ -18,7 +18,7 @@ from avpcli.errors import UsageError
 
 def keygen(
     *,
-    seed: Annotated[Optional[int], typer.Option(help="Training seed: THE SECRET. Default: 256 random bits from `secrets`.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Training seed: THE SECRET. Default: 256 random bits from `secrets` (recommended). A seed given here makes the key reproducible and is a password: below 2**64, or one a person could remember, it can be guessed (about 0.5 s of scrypt a guess), and a guess gives the key's scramble.")] = None,
     preset: Annotated[str, typer.Option(help="Key recipe: 'default' (trains on 2 CPU cores in minutes), 'small' (the same on 32-pixel crops, for images of about 32×32 such as CIFAR-10), 'demo' (shorter, for avp demo) or 'paper' (ngf 64, 9 blocks; GPU).")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="Train on this folder of images instead of the built-in procedural source.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
@@ -42,9 +42,11 @@ def keygen(
             seed = new_seed()
         # A bad seed or step count is refused before any warning or progress bar: one line.
         total_steps = resolve_recipe(preset, seed, steps)[1].steps
-        if given_seed and seed_is_guessable(seed):
-            stderr.print("[yellow]warning:[/] this seed is small enough to be guessed by trying them all; "
-                         "anyone who guesses it can train your key. Omit --seed for a random 256-bit one.")
+        if given_seed and seed_is_guessable(seed):  # one line, never the seed itself
+            stderr.print("[yellow]warning:[/] a seed below 2**64, or any a person could remember, can be guessed "
+                         "by trying seeds (about 0.5 s each); a guess gives the key's scramble, and a blur of a "
+                         "ciphertext's unscrambled pixels shows its photo. Omit --seed for a random 256-bit seed "
+                         "(recommended).", soft_wrap=True, highlight=False)
         resolved_device = resolve_device(device)
         if scramble is None:
             scramble = preset != "paper"

@@ -16,8 +16,9 @@ from avpcli.key.network import (
     ARCHITECTURE, NORMS, SIZE_MULTIPLE, KeyGenerator, KeyModel, ResidualBlock, count_parameters, resnet_generator,
 )
 from avpcli.key.presets import (
-    GUESSABLE_SEED_LIMIT, KEY_PRESETS, SEED_BITS, KeyPreset, derived_seed, new_seed, resolve_preset, resolve_recipe,
-    scramble_secret, seed_is_guessable,
+    GUESSABLE_SEED_LIMIT, KEY_PRESETS, SEED_BITS, SEED_KDF, SEED_KDF_SALT, TEST_SEED_KDF, KeyPreset, SeedKdf,
+    SeedSecrets, derived_seed, new_seed, resolve_preset, resolve_recipe, scramble_secret, seed_is_guessable,
+    seed_secrets,
 )
 from avpcli.key.training import BatchSource, ProgressCallback, fit_generator, seeded_generator
 from avpcli.key.training_data import (
@@ -29,9 +30,10 @@ __all__ = [
     "ARCHITECTURE", "BatchSource", "GUESSABLE_SEED_LIMIT", "ImageSource", "KEY_FORMAT", "KEY_FORMAT_VERSION",
     "KEY_PRESETS", "Key", "KeyGenerator", "KeyModel", "KeyPreset", "MAX_HEADER_BYTES", "MAX_KEY_BYTES",
     "MAX_KEY_VALUES", "NORMS", "NO_SCRAMBLE", "PROCEDURAL_SOURCE", "ProgressCallback", "READABLE_FORMAT_VERSIONS",
-    "ResidualBlock", "SCRAMBLE_SECRET_TENSOR", "SEED_BITS", "SIZE_MULTIPLE", "count_parameters", "derived_seed",
+    "ResidualBlock", "SCRAMBLE_SECRET_TENSOR", "SEED_BITS", "SEED_KDF", "SEED_KDF_SALT", "SIZE_MULTIPLE",
+    "SeedKdf", "SeedSecrets", "TEST_SEED_KDF", "count_parameters", "derived_seed",
     "cached_key", "expected_key_tensors", "find_key", "find_training_images", "fit_generator", "key_fingerprint", "key_metadata",
     "key_tensors", "load_key", "new_seed", "procedural_images", "read_key_file", "resnet_generator",
-    "resolve_preset", "resolve_recipe", "save_key", "scramble_secret", "seed_is_guessable", "seeded_generator",
+    "resolve_preset", "resolve_recipe", "save_key", "scramble_secret", "seed_is_guessable", "seed_secrets", "seeded_generator",
     "train_key", "training_data_fingerprint", "training_source", "write_key_file",
 ]

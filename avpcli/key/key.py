@@ -15,7 +15,7 @@ import torch
 from avpcli.errors import KeyFileError
 from avpcli.key.keyfile import key_fingerprint, key_metadata, key_tensors, read_key_file, write_key_file
 from avpcli.key.network import KeyGenerator, KeyModel
-from avpcli.key.presets import KeyPreset, derived_seed, new_seed, resolve_recipe, scramble_secret
+from avpcli.key.presets import KeyPreset, new_seed, resolve_recipe, seed_secrets
 from avpcli.key.training import ProgressCallback, fit_generator, seeded_generator
 from avpcli.key.training_data import training_source
 from avpcli.scramble import Scramble
@@ -95,8 +95,10 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
 
     Args:
         preset_name: a name in KEY_PRESETS, or a KeyPreset.
-        seed: the secret; the same seed, data, settings, torch version and thread count give a
-            byte-identical key on CPU.
+        seed: the secret, a password: every secret of the key (the scramble's, G's initialization and
+            data streams) is derived from it through the preset's memory-hard `seed_kdf` (scrypt, about
+            0.5 s), recorded in the metadata. The same seed, data, settings, torch version and thread
+            count give a byte-identical key on CPU.
         data_dir: a folder of images (searched recursively); None for the built-in procedural source.
             A missing or image-less folder is a UsageError.
         steps: overrides the preset's step count (the learning-rate schedule follows it).
@@ -115,8 +117,9 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
     source, data_fingerprint = training_source(data_dir)
 
     started = time.perf_counter()
-    model = seeded_generator(preset.ngf, preset.blocks, preset.norm, derived_seed(seed, "init"), device)
-    data_generator = torch.Generator().manual_seed(derived_seed(seed, "data"))
+    derived = seed_secrets(seed, preset.seed_kdf)  # the preset's scrypt: about 0.5 s, what a guess of the seed costs
+    model = seeded_generator(preset.ngf, preset.blocks, preset.norm, derived.init, device)
+    data_generator = torch.Generator().manual_seed(derived.data)
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
         images = source(data_generator, preset.batch_size, preset.crop_size).to(device)
@@ -126,7 +129,7 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
                   ssim_weight=preset.ssim_weight,
                   progress=None if progress is None else lambda step, total, loss: progress(step, total, float(loss)))
     metadata = key_metadata(name, preset, seed, data_fingerprint, scheme)
-    scrambler = Scramble(scramble_secret(seed), scheme) if scheme else None
+    scrambler = Scramble(derived.scramble, scheme) if scheme else None
     return Key(model.cpu(), metadata, scrambler, seconds=time.perf_counter() - started)
 
 

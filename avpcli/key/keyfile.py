@@ -34,8 +34,12 @@ SCRAMBLE_SECRET_TENSOR = "scramble.secret"
 
 def key_metadata(preset_name: str, preset: KeyPreset, seed: int, training_data: str,
                  scheme: str | None) -> dict[str, str]:
-    """The metadata a newly trained key's file carries: its format, architecture and how it was made."""
-    return {
+    """The metadata a newly trained key's file carries: its format, architecture and how it was made.
+
+    `seed_kdf` names the function the seed went through (SeedKdf.name); a key of a preset without one
+    (the fast derivation of keys made before it) carries no such field, as those keys did.
+    """
+    metadata = {
         "format": KEY_FORMAT,
         "format_version": KEY_FORMAT_VERSION,
         "architecture": ARCHITECTURE,
@@ -50,6 +54,9 @@ def key_metadata(preset_name: str, preset: KeyPreset, seed: int, training_data: 
         "scramble": scheme or NO_SCRAMBLE,
         "avp_version": __version__,
     }
+    if preset.seed_kdf is not None:
+        metadata["seed_kdf"] = preset.seed_kdf.name
+    return metadata
 
 
 def key_fingerprint(state_dict: Mapping[str, torch.Tensor], purpose: str = "") -> str:

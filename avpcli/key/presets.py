@@ -4,11 +4,64 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import math
+import re
 import secrets
 
 from avpcli.errors import UsageError
 from avpcli.scramble import PER_IMAGE_SCHEME, SCHEMES as SCRAMBLE_SCHEMES
+
+
+SEED_KDF_SALT = b"avp-seed-kdf:scrypt-v1"  # fixed, so that a seed gives one key; labelled and versioned
+_SEED_KDF_NAME = re.compile(r"scrypt-v1:n=(\d+),r=(\d+),p=(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedKdf:
+    """The memory-hard function a key's seed goes through: scrypt with cost n (a power of 2), block size r
+    and parallelism p, which take 128·r·n bytes of memory; every guess of a seed costs one run.
+
+    Its `name` ("scrypt-v1:n=…,r=…,p=…") is recorded in the key file's `seed_kdf` metadata.
+    """
+
+    n: int
+    r: int
+    p: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.n > 1 and self.n & (self.n - 1) == 0 and self.r >= 1 and self.p >= 1
+                and 128 * self.r * (self.n + self.p + 2) < 2 ** 31):
+            raise UsageError(f"scrypt needs n a power of 2 above 1, r and p at least 1 and under 2 GiB of memory: "
+                             f"n={self.n}, r={self.r}, p={self.p}")
+
+    @property
+    def name(self) -> str:
+        return f"scrypt-v1:n={self.n},r={self.r},p={self.p}"
+
+    @property
+    def memory_bytes(self) -> int:
+        return 128 * self.r * self.n
+
+    @classmethod
+    def parse(cls, name: str) -> SeedKdf:
+        """The SeedKdf a `seed_kdf` metadata value names; UsageError for anything else."""
+        match = _SEED_KDF_NAME.fullmatch(name)
+        if match is None:
+            raise UsageError(f"unknown seed KDF {name!r}")
+        return cls(*(int(group) for group in match.groups()))
+
+    def master(self, seed: int) -> bytes:
+        """32 bytes: scrypt over the seed's decimal digits with the fixed salt (the slow step of a guess)."""
+        return hashlib.scrypt(str(seed).encode(), salt=SEED_KDF_SALT, n=self.n, r=self.r, p=self.p,
+                              maxmem=128 * self.r * (self.n + self.p + 2) + (1 << 20), dklen=32)
+
+
+# Every built-in preset's: 160 MiB and 0.52 s per derivation on one core of the development machine
+# (docs/KEY.md). Lowering it makes every seed cheaper to guess; tests/test_key.py pins it.
+SEED_KDF = SeedKdf(n=2 ** 17, r=10, p=1)
+# For tests' tiny presets only: microseconds per guess, so a key of it is as guessable as its seed's bits.
+TEST_SEED_KDF = SeedKdf(n=2, r=1, p=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +80,9 @@ class KeyPreset:
         schedule: 'cosine' (decay to 0 after warm-up) or 'constant'.
         betas: Adam betas.
         ssim_weight: weight of (1 − SSIM) added to the L1 loss.
+        seed_kdf: the memory-hard function the seed goes through before any secret is derived from it
+            (SEED_KDF, about 0.5 s per guess); TEST_SEED_KDF for tests' tiny keys; None for the fast
+            derivation of keys made before the KDF (no `seed_kdf` metadata), to retrain one of them only.
     """
 
     ngf: int
@@ -40,6 +96,7 @@ class KeyPreset:
     schedule: str = "cosine"
     betas: tuple[float, float] = (0.9, 0.999)
     ssim_weight: float = 0.0
+    seed_kdf: SeedKdf | None = SEED_KDF
 
     def learning_rate_at(self, step: int) -> float:
         """Learning rate for the 0-based optimizer step `step`."""
@@ -73,7 +130,8 @@ KEY_PRESETS: dict[str, KeyPreset] = {
                        learning_rate=2e-4, warmup_steps=0, schedule="cosine", betas=(0.5, 0.999)),
 }
 
-GUESSABLE_SEED_LIMIT = 2 ** 32
+# Below this a seed can be enumerated, and so can any a person would remember: `avp keygen --seed` warns.
+GUESSABLE_SEED_LIMIT = 2 ** 64
 SEED_BITS = 256
 
 
@@ -83,18 +141,44 @@ def new_seed() -> int:
 
 
 def seed_is_guessable(seed: int) -> bool:
-    """True for seeds small enough to enumerate (below 2**32): anyone could retrain that key."""
+    """True for seeds small enough to enumerate (below 2**64): whoever finds it has the key's scramble."""
     return 0 <= seed < GUESSABLE_SEED_LIMIT
 
 
-def derived_seed(seed: int, purpose: str) -> int:
-    """A 63-bit torch seed for one random stream (init, data) derived from the user's seed of any size."""
-    digest = hashlib.sha256(f"avp-key:{purpose}:{seed}".encode()).digest()
+@dataclasses.dataclass(frozen=True, repr=False)
+class SeedSecrets:
+    """What a seed decides: the scramble's 256-bit secret and G's two 63-bit torch seeds (init, data)."""
+
+    scramble: bytes
+    init: int
+    data: int
+
+
+def seed_secrets(seed: int, kdf: SeedKdf | None) -> SeedSecrets:
+    """A key's secrets from its seed: HMAC-SHA256(scrypt(seed), label) per secret, so that every one
+    costs a guesser a run of `kdf`; with kdf None, the fast hashes of keys without `seed_kdf` metadata."""
+    if kdf is None:
+        return SeedSecrets(scramble_secret(seed), derived_seed(seed, "init"), derived_seed(seed, "data"))
+    master = kdf.master(seed)
+
+    def derive(label: str) -> bytes:
+        return hmac.new(master, f"avp-key:{kdf.name}:{label}".encode(), hashlib.sha256).digest()
+
+    return SeedSecrets(derive("scramble"), _torch_seed(derive("init")), _torch_seed(derive("data")))
+
+
+def _torch_seed(digest: bytes) -> int:
     return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
 
 
+def derived_seed(seed: int, purpose: str) -> int:
+    """The fast (no KDF) 63-bit torch seed of keys made before the seed KDF, for one random stream (init, data)."""
+    return _torch_seed(hashlib.sha256(f"avp-key:{purpose}:{seed}".encode()).digest())
+
+
 def scramble_secret(seed: int) -> bytes:
-    """The 256-bit scramble secret of a key, derived from its seed so that a seed gives one key."""
+    """The fast (no KDF) 256-bit scramble secret of keys made before the seed KDF: sha256 of a label and the seed.
+    A guess of the seed costs a microsecond (benchmarks/seed_search.py); keys now use seed_secrets."""
     return hashlib.sha256(f"avp-key:scramble:{seed}".encode()).digest()
 
 
