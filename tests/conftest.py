@@ -27,9 +27,10 @@ def data_root() -> Path:
 
 def _tiny_key(tmp_path_factory, name: str, seed: int) -> Path:
     """A key of the smallest preset trained for a few steps: enough to exercise every code path."""
-    from avpcli.key import KeyPreset, save_key, train_key
+    from avpcli.key import TEST_SEED_KDF, KeyPreset, save_key, train_key
 
-    preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=32, learning_rate=1e-3)
+    preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=32, learning_rate=1e-3,
+                       seed_kdf=TEST_SEED_KDF)
     path = tmp_path_factory.mktemp("keys") / name
     save_key(train_key(preset, seed=seed), path)
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from avpcli import AttackSettings, KeyPreset, attack_settings, get_spec, load_key
+from avpcli.key import TEST_SEED_KDF
 from benchmarks import common
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +101,8 @@ def test_read_lfw_keeps_the_files_order_and_groups_identities_by_name(tmp_path):
 
 
 def test_cached_key_trains_once_and_then_reuses_the_file(tmp_path):
-    preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=32, learning_rate=1e-3)
+    preset = KeyPreset(ngf=4, blocks=1, norm="batch", steps=2, batch_size=2, crop_size=32, learning_rate=1e-3,
+                       seed_kdf=TEST_SEED_KDF)
     path = tmp_path / "keys" / "tiny.safetensors"
     said = []
     trained = common.cached_key(path, preset, seed=1, before_training=lambda: said.append("training"))

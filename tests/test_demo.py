@@ -21,9 +21,10 @@ def test_demo_key_lives_in_the_user_cache_even_when_xdg_cache_home_is_empty(monk
 @pytest.mark.parametrize("old_scramble", [False, SCHEME])
 def test_a_cached_demo_key_without_a_per_image_scramble_is_replaced(monkeypatch, tmp_path, old_scramble):
     from avpcli import demo
-    from avpcli.key import KeyPreset, load_key, save_key, train_key
+    from avpcli.key import TEST_SEED_KDF, KeyPreset, load_key, save_key, train_key
 
-    tiny = KeyPreset(ngf=4, blocks=1, norm="none", steps=1, batch_size=2, crop_size=16, learning_rate=1e-3)
+    tiny = KeyPreset(ngf=4, blocks=1, norm="none", steps=1, batch_size=2, crop_size=16, learning_rate=1e-3,
+                       seed_kdf=TEST_SEED_KDF)
     monkeypatch.setattr(demo, "DEMO_PRESET", tiny)
     path = tmp_path / "demo-key.safetensors"
     save_key(train_key(tiny, seed=5, scramble=old_scramble), path)
