@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from avpcli.cli.options import (JsonOption, MaxPixelsOption, NullOption, PrecisionOption, custom_options, default_key_folder,
+from avpcli.cli.options import (DEFAULT_MAX_PIXELS, JsonOption, MaxPixelsOption, NullOption, PrecisionOption, custom_options, default_key_folder,
                                 parse_shard, reads_stdin, stdin_paths)
 from avpcli.cli.output import EventPrinter, domain_errors, progress_bars, say, stderr
 
@@ -36,14 +36,14 @@ def encrypt(
     init: Annotated[Optional[str], typer.Option(help="Start from the key's 'preimage' (S⁻¹(x); the tuned default, noise for a key without scramble), from 'noise' (the research default) or from the 'original'.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the initial noise (default: random; recorded in the manifest).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Process only part i of n of the sorted file list (i/n).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: skip them, resuming).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: skip them, resuming; an earlier run's output of another photo with the same name is kept, and the new one named by its parent folders).")] = False,
     anonymize: Annotated[bool, typer.Option(help="Name outputs by random ids; the id → name map goes beside the key, not into --out.")] = False,
     names_map: Annotated[Optional[Path], typer.Option(help="With --anonymize: where to write the id → name map (default: <key>.names-<run>.json).")] = None,
     as_json: JsonOption = False,
     null: NullOption = False,
     follow_links: Annotated[bool, typer.Option("--follow-links", help="Encrypt files that an input folder holds as symbolic links to places outside it (default: each fails with its reason).")] = False,
     precision: PrecisionOption = "auto",
-    max_pixels: MaxPixelsOption = 80_000_000,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile the target and key (CUDA; slow start, faster steps).")] = False,
     input_size: Annotated[Optional[str], typer.Option(help="Own models (onnx:/torchscript:): input HxW, e.g. 112x112.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Own models: per-channel mean on the [0,1] scale, in the model's channel order, e.g. 0.5,0.5,0.5.")] = None,
@@ -94,7 +94,7 @@ def decrypt(
     batch_size: Annotated[int, typer.Option(help="Images decrypted together.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Redo outputs that already exist (default: keep those an earlier run with this key finished, resuming; another ciphertext's output of the same name is kept and the new one named by its parent folders).")] = False,
-    max_pixels: MaxPixelsOption = 80_000_000,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     as_json: JsonOption = False,
     null: NullOption = False,
 ) -> None:

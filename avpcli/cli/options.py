@@ -14,6 +14,8 @@ from avpcli.errors import UsageError
 
 NullOption = Annotated[bool, typer.Option("--null", "-0", help="End each output path with a NUL byte instead of a newline, and print names exactly as they are (for xargs -0; by default control characters and backslashes are escaped so that each path is one line). With - as the input, also read the input paths NUL-separated (for find -print0); with --json, only that.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object a line (NDJSON) per file as it finishes, instead of its output path: source, output, status, reason, skipped (done by an earlier run) and the rest of its manifest entry (for encrypt, the figures).")]
+# images.MAX_PIXELS (a test holds them equal): a literal, so that `avp --help` does not import torch.
+DEFAULT_MAX_PIXELS = 80_000_000
 MaxPixelsOption = Annotated[int, typer.Option(min=1, help="Refuse an image whose header declares more pixels than this (it fails alone, before its pixels are decoded).")]
 PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
 

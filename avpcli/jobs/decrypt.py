@@ -353,11 +353,8 @@ def _read_ciphertext(item: _Ciphertext, plan: _Decryption,
 def _key_check(model: nn.Module, ciphertext: Any) -> bool | None:
     """Whether a ciphertext (3, H, W) passes the key's check (KeyModel.verify); None where the key's
     scheme carries none (keys made before the check, keys without scramble, G alone)."""
-    verify = getattr(model, "verify", None)
-    scramble = getattr(model, "scramble", None)
-    if verify is None or (scramble is not None and not hasattr(scramble, "verify")):
-        return None
-    result = verify(ciphertext.unsqueeze(0))
+    verify = getattr(model, "verify", None)  # a KeyModel's; any other module carries no check
+    result = verify(ciphertext.unsqueeze(0)) if verify is not None else None
     return None if result is None else bool(result[0])
 
 
