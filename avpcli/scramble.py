@@ -78,7 +78,10 @@ class ScramblePlan:
         return self.source.element_size() * self.source.numel() + self.inverted.element_size() * self.inverted.numel()
 
     def to(self, device: torch.device | str) -> ScramblePlan:
-        return ScramblePlan(self.source.to(device), self.inverted.to(device))
+        """On another device; off the CPU with int64 sources (the index type every kernel takes; CPU ones take int32)."""
+        if torch.device(device).type == "cpu":
+            return ScramblePlan(self.source.to(device), self.inverted.to(device))
+        return ScramblePlan(self.source.to(device, torch.int64), self.inverted.to(device))
 
     def _flip(self, values: torch.Tensor, inverted: torch.Tensor | None = None) -> torch.Tensor:
         """v for kept values, 1 − v for inverted ones (`inverted`: this plan's mask unless given). In place,

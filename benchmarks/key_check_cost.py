@@ -1,6 +1,6 @@
 """The key check of issue #24: what its scramble plans cost in memory, and a key to measure its steps with.
 
-    python -m benchmarks.key_check_cost plan-memory [--side 6000] [--scheme SCHEME]
+    python -m benchmarks.key_check_cost plan-memory [--side 6000] [--scheme SCHEME] [--steps make,apply]
     python -m benchmarks.key_check_cost relabel KEY OUT [--scheme SCHEME]
 
 plan-memory: in a fresh process per step (so one step's peak does not hide the next's), a random
@@ -58,7 +58,9 @@ def measure_step(side: int, scheme: str, step: str) -> dict:
     started = time.perf_counter()
     plan = scramble.plans_of(images)
     plan_bytes = plan.source.element_size() * plan.source.numel() + plan.inverted.element_size() * plan.inverted.numel()
+    dtypes = str(plan.source.dtype), str(plan.inverted.dtype)
     made = time.perf_counter() - started
+    del plan  # a plan over PLAN_BYTES_KEPT is not kept: scrambling makes it again, as an encryption's step does
     if step == "apply":
         scrambled = scramble(images)
         restored = scramble.inverse(scrambled, nonces) if nonces is not None else scramble.inverse(scrambled)
@@ -67,14 +69,14 @@ def measure_step(side: int, scheme: str, step: str) -> dict:
     peak = _rss_kib("VmHWM")
     return {"side": side, "scheme": scheme, "step": step, "peak_above_image_mb": (peak - before) / 1024,
             "bytes_per_value": (peak - before) * 1024 / (3 * side * side), "plan_mb": plan_bytes / 2 ** 20,
-            "plan_source_dtype": str(plan.source.dtype), "plan_inverted_dtype": str(plan.inverted.dtype),
+            "plan_source_dtype": dtypes[0], "plan_inverted_dtype": dtypes[1],
             "seconds": time.perf_counter() - started, "make_seconds": made, "peak_reset": reset}
 
 
-def plan_memory(side: int, scheme: str) -> None:
+def plan_memory(side: int, scheme: str, steps: list[str]) -> None:
     print(f"plan memory for one {side}×{side} image ({3 * side * side:,} values), scheme {scheme}, "
           f"python {sys.version.split()[0]}")
-    for step in ("make", "apply"):
+    for step in steps:
         done = subprocess.run([sys.executable, "-m", "benchmarks.key_check_cost", "_step", str(side), scheme, step],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -116,13 +118,14 @@ def main(argv: list[str] | None = None) -> None:
     memory = commands.add_parser("plan-memory", help="peak memory of one plan for a side×side image")
     memory.add_argument("--side", type=int, default=6000)
     memory.add_argument("--scheme", choices=SCHEMES, default=newest)
+    memory.add_argument("--steps", default="make,apply", help="make (the plan), apply (make it, scramble, unscramble)")
     copy = commands.add_parser("relabel", help="a copy of a key with another scramble scheme")
     copy.add_argument("key")
     copy.add_argument("out")
     copy.add_argument("--scheme", choices=SCHEMES, default=newest)
     options = parser.parse_args(arguments)
     if options.command == "plan-memory":
-        plan_memory(options.side, options.scheme)
+        plan_memory(options.side, options.scheme, options.steps.split(","))
     else:
         relabel(options.key, options.out, options.scheme)
 
