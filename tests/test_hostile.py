@@ -7,6 +7,7 @@ the folders the command names has changed (a hash over a sentinel tree of everyt
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -60,10 +62,22 @@ def deadline(seconds: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def noise_png(path: Path, size: int = SIZE, seed: int = 0) -> Path:
+def noise_png(path: Path, size: int = SIZE, seed: int = 0, key: Path | None = None) -> Path:
+    """Random pixels; with `key`, carrying a nonce that passes that key's check (KeyModel.verify), as a
+    ciphertext of it does, so that decrypt takes it for one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    if key is not None:
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+        image = _key_model(key).stamp(image, image)
+        pixels = torch.round(image[0] * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(path)
     return path
+
+
+@functools.lru_cache(maxsize=2)
+def _key_model(key: Path):
+    return load_key(key).model
 
 
 def manifest_document(files, fingerprint: str, **fields) -> dict:
@@ -112,7 +126,7 @@ def world(tmp_path, tiny_key_file, fingerprint) -> World:
     (sentinel / "notes.txt").write_text("must never change\n")
     encrypted = tmp_path / "encrypted"
     for seed, name in enumerate(CIPHERTEXTS):
-        noise_png(encrypted / name, seed=10 + seed)
+        noise_png(encrypted / name, seed=10 + seed, key=tiny_key_file)
     # Traps: links out of the folder (to a file and to a folder), a link inside it, a loop, a broken
     # link, a pipe, a folder, an empty file, a PNG of the wrong size, a file that is no image.
     os.symlink(sentinel / "victim.png", encrypted / "out-link.png")
@@ -475,10 +489,8 @@ def test_a_link_out_of_the_input_folder_is_refused_unless_follow_links(tmp_path,
 
 def many_ciphertexts(world: World, count: int) -> list[str]:
     names = [f"d{index % 7}/c{index:04d}.png" for index in range(count)]
-    rng = np.random.default_rng(12)
-    for name in names:
-        (world.encrypted / name).parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(world.encrypted / name)
+    for index, name in enumerate(names):
+        noise_png(world.encrypted / name, seed=1200 + index, key=world.key)
     world.write_manifest([entry(name) for name in names] + [entry("nope.png")])
     return names
 

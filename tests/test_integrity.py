@@ -147,7 +147,7 @@ def test_the_folder_form_checks_each_ciphertext_against_the_manifests_sha256(enc
     out = tmp_path / "dec"
     result = invoke("decrypt", folder, "--key", tiny_key_file, "--out", out, "--device", "cpu")
     assert result.exit_code == 1
-    assert result.stderr == (f"failed: {folder / 'b.png'}: its bytes do not match the sha256 its manifest lists "
+    assert result.stderr == ("failed: b.png: its bytes do not match the sha256 its manifest lists "
                              "(damaged or replaced); use --force to decrypt it anyway\n")
     assert sorted(path.name for path in out.glob("*.png")) == ["a.png", "c.png"]
     forced = invoke("decrypt", folder, "--key", tiny_key_file, "--out", out, "--device", "cpu", "--force")

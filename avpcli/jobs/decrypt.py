@@ -83,7 +83,8 @@ def uses_scramble(key: Key, manifest: Manifest | None) -> bool:
 class _Ciphertext:
     """One ciphertext to decrypt: its place in the run, its name (in the output folder, unless an earlier
     run's output holds it), where it is read, the key model it needs, the size it must have (None: any),
-    the sha256 its manifest lists (None: none does) and what the manifest entry calls its source."""
+    the sha256 its manifest lists (None: none does) and what the events and the manifest entry call its
+    source: the path given for a file, the manifest's name for a folder's ciphertext."""
 
     position: int
     name: str
@@ -270,10 +271,10 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
     records: list[tuple[int, dict[str, Any]]] = []
     names = DecryptedNames(plan.output, earlier, {item.name for item in plan.ciphertexts})
 
-    def fail(position: int, label: str, reason: str, given: str | None = None) -> None:
+    def fail(position: int, label: str, reason: str) -> None:
         entry = {"source": label, "output": None, "status": "failed", "reason": reason}
         records.append((position, entry))
-        on_event(Event("failed", source=given or label, reason=reason, entry=entry))
+        on_event(Event("failed", source=label, reason=reason, entry=entry))
 
     for refused in plan.refused:
         fail(*refused)
@@ -291,7 +292,7 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
             try:
                 batch.append(_read_ciphertext(item, plan, names))
             except _Refused as refused:
-                fail(item.position, item.label, str(refused), str(item.source))
+                fail(item.position, item.label, str(refused))
         kept = [_decrypted_before(earlier.get(name), plan.output, name, digest) for _, name, digest, _, _ in batch]
         decrypted = _decrypt_groups([(item.key, tensor) for (item, _, _, tensor, _), entry in zip(batch, kept)
                                      if entry is None], plan.device)
@@ -300,7 +301,7 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
             if entry is None:
                 result = decrypted.pop(0)
                 if isinstance(result, str):
-                    fail(item.position, item.label, result, str(item.source))
+                    fail(item.position, item.label, result)
                     continue
                 data = png_bytes(result)
                 write_into(plan.output, name, data)
@@ -308,7 +309,7 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
                          "sha256": hashlib.sha256(data).hexdigest(), **({"forced": forced} if forced else {})}
                 kind = "written"
             records.append((item.position, entry))
-            on_event(Event(kind, source=str(item.source), output=plan.output / name, entry=entry))
+            on_event(Event(kind, source=item.label, output=plan.output / name, entry=entry))
         on_event(Event("progress", done=min(start + plan.batch_size, len(ciphertexts)), total=len(ciphertexts)))
         checkpoint.write_if_due()
     manifest.complete = True
