@@ -14,7 +14,9 @@ from typing import Any, Callable
 @dataclass(frozen=True)
 class Event:
     """Something a user may want to see: a file written ("written"), failed ("failed"),
-    skipped because it was already done ("skipped"), or a step of progress ("progress").
+    skipped because it was already done ("skipped"), a step of progress ("progress"), a new stage of
+    progress ("stage", source: its label, total: its steps), or one line for the user ("warning",
+    "note": in `reason`).
     `missed_bars` marks a ciphertext that did not meet every quality bar; `entry` is the file's
     manifest entry (status, reason, figures) for written, skipped and failed files, so that a
     caller can report them as they come without reading the manifest."""

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from avpcli.align import align_faces  # MTCNN itself loads only when a photo needs it
-from avpcli.images import fit_to_size, load_rgb, to_pil, to_tensor
+from avpcli.images import MAX_PIXELS, fit_to_size, load_rgb, to_pil, to_tensor
 from avpcli.targets import TargetSpec
 
 AlignMode = Literal["auto", "never"]
@@ -35,9 +35,9 @@ def target_inputs(image: Image.Image, spec: TargetSpec, align: AlignMode = "auto
 
 
 def prepare_file(path: Path, spec: TargetSpec, align: AlignMode = "auto", all_faces: bool = False,
-                 device: str = "cpu") -> list[tuple[torch.Tensor, str]]:
-    """Load one file (upright RGB) and cut it to the target's input: [(tensor, how it was aligned)]."""
-    return target_inputs(load_rgb(path), spec, align, all_faces, device)
+                 device: str = "cpu", max_pixels: int = MAX_PIXELS) -> list[tuple[torch.Tensor, str]]:
+    """Load one file (upright RGB, at most max_pixels) and cut it to the target's input: [(tensor, how aligned)]."""
+    return target_inputs(load_rgb(path, max_pixels), spec, align, all_faces, device)
 
 
 def as_pil(image: Any) -> Image.Image:

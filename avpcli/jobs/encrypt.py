@@ -17,8 +17,8 @@ from avpcli.encryptor import Encryptor
 from avpcli.errors import ImageError, NoFaceError, UsageError
 from avpcli.events import Event, EventCallback, ignore_events
 from avpcli.images import (SourceImage, check_link_stays_inside, check_named_file, describe_error, find_images,
-                           load_rgb, output_names, png_bytes, png_tensor, read_png)
-from avpcli.inputs import target_inputs
+                           output_names, png_bytes, png_tensor, read_png)
+from avpcli.inputs import prepare_file
 from avpcli.jobs.folders import (Checkpoint, check_output_folder, face_output_name, file_digest, owned_folder,
                                  previous_manifest, remove_stale_temporaries, write_into, write_records)
 from avpcli.jobs.names import choose_label, held_by_another, held_outputs
@@ -145,8 +145,8 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
                 check_named_file(source.path, run.output)
             if not run.follow_links:
                 check_link_stays_inside(source)
-            faces = target_inputs(load_rgb(source.path, run.max_pixels), encryptor.spec, run.align, run.all_faces,
-                                  encryptor.device)
+            faces = prepare_file(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device,
+                                 run.max_pixels)
         except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
             if position not in finished:
                 status, reason = _failure_reason(error, source.path)
