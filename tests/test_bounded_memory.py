@@ -21,16 +21,19 @@ from conftest import write_noise_photos
 REPO = Path(__file__).resolve().parents[1]
 ENCRYPT = ["--target", "tiny-embedding", "--iterations", "2", "--device", "cpu", "--seed", "5", "--no-align"]
 
-# Runs `avp ARGS...` in this process and prints its exit code and peak resident memory (ru_maxrss, KiB on Linux).
+# Runs `avp ARGS...` in this process and prints its exit code and peak resident memory (VmHWM, KiB).
 _MEASURED = """
-import resource, sys
+import sys
 from avpcli.cli import app
 try:
     app(sys.argv[1:], prog_name="avp")
     code = 0
 except SystemExit as exit:
     code = exit.code or 0
-print(f"exit={code} peak_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child of a large pytest process would
+# report its parent's peak.
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(f"exit={code} peak_kib={peak}", file=sys.stderr)
 """
 
 
