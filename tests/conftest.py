@@ -18,6 +18,15 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread during the test, whatever an earlier test set (results depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def data_root() -> Path:
     """../shared/data (or $AVP_DATA); the test is skipped with the reason when it is absent."""
     if not DATA_ROOT.is_dir():

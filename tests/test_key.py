@@ -24,12 +24,7 @@ TINY = KeyPreset(ngf=4, blocks=1, norm="batch", steps=3, batch_size=2, crop_size
                  warmup_steps=1, seed_kdf=TEST_SEED_KDF)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

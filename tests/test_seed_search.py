@@ -21,12 +21,7 @@ def photo() -> torch.Tensor:
     return seed_search.load_photo(seed_search.ASTRONAUT, SIZE)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_seed_ranges_parse_and_bad_ones_are_refused():
