@@ -12,6 +12,7 @@ from avpcli.evaluate import blur_reveal
 from avpcli.images import contact_sheet, read_png, save_png
 from avpcli.events import EventCallback, ignore_events
 from avpcli.jobs import decrypt_paths, encrypt_folder
+from avpcli.scramble import PER_IMAGE_SCHEME
 from avpcli.key import Key, cached_key
 from avpcli.weights import user_cache_home
 
@@ -36,11 +37,11 @@ class DemoResult:
 def ensure_demo_key(path: Path, device: str, on_training_step: Callable[[int, int], None]) -> tuple[Key, bool]:
     """Load the cached demo key, or train one (the demo preset, a fresh secret seed) and cache it.
 
-    A cached key without scramble (made by avp before key format 2), or with avp 0.1's one scramble
-    per size, is replaced: the demo shows what avp's defaults do.
+    A cached key of another scramble scheme than today's default (no scramble, avp 0.1's one scramble
+    per size, avp 0.2's nonce without key check) is replaced: the demo shows what avp's defaults do.
     """
     key, trained = cached_key(path, DEMO_PRESET, device=device,
-                              accept=lambda cached: cached.scrambles and cached.scramble.per_image,
+                              accept=lambda cached: cached.scrambles and cached.scramble.scheme == PER_IMAGE_SCHEME,
                               progress=lambda step, total, loss: on_training_step(step, total))
     return key, trained is not None
 
