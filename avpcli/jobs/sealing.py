@@ -72,7 +72,10 @@ def container_kept(entry: dict[str, Any], folder: Path, container: Path) -> bool
 
 
 def looks_sealed(path: Path) -> bool:
-    """Whether `path` is a regular file that starts like a container (seal.is_sealed); never blocks on a FIFO."""
+    """Whether `path` is meant as a container: named *.sealed.png, or a regular file that starts like one
+    (seal.is_sealed); never blocks on a FIFO. A damaged container is thus refused as one, not read as a ciphertext."""
+    if path.name.lower().endswith(f"{SEALED_INFIX}.png"):
+        return True
     try:
         stream, _ = open_regular_file(path)
         with stream:
