@@ -105,7 +105,7 @@ def _sha256(path: Path) -> str:
 
 
 def _scaled(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) scaled to SHEET_HEIGHT rows, its aspect kept (nearest for a container's bytes, smooth otherwise)."""
+    """(3, H, W) scaled to SHEET_HEIGHT rows, its aspect kept."""
     height, width = image.shape[-2:]
     size = (SHEET_HEIGHT, max(1, round(width * SHEET_HEIGHT / height)))
     return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
