@@ -302,3 +302,45 @@ def test_a_container_with_an_unsafe_name_is_refused(tmp_path, tiny_key_file):
     result = invoke("decrypt", planted, "--key", tiny_key_file, "--out", restored)
     assert result.exit_code == 1 and "unsafe name" in result.stderr
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_an_input_named_like_a_container_is_refused_with_its_reason(tmp_path, tiny_key_file):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index, name in enumerate(("a.png", "a.sealed.png")):
+        Image.fromarray(_noise(40, 50, index)).save(photos / name)
+    out = tmp_path / "enc"
+    result = _encrypt(photos, out, tiny_key_file)
+    assert result.exit_code == 1
+    assert "failed: a.sealed.png: its output name a.sealed.png ends in .sealed.png" in " ".join(result.stderr.split())
+    restored = tmp_path / "dec"
+    assert invoke("decrypt", out, "--key", tiny_key_file, "--out", restored, "--device", "cpu").exit_code == 0
+    assert sha(restored / "a.png") == sha(photos / "a.png")
+
+
+def test_a_pipeline_restores_what_encrypt_printed(tmp_path, sealed_run, tiny_key_file):
+    """`avp encrypt … | avp decrypt - --out …`: the containers restore the photos, the chips go to chips/."""
+    photos, out = sealed_run
+    listing = "".join(f"{path}\n" for path in sorted(out.glob("*.png")))
+    restored = tmp_path / "dec"
+    result = CliRunner().invoke(app, ["decrypt", "-", "--key", str(tiny_key_file), "--out", str(restored),
+                                      "--device", "cpu"], input=listing, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    for name in ("a.jpg", "b.png", "c.png"):
+        assert sha(restored / name) == sha(photos / name)
+    assert sorted(path.name for path in (restored / "chips").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_shards_seal_their_own_sources_and_the_merged_folder_restores_all(tmp_path, special, tiny_key_file,
+                                                                          monkeypatch):
+    _no_face_for(monkeypatch, "noface.png")
+    out = tmp_path / "enc"
+    for shard in ("1/2", "2/2"):
+        assert _encrypt(special, out, tiny_key_file, "--shard", shard).exit_code == 0
+    entries = json.loads((out / "avp-manifest.json").read_text())["files"]
+    assert sum(entry["status"] == "sealed" for entry in entries) == 3
+    restored = tmp_path / "dec"
+    assert invoke("decrypt", out, "--key", tiny_key_file, "--out", restored, "--device", "cpu").exit_code == 0
+    for path in special.rglob("*"):
+        if path.is_file() and path.name != "at_size.png":
+            assert sha(restored / path.relative_to(special)) == sha(path), path

@@ -22,7 +22,7 @@ from avpcli.inputs import AT_INPUT_SIZE, prepare_file
 from avpcli.jobs.folders import (Checkpoint, check_output_folder, face_output_name, file_digest, owned_folder,
                                  previous_manifest, remove_stale_temporaries, write_into, write_records)
 from avpcli.jobs.names import choose_label, held_by_another, held_outputs
-from avpcli.jobs.sealing import container_of, seal_into, sealing_key
+from avpcli.jobs.sealing import SEALED_INFIX, container_of, seal_into, sealing_key
 from avpcli.jobs.resume import (FolderRun, NamesMap, SourceTag, earlier_entries, finished_before, linked_safely,
                                 read_names_map, resume, run_identity, settings_record, source_file_tag)
 from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest
@@ -249,8 +249,13 @@ def _choose_names(run: FolderRun, all_sources: list[SourceImage], sources: list[
             refused[position] = (f"its output name {natural[source.relative]} holds another source's ciphertext, and "
                                  "so do the longer names; use --overwrite to replace it, or choose another --out")
             continue
+        output = names_map.id_for(chosen) if names_map is not None else output_of(chosen)
+        if run.seal and output.stem.lower().endswith(SEALED_INFIX):
+            # Its ciphertext would take a name that sealed containers take (another source's, or its own).
+            refused[position] = f"its output name {output} ends in {SEALED_INFIX}.png, the name of avp's sealed files; rename it"
+            continue
         labels[position] = chosen
-        outputs[position] = names_map.id_for(chosen) if names_map is not None else output_of(chosen)
+        outputs[position] = output
     if names_map is not None:
         names_map.save(run)
     return labels, outputs, refused
