@@ -344,3 +344,19 @@ def test_shards_seal_their_own_sources_and_the_merged_folder_restores_all(tmp_pa
     for path in special.rglob("*"):
         if path.is_file() and path.name != "at_size.png":
             assert sha(restored / path.relative_to(special)) == sha(path), path
+
+
+def test_a_restored_photo_and_a_ciphertext_of_one_name_both_stay(tmp_path, tiny_key_file):
+    """b.png (sealed: restored as b.png) beside b.jpg at the target's size (its ciphertext decrypts to a PNG)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_noise(40, 50, 1)).save(photos / "b.png")
+    Image.fromarray(_noise(32, 32, 2)).save(photos / "b.jpg")
+    out = tmp_path / "enc"
+    assert _encrypt(photos, out, tiny_key_file).exit_code == 0
+    restored = tmp_path / "dec"
+    result = invoke("decrypt", out, "--key", tiny_key_file, "--out", restored, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert sha(restored / "b.png") == sha(photos / "b.png")
+    decrypted = json.loads((restored / "avp-manifest.json").read_text())["files"]
+    assert len(decrypted) == 2 and all(entry["sha256"] == sha(restored / entry["output"]) for entry in decrypted)

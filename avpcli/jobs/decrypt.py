@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -138,7 +138,8 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
     unchanged on disk, made from the same ciphertext bytes), so that a killed run and its rerun
     write what one uninterrupted run writes; job.overwrite redoes all. A manifest that says its
     run did not finish, or a folder that lacks some of a sharded run's parts, is a "warning" event:
-    what is listed is decrypted.
+    what is listed is decrypted. Sealed originals are restored byte for byte (jobs.sealing.restore_all);
+    their chips are decrypted only with job.chips, into chips/.
     """
     source_manifest = job.manifest or read_manifest(job.encrypted)
     if is_inside(job.output, job.encrypted) or is_inside(job.encrypted, job.output):
@@ -306,8 +307,9 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
         records.append((position, entry))
         on_event(Event(kind, source=entry["source"], output=plan.output / entry["output"], entry=entry))
 
-    names.planned |= restore_all(plan.containers, plan.output, plan.sealing_key, plan.overwrite, earlier, restored, fail)
-    ciphertexts = plan.ciphertexts
+    done = restore_all(plan.containers, plan.output, plan.sealing_key, plan.overwrite, earlier, restored, fail)
+    names.planned |= done  # a ciphertext whose name a restored photo took goes into chips/
+    ciphertexts = [replace(item, name=f"chips/{item.name}") if item.name in done else item for item in plan.ciphertexts]
     remove_stale_temporaries(plan.output, {Path(item.name) for item in ciphertexts} | {Path(MANIFEST_NAME)})
     checkpoint = Checkpoint(lambda: write_records(manifest, records, plan.output,
                                                   earlier=names.kept({entry.get("output") for _, entry in records})))
