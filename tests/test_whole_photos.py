@@ -246,8 +246,10 @@ def test_no_seal_writes_the_model_ciphertexts_alone(tmp_path, special, tiny_key_
     assert result.exit_code == 0, result.stderr
     assert sorted(path.relative_to(restored).as_posix() for path in restored.rglob("*.png")) == [
         "at_size.png", "cmyk.png", "photo.png", "sub/deep.png"]
-    # A rerun of the other kind into the same folder is refused: its settings differ.
-    assert _encrypt(special, out, tiny_key_file).exit_code == 2
+    # A rerun of the other kind into the same folder is refused: its settings differ; the line says how to resume.
+    refused = _encrypt(special, out, tiny_key_file)
+    assert refused.exit_code == 2 and "without sealed originals; add --no-seal to resume it" in " ".join(
+        refused.stderr.split())
 
 
 def test_a_rerun_keeps_finished_containers_and_rewrites_a_missing_one(tmp_path, sealed_run, tiny_key_file):

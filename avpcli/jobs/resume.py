@@ -98,6 +98,12 @@ def resume(run: FolderRun, manifest: Manifest, previous: Manifest | None) -> Res
     different = differences(manifest, previous)
     if run.noise_seed is not None and run.noise_seed != earlier_seed:
         different.append("--seed")
+    if different == ["settings"] and ({**manifest.settings, "seal": None, "noise_seed": None}
+                                      == {**previous.settings, "seal": None, "noise_seed": None}):
+        sealed_before = previous.settings.get("seal") is True
+        raise UsageError(f"{run.output} holds outputs of an earlier run {'with' if sealed_before else 'without'} "
+                         f"sealed originals; {'drop' if sealed_before else 'add'} --no-seal to resume it, use "
+                         "--overwrite to redo them, or choose another --out")
     if different:
         raise UsageError(f"{run.output} holds outputs of an earlier run with another {' and '.join(different)}; "
                          "use --overwrite to redo them, or choose another --out")
