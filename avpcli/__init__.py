@@ -60,7 +60,14 @@ _PUBLIC = {
     "UsageError": "avpcli.errors",
     "KeyFileError": "avpcli.errors",
     "ImageError": "avpcli.errors",
+    "NotModelInput": "avpcli.errors",
     "NoFaceError": "avpcli.errors",
+    "seal": "avpcli.seal",
+    "open_sealed": "avpcli.seal",
+    "is_sealed": "avpcli.seal",
+    "seal_key": "avpcli.seal",
+    "SealError": "avpcli.seal",
+    "sealing_key": "avpcli.jobs.sealing",
     "TargetError": "avpcli.errors",
 }
 

@@ -21,7 +21,12 @@ class ImageError(AvpError):
     """One input image cannot be used; the run records it and goes on."""
 
 
-class NoFaceError(ImageError):
+class NotModelInput(ImageError):
+    """An image that decodes but cannot be the model's input (too small, animated, no face found): a run
+    that seals still seals the file (issue #23)."""
+
+
+class NoFaceError(NotModelInput):
     """Alignment found no face in an image."""
 
 

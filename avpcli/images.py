@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from avpcli.errors import ImageError, UsageError
+from avpcli.errors import ImageError, NotModelInput, UsageError
 from avpcli.files import (UnusableFile, atomic_write_bytes, open_regular_file, read_limited,  # noqa: F401 - atomic_write_bytes, write_output: re-exported
                           write_output)
 
@@ -224,7 +224,7 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             with Image.open(stream) as opened:
                 check_pixel_cap(opened, max_pixels)
                 if getattr(opened, "n_frames", 1) > 1 and opened.format in {"GIF", "PNG", "WEBP"}:
-                    raise ImageError(f"animated image ({opened.n_frames} frames): give one frame as a still image")
+                    raise NotModelInput(f"animated image ({opened.n_frames} frames): give one frame as a still image")
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
                 image = _to_rgb(image)
@@ -241,7 +241,7 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except Exception as broken:  # noqa: BLE001 - PIL's decoders raise many kinds for corrupt data
         raise ImageError(f"cannot read image: {describe_error(broken, path)}") from None
     if min(image.size) < MIN_SIDE:
-        raise ImageError(f"image too small ({image.size[0]}x{image.size[1]}; at least {MIN_SIDE} pixels a side)")
+        raise NotModelInput(f"image too small ({image.size[0]}x{image.size[1]}; at least {MIN_SIDE} pixels a side)")
     return image
 
 

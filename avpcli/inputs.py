@@ -15,6 +15,8 @@ from avpcli.images import MAX_PIXELS, fit_to_size, load_rgb, to_pil, to_tensor
 from avpcli.targets import TargetSpec
 
 AlignMode = Literal["auto", "never"]
+# How target_inputs says an image was taken as it is (already at the target's input size).
+AT_INPUT_SIZE = "none (already at the target's input size)"
 
 
 def target_inputs(image: Image.Image, spec: TargetSpec, align: AlignMode = "auto", all_faces: bool = False,
@@ -27,7 +29,7 @@ def target_inputs(image: Image.Image, spec: TargetSpec, align: AlignMode = "auto
     """
     height, width = spec.input_size
     if image.size == (width, height):
-        return [(to_tensor(image), "none (already at the target's input size)")]
+        return [(to_tensor(image), AT_INPUT_SIZE)]
     if spec.alignment is None or align == "never":
         return [(to_tensor(fit_to_size(image, spec.input_size)), "centre crop and resize")]
     faces = align_faces(image, spec.alignment, all_faces=all_faces, device=device)

@@ -111,7 +111,9 @@ def test_encrypt_then_decrypt_end_to_end(tmp_path, photo_folder, tiny_key_file):
     result = encrypt_tiny(photo_folder, tiny_key_file, out)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines == [str(out / name) for name in ("a.png", "c.png", "nested/b.png")]
+    # Each photo sealed whole (issue #23; a batch's containers come first), and its model ciphertext.
+    assert lines == [str(out / name) for name in ("a.sealed.png", "c.sealed.png", "nested/b.sealed.png",
+                                                  "a.png", "c.png", "nested/b.png")]
     manifest = json.loads((out / "avp-manifest.json").read_text())
     assert manifest["target"]["name"] == "tiny-embedding"
     assert len(manifest["key_fingerprint"]) == 64
@@ -124,14 +126,19 @@ def test_encrypt_then_decrypt_end_to_end(tmp_path, photo_folder, tiny_key_file):
     assert str(tiny_key_file) not in text and "seed\": 2" not in text
 
     decrypted = tmp_path / "decrypted"
-    result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cpu")
+    result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cpu", "--chips")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines() == [str(decrypted / name) for name in ("a.png", "c.png", "nested/b.png")]
+    # The photos themselves, byte for byte; then (--chips) their chips through the key.
+    assert result.stdout.splitlines() == [str(decrypted / name) for name in (
+        "a.jpg", "c.png", "nested/b.png", "chips/a.png", "chips/c.png", "chips/nested/b.png")]
+    for name in ("a.jpg", "c.png", "nested/b.png"):
+        assert (decrypted / name).read_bytes() == (photo_folder / name).read_bytes()
 
     again = tmp_path / "decrypted-again"
-    invoke("decrypt", out, "--key", tiny_key_file, "--out", again, "--device", "cpu")
+    invoke("decrypt", out, "--key", tiny_key_file, "--out", again, "--device", "cpu", "--chips")
     for name in ("a.png", "c.png", "nested/b.png"):
-        assert (decrypted / name).read_bytes() == (again / name).read_bytes(), "decryption must be deterministic"
+        assert (decrypted / "chips" / name).read_bytes() == (again / "chips" / name).read_bytes(), \
+            "decryption must be deterministic"
 
 
 def test_decrypt_finds_the_key_by_fingerprint_and_refuses_another(tmp_path, photo_folder, tiny_key_file):
@@ -149,8 +156,10 @@ def test_decrypt_finds_the_key_by_fingerprint_and_refuses_another(tmp_path, phot
     refused = invoke("decrypt", out, "--key", other, "--out", tmp_path / "d2", "--device", "cpu")
     assert refused.exit_code == 1 and "not the key" in refused.stderr
     assert not (tmp_path / "d2").exists()
-    forced = invoke("decrypt", out, "--key", other, "--out", tmp_path / "d3", "--device", "cpu", "--force")
-    assert forced.exit_code == 0
+    # --force decrypts the chips with another key; the sealed photos never open under it.
+    forced = invoke("decrypt", out, "--key", other, "--out", tmp_path / "d3", "--device", "cpu", "--force", "--chips")
+    assert forced.exit_code == 1 and forced.stderr.count("damaged, or sealed with another key") == 3
+    assert len(list((tmp_path / "d3" / "chips").rglob("*.png"))) == 3
 
 
 def test_a_bad_file_fails_alone_and_the_run_exits_1(tmp_path, photo_folder, tiny_key_file):
@@ -159,7 +168,7 @@ def test_a_bad_file_fails_alone_and_the_run_exits_1(tmp_path, photo_folder, tiny
     result = encrypt_tiny(photo_folder, tiny_key_file, out)
     assert result.exit_code == 1
     assert "broken.jpg" in result.stderr and "Traceback" not in result.output
-    assert len(result.stdout.splitlines()) == 3
+    assert len(result.stdout.splitlines()) == 6  # three containers, three chips
     entries = {entry["source"]: entry for entry in json.loads((out / "avp-manifest.json").read_text())["files"]}
     assert entries["broken.jpg"]["status"] == "failed" and entries["broken.jpg"]["reason"]
 
@@ -189,9 +198,12 @@ def test_json_prints_one_line_per_file_with_its_manifest_figures(tmp_path, photo
     assert result.exit_code == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     manifest = {entry["source"]: entry for entry in json.loads((out / "avp-manifest.json").read_text())["files"]}
-    assert sorted(line["source"] for line in lines) == sorted(manifest) == ["a.jpg", "broken.jpg", "c.png", "nested/b.png"]
+    assert sorted(set(line["source"] for line in lines)) == sorted(manifest) == ["a.jpg", "broken.jpg", "c.png", "nested/b.png"]
     for line in lines:
         entry = manifest[line["source"]]
+        if line["status"] == "sealed":  # the photo's container
+            assert line["output"] == str(out / entry["sealed"]) and line["sha256"] == entry["sealed_sha256"]
+            continue
         assert line["status"] == entry["status"] and line["skipped"] is False
         if entry["status"] == "ok":
             assert line["output"] == str(out / entry["output"]) and line["reason"] is None
@@ -205,7 +217,7 @@ def test_json_prints_one_line_per_file_with_its_manifest_figures(tmp_path, photo
     decrypted = invoke("decrypt", out, "--key", tiny_key_file, "--out", tmp_path / "dec", "--device", "cpu", "--json")
     assert decrypted.exit_code == 0, decrypted.stderr
     lines = [json.loads(line) for line in decrypted.stdout.splitlines()]
-    assert [line["output"] for line in lines] == [str(tmp_path / "dec" / name) for name in ("a.png", "c.png", "nested/b.png")]
+    assert [line["output"] for line in lines] == [str(tmp_path / "dec" / name) for name in ("a.jpg", "c.png", "nested/b.png")]
     assert all(line["status"] == "ok" and len(line["sha256"]) == 64 for line in lines)
 
 
@@ -225,7 +237,7 @@ def test_targets_lists_real_targets_and_hides_test_ones():
 def test_shard_takes_every_nth_file(tmp_path, photo_folder, tiny_key_file):
     first = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--shard", "1/2")
     second = encrypt_tiny(photo_folder, tiny_key_file, tmp_path / "enc", "--shard", "2/2")
-    assert len(first.stdout.splitlines()) == 2 and len(second.stdout.splitlines()) == 1
+    assert len(first.stdout.splitlines()) == 4 and len(second.stdout.splitlines()) == 2  # containers and chips
     assert (tmp_path / "enc" / "avp-manifest.part-1-of-2.json").exists()
 
 
@@ -238,7 +250,7 @@ def test_module_entry_point_keeps_stdout_clean(tmp_path, photo_folder, tiny_key_
     )
     assert completed.returncode == 0, completed.stderr
     assert all(Path(line).is_file() for line in completed.stdout.splitlines())
-    assert len(completed.stdout.splitlines()) == 3
+    assert len(completed.stdout.splitlines()) == 6
 
 
 def test_own_torchscript_model_as_target(tmp_path, photo_folder, tiny_key_file):
@@ -256,7 +268,7 @@ def test_own_torchscript_model_as_target(tmp_path, photo_folder, tiny_key_file):
                     "--out", tmp_path / "o2", "--input-size", "32x32", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5",
                     "--iterations", "3", "--device", "cpu")
     assert result.exit_code == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 3
+    assert len(result.stdout.splitlines()) == 6
 
 
 def test_custom_model_options_are_refused_for_registered_targets(tmp_path, photo_folder, tiny_key_file):
@@ -363,8 +375,9 @@ def test_manifest_records_the_scramble_and_decrypt_uses_what_it_says(tmp_path, p
         manifest = json.loads((out / "avp-manifest.json").read_text())
         assert manifest["settings"]["key_scramble"] is scrambled
         decrypted = tmp_path / f"dec-{recipe}"
-        result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cpu")
+        result = invoke("decrypt", out, "--key", tiny_key_file, "--out", decrypted, "--device", "cpu", "--chips")
         assert result.exit_code == 0, result.stderr
+        decrypted = decrypted / "chips"
         from avpcli.images import read_png
 
         # Research ciphertexts were made for G alone, tuned ones for G∘S: decrypt applied the matching one.

@@ -40,7 +40,8 @@ def test_the_demo_table_fits_80_columns_without_cutting_a_word():
     from avpcli.cli import demo_table
 
     rows = [{"source": "astronaut.png", "status": "ok", "feature_distance": 0.1234, "ssim_encrypted": 0.0123,
-             "lowpass_correlation": -0.051, "ssim_decrypted": 0.9612, "iterations": 312},
+             "lowpass_correlation": -0.051, "ssim_decrypted": 0.9612, "iterations": 312,
+             "restored_identical": True},
             {"source": "esc\x1b[31m[bold]x.png", "status": "no_face", "reason": "no face found"}]
     console = Console(width=80, record=True, file=io.StringIO())
     console.print(demo_table(rows))
@@ -48,5 +49,5 @@ def test_the_demo_table_fits_80_columns_without_cutting_a_word():
     assert "…" not in text and "\x1b" not in text
     assert all(len(line) <= 80 for line in text.splitlines())
     for word in ("astronaut.png", "distance", "SSIM enc", "blur corr", "SSIM dec", "steps", "0.961", "312",
-                 "no_face", "recovered", "esc\\x1b[31m[b"):  # a name is shown as it is, escaped, not as markup
+                 "no_face", "recovered", "esc\\x1b[31m[b", "same", "file"):  # a name is shown as it is, escaped, not as markup
         assert word in text, word

@@ -123,7 +123,7 @@ def test_rerun_redoes_outputs_that_changed_or_lost_their_entry(tmp_path, photos,
     assert folder_contents(out) == expected
     for name, mtime in before.items():
         assert (out / name).stat().st_mtime_ns == mtime, "finished outputs are not rewritten"
-    assert len(result.stdout.splitlines()) == 12
+    assert len(result.stdout.splitlines()) == 24  # each photo's container and its ciphertext (issue #23)
 
 
 def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, photos, tiny_key_file):

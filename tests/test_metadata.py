@@ -97,8 +97,10 @@ def test_anonymize_names_outputs_by_random_ids_and_keeps_the_map_beside_the_key(
     assert sorted(names.values()) == ["alice/portrait.jpg", "bob-at-home.png", "carol-broken.jpg"]
 
     written = sorted(path.name for path in out.rglob("*"))
-    assert written == sorted(["avp-manifest.json", *(name for name in names if name.split(".")[0] in
-                                                       {Path(line).stem for line in result.stdout.splitlines()})])
+    ids = {Path(line).name.split(".")[0] for line in result.stdout.splitlines()}
+    # Each photo's ciphertext and its sealed container (issue #23), both named by the photo's id.
+    assert written == sorted(["avp-manifest.json", *(name for name in names if name.split(".")[0] in ids),
+                              *(name.replace(".png", ".sealed.png") for name in names if name.split(".")[0] in ids)])
     everything = b"".join(path.read_bytes() for path in out.rglob("*"))
     for secret in (b"alice", b"bob", b"carol", b"portrait", b"mine.safetensors"):
         assert secret not in everything

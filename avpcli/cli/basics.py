@@ -102,8 +102,8 @@ def demo(
                               on_training_step=lambda step, total: progress.update(training, completed=step, total=total),
                               on_event=printer)
     stderr.print(demo_table(result.rows))
-    stderr.print(f"done in {result.seconds:.0f} s; original | encrypted | encrypted, blurred and contrast-stretched "
-                 "| decrypted:")
+    stderr.print(f"done in {result.seconds:.0f} s; the contact sheet, a row per photo: original photo | its sealed "
+                 "container | the face's ciphertext | its blur, contrast-stretched | decrypted face | restored photo:")
     if result.contact_sheet is not None:
         echo_path(result.contact_sheet)
     if printer.failed:
@@ -115,18 +115,21 @@ def demo_table(rows: list[dict]) -> Table:
     in the caption, figures that never wrap, and a name that folds (only a long one) rather than end
     in an ellipsis. A file that failed shows its status; its reason is on the failure's own line."""
     table = Table(title="avp demo: dlib target, figures of the PNGs as written", title_justify="left",
-                  caption="distance < 0.6: the same person; SSIM enc and blur corr low: hidden; "
-                          "SSIM dec high: recovered", caption_justify="left")
+                  caption="dist. (feature distance) < 0.6: the same person; SSIM enc and blur (blur corr) low: hidden; "
+                          "SSIM dec high: recovered; file: the restored photo's sha256 is the original's (same) "
+                          "or not (DIFF)", caption_justify="left")
     table.add_column("image", overflow="fold")
     table.add_column("status", no_wrap=True)
-    for header in ("distance", "SSIM enc", "blur corr", "SSIM dec", "steps"):
+    for header in ("dist.", "SSIM enc", "blur", "SSIM dec", "steps", "file"):
         table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
         # Text, not markup: a file name with [brackets] is shown as it is.
         name = Text(printable(str(row["source"])))
+        restored = {True: "same", False: "DIFF"}.get(row.get("restored_identical"), "")
         if row["status"] == "ok":
             table.add_row(name, "ok", f"{row['feature_distance']:.3f}", f"{row['ssim_encrypted']:.3f}",
-                          f"{row['lowpass_correlation']:+.2f}", f"{row['ssim_decrypted']:.3f}", str(row["iterations"]))
+                          f"{row['lowpass_correlation']:+.2f}", f"{row['ssim_decrypted']:.3f}", str(row["iterations"]),
+                          restored)
         else:
-            table.add_row(name, Text(printable(str(row["status"]))), "", "", "", "", "")
+            table.add_row(name, Text(printable(str(row["status"]))), "", "", "", "", "", restored)
     return table

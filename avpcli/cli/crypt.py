@@ -50,6 +50,7 @@ def encrypt(
     std: Annotated[Optional[str], typer.Option(help="Own models: per-channel std on the [0,1] scale, e.g. 0.5,0.5,0.5.")] = None,
     channels: Annotated[str, typer.Option(help="Own models: channel order 'rgb' or 'bgr'.")] = "rgb",
     loss: Annotated[str, typer.Option(help="Own models: 'embedding' (feature vector) or 'classifier' (logits).")] = "embedding",
+    no_seal: Annotated[bool, typer.Option("--no-seal", help="Write the model's ciphertexts only, as avp 0.2 did (the paper's chip-only output): no sealed original (<name>.sealed.png) beside them, and a photo in which no face is found fails.")] = False,
 ) -> None:
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
     from avpcli.encryptor import NO_SCRAMBLE_WARNING, Encryptor
@@ -76,11 +77,13 @@ def encrypt(
             encrypt_folder(
                 encryptor, paths, output, printer, align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed,
                 overwrite=overwrite, shard=shard_index, anonymize=anonymize, names_map=names_map, key_path=key,
-                follow_links=follow_links, listed=listed, max_pixels=max_pixels)
+                follow_links=follow_links, listed=listed, max_pixels=max_pixels, seal=not no_seal)
     if printer.missed_bars:
         stderr.print(f"[yellow]note:[/] {printer.missed_bars} image(s) did not meet every quality bar within the "
                      f"iterations allowed; their figures are in the manifest")
-    say(f"{printer.finished} encrypted, {printer.failed} failed ->", str(output))
+    sealed = (f"{printer.sealed} sealed ({printer.sealed_only} sealed only: no model input), " if printer.sealed_only
+              else f"{printer.sealed} sealed, " if printer.sealed else "")
+    say(f"{printer.finished} encrypted, {sealed}{printer.failed} failed ->", str(output))
     if printer.failed:
         raise typer.Exit(1)
 
@@ -97,8 +100,9 @@ def decrypt(
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     as_json: JsonOption = False,
     null: NullOption = False,
+    chips: Annotated[bool, typer.Option("--chips", help="A folder: also decrypt, through the key, the model's ciphertexts of the photos whose whole file was sealed (into <out>/chips/); by default only the originals are restored. Files: always decrypted, into <out>/chips/ when sealed originals are among the files.")] = False,
 ) -> None:
-    """Decrypt a folder or ciphertext files with the key: writes the images as PNGs and avp-manifest.json; prints one path per output."""
+    """Decrypt a folder or ciphertext files with the key: restores each sealed original byte for byte, decrypts the other ciphertexts as PNGs, writes avp-manifest.json; prints one path per output."""
     from avpcli.jobs import decrypt_paths
 
     with domain_errors():
@@ -107,7 +111,7 @@ def decrypt(
         # The paths on stdin are read only once the options are known to be good.
         paths = (path for path in stdin_paths(null)) if listed else inputs
         decrypt_paths(paths, out, key=key, key_folders=[default_key_folder()], listed=listed, force=force,
-                      batch_size=batch_size, device=device, overwrite=overwrite, max_pixels=max_pixels, on_event=printer,
+                      batch_size=batch_size, device=device, overwrite=overwrite, max_pixels=max_pixels, on_event=printer, chips=chips,
                       on_warning=lambda message: say("[yellow]warning:[/]", message))
     if printer.failed:
         raise typer.Exit(1)

@@ -120,6 +120,8 @@ class EventPrinter:
         self.console = progress.console if progress is not None else stderr
         self.task = progress.add_task(description, total=total) if progress is not None else None
         self.finished = self.failed = self.missed_bars = 0
+        # Sealed containers written or kept (issue #23), and of those the sources sealed only (no model input).
+        self.sealed = self.sealed_only = 0
 
     def __call__(self, event) -> None:
         if event.kind == "progress":
@@ -133,7 +135,11 @@ class EventPrinter:
             self.failed += 1
             _say_failed(event, self.console)
         else:
-            self.finished += 1
+            if (event.entry or {}).get("status") == "sealed":
+                self.sealed += 1
+                self.sealed_only += (event.entry or {}).get("output", "") is None
+            else:
+                self.finished += 1
             self.missed_bars += event.missed_bars
             if self.stdout == "paths":
                 echo_path(event.output, self.null)

@@ -5,6 +5,7 @@ resume    how an encryption run treats files (FolderRun) and what it carries ove
 names     output names that never replace another source's output
 encrypt   encrypt_folder: files → faces → engine → 8-bit PNGs + manifest, resumably and in shards
 decrypt   decrypt_folder, decrypt_files: ciphertexts through the key into PNGs + manifest
+sealing   every input file sealed whole beside its ciphertexts (avpcli.seal), and restored byte for byte
 """
 
 from avpcli.events import Event, EventCallback

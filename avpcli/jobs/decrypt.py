@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,6 +19,7 @@ from avpcli.images import (MAX_PIXELS, MAX_PNG_BYTES, check_named_file, containe
 from avpcli.jobs.folders import (Checkpoint, file_digest, owned_folder, previous_manifest, remove_stale_temporaries,
                                  write_into, write_records)
 from avpcli.jobs.names import DecryptedNames
+from avpcli.jobs.sealing import SealedFile, looks_sealed, restore_all, sealing_key
 from avpcli.key import Key, find_key, load_key
 from avpcli.manifest import MANIFEST_NAME, Manifest, manifest_parts, missing_parts, read_manifest
 
@@ -42,6 +43,10 @@ class DecryptJob:
     # Decrypt ciphertexts that fail their sha256 in the manifest or the key check (the entry says "forced").
     force: bool = False
     max_pixels: int = MAX_PIXELS
+    # Opens the sealed originals (jobs.sealing.sealing_key of the Key); chips: also decrypt their model
+    # ciphertexts, into chips/ (by default a sealed source is restored from its container alone).
+    sealing_key: bytes | None = None
+    chips: bool = False
 
 
 @dataclass
@@ -59,6 +64,8 @@ class DecryptFilesJob:
         and an avp-manifest.json of kind "decrypted".
     key: the loaded key (a file may need G∘S and another G alone).
     force: also decrypt what fails the key check or its manifest's sha256; the entry says "forced".
+    A sealed container among the files (seal.is_sealed) is opened and its file restored byte for byte
+    as output/<the name sealed in it>; the ciphertexts then go into output/chips/.
     """
 
     files: list[Path]
@@ -111,6 +118,8 @@ class _Decryption:
     force: bool = False
     max_pixels: int = MAX_PIXELS
     png_only: bool = False
+    containers: list[SealedFile] = field(default_factory=list)
+    sealing_key: bytes | None = None
 
 
 # The key's generator takes images of at least 8×8 pixels (key.KeyGenerator).
@@ -129,7 +138,8 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
     unchanged on disk, made from the same ciphertext bytes), so that a killed run and its rerun
     write what one uninterrupted run writes; job.overwrite redoes all. A manifest that says its
     run did not finish, or a folder that lacks some of a sharded run's parts, is a "warning" event:
-    what is listed is decrypted.
+    what is listed is decrypted. Sealed originals are restored byte for byte (jobs.sealing.restore_all);
+    their chips are decrypted only with job.chips, into chips/.
     """
     source_manifest = job.manifest or read_manifest(job.encrypted)
     if is_inside(job.output, job.encrypted) or is_inside(job.encrypted, job.output):
@@ -140,10 +150,20 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
     for warning in _unfinished(job.encrypted, source_manifest):
         on_event(Event("warning", reason=warning))
     plan = _Decryption(job.output, job.key_fingerprint, source_manifest.target, [], [], job.batch_size, job.device,
-                       job.overwrite, job.force, job.max_pixels)
+                       job.overwrite, job.force, job.max_pixels, sealing_key=job.sealing_key)
     seen: set[str] = set()
+    anonymized = source_manifest.settings.get("anonymized") is True
     for position, entry in enumerate(source_manifest.files):
-        if entry.get("status") != "ok":
+        sealed = entry.get("sealed")
+        if isinstance(sealed, str) and sealed not in seen and entry.get("status") in ("ok", "sealed"):
+            seen.add(sealed)  # several faces of one photo share its container
+            try:
+                plan.containers.append(SealedFile(position, sealed, contained_path(job.encrypted, sealed),
+                                                  entry.get("sealed_sha256") or "-",
+                                                  None if anonymized else str(entry.get("source"))))
+            except ImageError as unsafe:
+                plan.refused.append((position, sealed, str(unsafe)))
+        if entry.get("status") != "ok" or (isinstance(sealed, str) and not job.chips):
             continue
         name = entry.get("output")
         label = name if isinstance(name, str) and name else f"entry {position + 1}"
@@ -158,8 +178,8 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
             continue
         seen.add(name)
         digest = entry.get("sha256")
-        plan.ciphertexts.append(_Ciphertext(position, name, source, job.key, tuple(size),
-                                            digest if isinstance(digest, str) else None, name))
+        plan.ciphertexts.append(_Ciphertext(position, f"chips/{name}" if isinstance(sealed, str) else name, source,
+                                            job.key, tuple(size), digest if isinstance(digest, str) else None, name))
     with owned_folder(job.output):
         return _decrypt(plan, on_event)
 
@@ -191,12 +211,16 @@ def decrypt_files(job: DecryptFilesJob, on_event: EventCallback = ignore_events)
     manifests = _ListingManifests(lambda path: on_event(Event("note", reason=f"using the manifest {path} for the "
                                                                                "ciphertexts it lists")))
     plan = _Decryption(job.output, job.key.fingerprint, {}, [], [], job.batch_size, job.device, job.overwrite,
-                       job.force, job.max_pixels, png_only=True)
+                       job.force, job.max_pixels, png_only=True, sealing_key=sealing_key(job.key))
+    sealed = {position for position, source in enumerate(sources) if looks_sealed(source.path)}
     for position, source in enumerate(sources):
-        name = str(names[source.relative])
+        name = ("chips/" if sealed else "") + str(names[source.relative])
         given = str(source.path)
         try:
             check_named_file(source.path, job.output)
+            if position in sealed:
+                plan.containers.append(SealedFile(position, given, source.path))
+                continue
             contained_path(job.output, name)
             listing = manifests.listing(source.path)
         except (ImageError, AvpError) as refused:
@@ -278,7 +302,14 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
 
     for refused in plan.refused:
         fail(*refused)
-    ciphertexts = plan.ciphertexts
+
+    def restored(position: int, entry: dict[str, Any], kind: str) -> None:
+        records.append((position, entry))
+        on_event(Event(kind, source=entry["source"], output=plan.output / entry["output"], entry=entry))
+
+    done = restore_all(plan.containers, plan.output, plan.sealing_key, plan.overwrite, earlier, restored, fail)
+    names.planned |= done  # a ciphertext whose name a restored photo took goes into chips/
+    ciphertexts = [replace(item, name=f"chips/{item.name}") if item.name in done else item for item in plan.ciphertexts]
     remove_stale_temporaries(plan.output, {Path(item.name) for item in ciphertexts} | {Path(MANIFEST_NAME)})
     checkpoint = Checkpoint(lambda: write_records(manifest, records, plan.output,
                                                   earlier=names.kept({entry.get("output") for _, entry in records})))
@@ -407,7 +438,7 @@ def _decrypted_before(entry: dict[str, Any] | None, folder: Path, name: str, dig
 def decrypt_paths(inputs: Iterable[Path], output: Path | None = None, *, key: Key | Path | None = None,
                   key_folders: Sequence[Path] = (), listed: bool = False, force: bool = False, batch_size: int = 16,
                   device: str = "auto", overwrite: bool = False, max_pixels: int = MAX_PIXELS,
-                  on_event: EventCallback = ignore_events,
+                  on_event: EventCallback = ignore_events, chips: bool = False,
                   on_warning: Callable[[str], None] = lambda message: None) -> Manifest:
     """`avp decrypt`: one folder written by `avp encrypt`, or ciphertext files one by one; returns the manifest written.
 
@@ -447,7 +478,7 @@ def decrypt_paths(inputs: Iterable[Path], output: Path | None = None, *, key: Ke
     job = DecryptJob(encrypted=folder, output=output if output is not None else folder.with_name(folder.name + "-decrypted"),
                      key=loaded.model_for(scramble=uses_scramble(loaded, manifest)), key_fingerprint=loaded.fingerprint,
                      batch_size=batch_size, device=resolved, manifest=manifest, overwrite=overwrite, force=force,
-                     max_pixels=max_pixels)
+                     max_pixels=max_pixels, sealing_key=sealing_key(loaded), chips=chips)
     return decrypt_folder(job, on_event)
 
 

@@ -14,14 +14,15 @@ from typing import Any, Sequence
 import torch
 
 from avpcli.encryptor import Encryptor
-from avpcli.errors import ImageError, NoFaceError, UsageError
+from avpcli.errors import ImageError, NoFaceError, NotModelInput, UsageError
 from avpcli.events import Event, EventCallback, ignore_events
 from avpcli.images import (SourceImage, check_link_stays_inside, check_named_file, describe_error, find_images,
                            output_names, png_bytes, png_tensor, read_png)
-from avpcli.inputs import prepare_file
+from avpcli.inputs import AT_INPUT_SIZE, prepare_file
 from avpcli.jobs.folders import (Checkpoint, check_output_folder, face_output_name, file_digest, owned_folder,
                                  previous_manifest, remove_stale_temporaries, write_into, write_records)
 from avpcli.jobs.names import choose_label, held_by_another, held_outputs
+from avpcli.jobs.sealing import SEALED_INFIX, container_of, seal_into, sealing_key
 from avpcli.jobs.resume import (FolderRun, NamesMap, SourceTag, earlier_entries, finished_before, linked_safely,
                                 read_names_map, resume, run_identity, settings_record, source_file_tag)
 from avpcli.manifest import MANIFEST_NAME, Manifest, merge_parts, part_name, read_manifest
@@ -88,7 +89,8 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
         key_fingerprint=encryptor.key_fingerprint,
         settings={**settings_record(encryptor.settings), "key_scramble": encryptor.key_scrambles,
                   "noise_seed": run.noise_seed,
-                  "alignment": run.align, "all_faces": run.all_faces, "anonymized": run.anonymize},
+                  "alignment": run.align, "all_faces": run.all_faces, "anonymized": run.anonymize,
+                  **({"seal": True} if run.seal else {})},
         complete=False,
         shard=f"{index + 1}/{count}" if count > 1 else None,
     )
@@ -110,7 +112,9 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
         return tags[position]
 
     labels, outputs, refused = _choose_names(run, all_sources, sources, names_map, tag)
-    remove_stale_temporaries(run.output, set(outputs.values()) | {Path(manifest_name)})
+    remove_stale_temporaries(run.output, set(outputs.values()) | {container_of(output) for output in outputs.values()}
+                             | {Path(manifest_name)})
+    seal_key = sealing_key(encryptor.loaded_key) if run.seal else None
 
     def label(position: int) -> str:
         """What the manifest calls a source: its relative path (lengthened where an earlier run's output of
@@ -126,12 +130,17 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     finished: set[int] = set()
     for position, source in enumerate(sources):
         entries = resumed.entries.get(label(position), []) if position in outputs else []
-        if entries and finished_before(entries, run.output, outputs[position], tag(position)):
+        if entries and finished_before(entries, run.output, outputs[position], tag(position), run.seal):
             finished.add(position)
+            if entries[0].get("status") == "ok" and "sealed" in entries[0]:
+                on_event(Event("skipped", source=str(source.relative), output=run.output / entries[0]["sealed"],
+                               entry={"source": label(position), "output": entries[0]["sealed"], "status": "sealed",
+                                      "sha256": entries[0]["sealed_sha256"]}))
             for face, entry in enumerate(entries, 1):
                 records.append(((position, face), entry))
-                on_event(Event("skipped", source=str(source.relative), output=run.output / entry["output"],
-                               missed_bars=not entry.get("met_targets"), entry=entry))
+                shown = entry["output"] if entry.get("output") is not None else entry["sealed"]
+                on_event(Event("skipped", source=str(source.relative), output=run.output / shown,
+                               missed_bars=entry.get("status") == "ok" and not entry.get("met_targets"), entry=entry))
 
     checkpoint = Checkpoint(lambda: write_records(manifest, records, run.output, manifest_name, earlier))
     checkpoint.write()
@@ -145,8 +154,19 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
                 check_named_file(source.path, run.output)
             if not run.follow_links:
                 check_link_stays_inside(source)
-            faces = prepare_file(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device,
-                                 run.max_pixels)
+            try:
+                faces = prepare_file(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device,
+                                     run.max_pixels)
+                only = None
+            except NotModelInput as unusable:
+                if seal_key is None or position not in outputs:
+                    raise
+                faces, only = [], f"{unusable}: sealed only"
+            sealed: dict[str, str] = {}
+            if seal_key is not None and position not in finished and (not faces or faces[0][1] != AT_INPUT_SIZE):
+                # The whole file, sealed: what restores it byte for byte (the model's ciphertexts hold its faces).
+                sealed = seal_into(run.output, container_of(outputs[position]), source.path, str(labels[position]),
+                                   seal_key)
         except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
             if position not in finished:
                 status, reason = _failure_reason(error, source.path)
@@ -155,13 +175,23 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
                 records.append(((position, 0), entry))
                 on_event(Event("failed", source=str(source.relative), reason=reason, entry=entry))
             return []
-        prepared = []
         source_tag = tag(position)
+        tagged = {"source_tag": source_tag.value} if source_tag is not None else {}
+        if only is not None:
+            if position not in finished:
+                entry = {"source": label(position), "output": None, "status": "sealed", "reason": only, **sealed, **tagged}
+                records.append(((position, 0), entry))
+                on_event(Event("written", source=str(source.relative), output=run.output / sealed["sealed"], entry=entry))
+            return []
+        if sealed:
+            on_event(Event("written", source=str(source.relative), output=run.output / sealed["sealed"],
+                           entry={"source": label(position), "output": sealed["sealed"], "status": "sealed",
+                                  "sha256": sealed["sealed_sha256"]}))
+        prepared = []
         for face_index, (tensor, alignment) in enumerate(faces):
             output = face_output_name(outputs[position], face_index)
             entry: dict[str, Any] = {"source": label(position), "output": str(output), "status": "pending",
-                                     "alignment": alignment,
-                                     **({"source_tag": source_tag.value} if source_tag is not None else {})}
+                                     "alignment": alignment, **tagged, **sealed}
             if len(faces) > 1:
                 entry.update(face=face_index + 1, faces=len(faces))
             prepared.append(_Item(tensor, entry, _noise_seed(resumed.noise_seed, str(output)), (position, face_index + 1)))
@@ -219,8 +249,13 @@ def _choose_names(run: FolderRun, all_sources: list[SourceImage], sources: list[
             refused[position] = (f"its output name {natural[source.relative]} holds another source's ciphertext, and "
                                  "so do the longer names; use --overwrite to replace it, or choose another --out")
             continue
+        output = names_map.id_for(chosen) if names_map is not None else output_of(chosen)
+        if run.seal and output.stem.lower().endswith(SEALED_INFIX):
+            # Its ciphertext would take a name that sealed containers take (another source's, or its own).
+            refused[position] = f"its output name {output} ends in {SEALED_INFIX}.png, the name of avp's sealed files; rename it"
+            continue
         labels[position] = chosen
-        outputs[position] = names_map.id_for(chosen) if names_map is not None else output_of(chosen)
+        outputs[position] = output
     if names_map is not None:
         names_map.save(run)
     return labels, outputs, refused

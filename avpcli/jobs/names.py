@@ -32,13 +32,16 @@ def held_outputs(folder: Path) -> dict[str, dict[str, Any]]:
             continue
         for entry in manifest.files:
             name = entry.get("output")
-            if entry.get("status") != "ok" or not isinstance(name, str):
+            if entry.get("status") == "sealed" and isinstance(entry.get("sealed"), str):
+                # sealed only: its container holds the name its ciphertext would have had
+                name = entry["sealed"].replace(".sealed.", ".", 1) if ".sealed." in entry["sealed"] else None
+            if entry.get("status") not in ("ok", "sealed") or not isinstance(name, str):
                 continue
-            if entry.get("face", 1) != 1:
+            if entry.get("face", 1) != 1 and entry.get("status") == "ok":
                 stem = Path(name)
                 name = str(stem.with_name(_FACE_SUFFIX.sub("", stem.stem) + stem.suffix))
             try:
-                exists = contained_path(folder, name).exists()
+                exists = contained_path(folder, entry["sealed"] if entry.get("status") == "sealed" else name).exists()
             except ImageError:
                 continue
             if exists:

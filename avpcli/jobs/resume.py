@@ -16,6 +16,7 @@ from avpcli.files import UnusableFile, open_regular_file, write_output
 from avpcli.images import MAX_PIXELS, SourceImage, check_link_stays_inside, is_inside
 from avpcli.inputs import AlignMode
 from avpcli.jobs.folders import face_output_name, file_digest
+from avpcli.jobs.sealing import container_kept, container_of
 from avpcli.manifest import Manifest, differences, settings_without_seed
 
 
@@ -38,6 +39,10 @@ class FolderRun:
     listed: every input is one file, read from a list (`avp encrypt -`): one that is missing, no
         image, a folder, or inside the output folder fails alone instead of stopping the run.
     max_pixels: an image whose header declares more pixels fails alone before it is decoded.
+    seal: also write each input file, whole and byte for byte, sealed under the key (jobs/sealing.py,
+        docs/SEALING.md) beside its model ciphertexts, where it is not already at the target's input
+        size; an image that decodes but cannot be the model's input (no face, too small, animated) is
+        then sealed only. False (`--no-seal`): the model's ciphertexts alone, as avp 0.2 wrote them.
     """
 
     inputs: list[Path]
@@ -54,6 +59,7 @@ class FolderRun:
     follow_links: bool = False
     listed: bool = False
     max_pixels: int = MAX_PIXELS
+    seal: bool = True
 
 
 # Settings added since manifests were first written, with the value that leaves them off: recorded
@@ -92,6 +98,12 @@ def resume(run: FolderRun, manifest: Manifest, previous: Manifest | None) -> Res
     different = differences(manifest, previous)
     if run.noise_seed is not None and run.noise_seed != earlier_seed:
         different.append("--seed")
+    if different == ["settings"] and ({**manifest.settings, "seal": None, "noise_seed": None}
+                                      == {**previous.settings, "seal": None, "noise_seed": None}):
+        sealed_before = previous.settings.get("seal") is True
+        raise UsageError(f"{run.output} holds outputs of an earlier run {'with' if sealed_before else 'without'} "
+                         f"sealed originals; {'drop' if sealed_before else 'add'} --no-seal to resume it, use "
+                         "--overwrite to redo them, or choose another --out")
     if different:
         raise UsageError(f"{run.output} holds outputs of an earlier run with another {' and '.join(different)}; "
                          "use --overwrite to redo them, or choose another --out")
@@ -162,7 +174,8 @@ def read_names_map(run: FolderRun, resumed: ResumeState) -> NamesMap:
     return NamesMap(path, ids, secrets.token_hex(32), changed=True)
 
 
-def finished_before(entries: list[dict[str, Any]], folder: Path, output: Path, source_tag: SourceTag | None) -> bool:
+def finished_before(entries: list[dict[str, Any]], folder: Path, output: Path, source_tag: SourceTag | None,
+                    sealing: bool = False) -> bool:
     """True if an earlier run wrote every output of one source's entries, under the names this run
     gives them (`output` and its _faceN siblings), from this very source file, and none has changed since.
 
@@ -171,6 +184,14 @@ def finished_before(entries: list[dict[str, Any]], folder: Path, output: Path, s
     name, or the same file edited); entries of avp versions that did not record them count by name.
     """
     count = len(entries)
+    if sealing and any("sealed" in entry for entry in entries):
+        # Every entry of a sealed source names its container, which must be there as written.
+        from_tag = all("source_tag" not in entry or (source_tag is not None and source_tag.matches(entry["source_tag"]))
+                       for entry in entries)
+        if not from_tag or not all(container_kept(entry, folder, container_of(output)) for entry in entries):
+            return False
+        if count == 1 and entries[0].get("status") == "sealed":
+            return True  # sealed only
     for number, entry in enumerate(entries, 1):
         if entry.get("status") != "ok" or (entry.get("face", 1), entry.get("faces", 1)) != (number, count):
             return False
