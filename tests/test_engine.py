@@ -13,6 +13,7 @@ from avpcli.engine import (
     autocast_dtype_for,
     default_autocast_dtype,
     StopCriteria,
+    attack_settings,
     decrypt_batch,
     encrypt_batch,
     measure_images,
@@ -91,6 +92,33 @@ def test_early_stopping_stops_each_image_when_it_meets_the_bars(embedding_target
         assert metrics.met_targets
         assert metrics.iterations < 400
         assert metrics.iterations % 5 == 0
+
+
+def test_early_checks_stop_an_image_on_the_first_state_that_meets_the_bars(embedding_target):
+    # The trajectory does not depend on when images are checked, so a run that checks every step
+    # tells the first state that meets every bar; early checks must find it (or one at most a step
+    # later: the float hint misses a state whose 8-bit rounding alone passes) with a cadence of 50.
+    lenient = StopCriteria(max_feature_distance=0.02, max_ssim_encrypted=0.5, min_ssim_decrypted=-1.0)
+    every_step = AttackSettings(iterations=400, key_weight=1.0, stop=lenient, check_every=1)
+    hinted = dataclasses.replace(every_step, check_every=50, early_checks=True)
+    cadence_only = dataclasses.replace(every_step, check_every=50)
+    images, key, seeds = originals(), near_identity_key(), [1, 2, 3]
+    first = encrypt_batch(images, embedding_target, key, every_step, "embedding", seeds)
+    early = encrypt_batch(images, embedding_target, key, hinted, "embedding", seeds)
+    late = encrypt_batch(images, embedding_target, key, cadence_only, "embedding", seeds)
+    for exact, found, periodic in zip(first.metrics, early.metrics, late.metrics):
+        assert found.met_targets and exact.met_targets
+        assert exact.iterations <= found.iterations <= exact.iterations + 1 < periodic.iterations
+        assert periodic.iterations % 50 == 0
+    same = [index for index, (exact, found) in enumerate(zip(first.metrics, early.metrics))
+            if exact.iterations == found.iterations]
+    assert same, "on these images the float hint and the 8-bit check agree at least once"
+    assert torch.equal(early.encrypted[same], first.encrypted[same])
+
+
+def test_early_checks_are_the_tuned_recipes_and_not_the_papers():
+    assert attack_settings("embedding").early_checks and attack_settings("classifier").early_checks
+    assert not attack_settings("embedding", "research").early_checks
 
 
 def test_unreachable_bars_run_every_iteration_and_say_so(embedding_target):

@@ -158,12 +158,41 @@ def encrypt_batch(
     iterations_used = torch.full((batch,), settings.iterations, dtype=torch.long)
     active = torch.arange(batch, device=device)  # indices (into the batch) still iterating
 
+    def check(checked: torch.Tensor, states: torch.Tensor, steps_taken: int) -> torch.Tensor:
+        """Check 8-bit `states` of the images `checked` (indices into the batch): keep each image's best
+        state short of SSIM_d, finish those that meet every bar; returns which of them finished."""
+        candidate = quantize(states)
+        measured = objective.measure(candidate, originals[checked], reference[checked],
+                                     reference_class[checked] if reference_class is not None else None,
+                                     objective.start_directions(checked))
+        finished = objective.meets(measured)
+        ssim_decrypted = measured.ssim_decrypted
+        improved = objective.only_short_of_key(measured) & (ssim_decrypted > best_ssim_decrypted[checked])
+        best[checked[improved]] = candidate[improved]
+        best_ssim_decrypted[checked[improved]] = ssim_decrypted[improved]
+        done = checked[finished]
+        results[done] = candidate[finished]
+        iterations_used[done.cpu()] = steps_taken
+        return finished
+
     for iteration in range(1, settings.iterations + 1):
         current = images[active].requires_grad_(True)
-        loss = objective.loss(current, originals[active], reference[active],
-                              reference_class[active] if reference_class is not None else None, active)
-        (gradient,) = torch.autograd.grad(loss.sum(), current)
-        loss = loss.detach()
+        step_loss = objective.loss(current, originals[active], reference[active],
+                                   reference_class[active] if reference_class is not None else None, active)
+        (gradient,) = torch.autograd.grad(step_loss.value.sum(), current)
+        current, loss = current.detach(), step_loss.value.detach()
+        if settings.early_checks and settings.stop is not None and bool(step_loss.may_meet.any()):
+            # This state's own forwards met the bars on the target and the key in float: check its 8-bit
+            # rounding now, before a step moves it (the start side, for one, flickers about its bar).
+            hinted = step_loss.may_meet.nonzero().squeeze(1)
+            going_on = torch.ones_like(step_loss.may_meet)
+            going_on[hinted[check(active[hinted], current[hinted], iteration - 1)]] = False
+            if not bool(going_on.all()):
+                active, current, gradient, loss = active[going_on], current[going_on], gradient[going_on], loss[going_on]
+                if progress is not None:
+                    progress(iteration - 1, batch - active.numel())
+                if active.numel() == 0:
+                    break
         if pinned is not None:
             # Pixels that never move must not weigh in the step's scale below.
             gradient = gradient.masked_fill(pinned, 0)
@@ -172,32 +201,19 @@ def encrypt_batch(
         # loss's scale; a zero gradient (a saturated image) must not divide by zero.
         scale = gradient.abs().flatten(1).mean(dim=1).clamp_min(1e-12)
         velocity[active] = settings.momentum * velocity[active] + gradient / scale[:, None, None, None]
-        stepped = (current.detach() - decay.step[active, None, None, None] * velocity[active]).clamp(0, 1)
+        stepped = (current - decay.step[active, None, None, None] * velocity[active]).clamp(0, 1)
         if start_colour is not None:
             # Back to the start's mean colour (a shift the clamp cuts short is finished next step).
             stepped = (stepped - stepped.mean(dim=(2, 3), keepdim=True) + start_colour[active]).clamp(0, 1)
         if pinned is not None:
-            stepped = torch.where(pinned, current.detach(), stepped)  # the nonce stays as stamped
+            stepped = torch.where(pinned, current, stepped)  # the nonce stays as stamped
         images[active] = stepped
         decay.update(active, loss)
 
         last = iteration == settings.iterations
         if settings.stop is not None and (iteration % settings.check_every == 0 or last):
-            candidate = quantize(images[active])
-            measured = objective.measure(candidate, originals[active], reference[active],
-                                         reference_class[active] if reference_class is not None else None,
-                                         objective.start_directions(active))
-            finished = objective.meets(measured)
-            ssim_decrypted = measured.ssim_decrypted
-            short_of_key = objective.only_short_of_key(measured)
-            improved = short_of_key & (ssim_decrypted > best_ssim_decrypted[active])
-            best[active[improved]] = candidate[improved]
-            best_ssim_decrypted[active[improved]] = ssim_decrypted[improved]
-            if bool(finished.any()):
-                done = active[finished]
-                results[done] = candidate[finished]
-                iterations_used[done.cpu()] = iteration
-                active = active[~finished]
+            finished = check(active, images[active], iteration)
+            active = active[~finished]
             if progress is not None:
                 progress(iteration, batch - active.numel())
             if active.numel() == 0:
