@@ -140,7 +140,7 @@ def run(args: argparse.Namespace, emit: Callable[[str], None] = print) -> FacesR
          f"K={settings.iterations}, start {settings.initialization}, step {settings.step_size}, momentum {settings.momentum}, "
          f"mu {settings.key_weight}, key SSIM weight {settings.key_ssim_weight}, lambda {settings.variance_weight}, "
          f"leak weight {settings.leak_weight}, colour held {settings.hold_colour}, start-side weight {settings.start_side_weight:g}, "
-         f"check every {settings.check_every}; bars: distance ≤ {bars.max_feature_distance}, "
+         f"check every {settings.check_every} (early checks {settings.early_checks}); bars: distance ≤ {bars.max_feature_distance}, "
          f"SSIM_e ≤ {bars.max_ssim_encrypted}, SSIM_d ≥ {bars.min_ssim_decrypted}, low-pass bar {overrides['max_lowpass_correlation']}, "
          f"start side ≤ {bars.max_start_side}; "
          f"forwards in {settings.autocast_dtype or torch.float32} ({args.precision}), NHWC")

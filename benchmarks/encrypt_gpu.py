@@ -138,7 +138,7 @@ def main() -> None:
           f"{key.metadata.get('steps')} steps); batch {args.batch_size}; precision {args.precision}; "
           f"compile {args.compile}; K={settings.iterations}; momentum {settings.momentum}; start {settings.initialization}; μ {settings.key_weight}, key SSIM weight "
           f"{settings.key_ssim_weight}, λ {settings.variance_weight}, leak weight {settings.leak_weight}; "
-          f"check every {settings.check_every}")
+          f"check every {settings.check_every} (early checks {settings.early_checks})")
 
     # The naive loop first, with cuDNN's defaults, before the Encryptor (prepare_models) changes them.
     naive_seconds = time_naive_loop(chips[:args.naive_faces], target, key_path, settings, args.naive_iterations, device)

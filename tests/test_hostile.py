@@ -790,7 +790,7 @@ def malformed_keys(data: bytes, folder: Path) -> list[tuple[str, Path, str]]:
         *((f"ngf {value}", with_metadata(data, ngf=value), out_of_range.format(path="{path}", field="ngf", value=value))
           for value in ("0", "-4", "513", "100000000")),
         *((f"blocks {value}", with_metadata(data, blocks=value),
-           out_of_range.format(path="{path}", field="blocks", value=value)) for value in ("0", "65")),
+           out_of_range.format(path="{path}", field="blocks", value=value)) for value in ("-1", "65")),
         ("norm group", with_metadata(data, norm="group"), "{path} has unknown norm 'group'"),
         ("ngf 8", with_metadata(data, ngf="8"),
          "{path} is damaged: tensor network.1.weight has shape (4, 3, 7, 7) F32, expected (8, 3, 7, 7) F32"),

@@ -150,12 +150,12 @@ MAX_KEY_BYTES = 8 + MAX_HEADER_BYTES + 4 * MAX_KEY_VALUES
 _DTYPE_NAMES = {torch.float32: ("F32", 4), torch.int64: ("I64", 8), torch.uint8: ("U8", 1)}
 
 
-def _metadata_int(metadata: Mapping[str, str], field: str, path: Path, largest: int) -> int:
+def _metadata_int(metadata: Mapping[str, str], field: str, path: Path, largest: int, smallest: int = 1) -> int:
     try:
         value = int(metadata[field])
     except (KeyError, ValueError):
         raise KeyFileError(f"{path} is not a usable avp key: metadata field {field!r} is missing or not a number") from None
-    if not 1 <= value <= largest:  # bounds first: a forged ngf must not make us build a huge network
+    if not smallest <= value <= largest:  # bounds first: a forged ngf must not make us build a huge network
         raise KeyFileError(f"{path} is not a usable avp key: metadata field {field!r} = {value} is out of range")
     return value
 
@@ -231,7 +231,7 @@ def _check_metadata(metadata: Mapping[str, str], source: Path) -> tuple[bool, in
     if metadata.get("architecture") != ARCHITECTURE:
         raise KeyFileError(f"{source} has unknown architecture {metadata.get('architecture')!r}")
     ngf = _metadata_int(metadata, "ngf", source, largest=512)
-    blocks = _metadata_int(metadata, "blocks", source, largest=64)
+    blocks = _metadata_int(metadata, "blocks", source, largest=64, smallest=0)  # 0: no residual block
     norm = metadata.get("norm")
     if norm not in NORMS:
         raise KeyFileError(f"{source} has unknown norm {norm!r}")
