@@ -115,6 +115,18 @@ def test_round_trip_gives_the_same_outputs_and_metadata(tiny_key, key_file):
     assert (meta["seed"], meta["training_data"], meta["steps"], meta["image_size"]) == ("12345", "procedural-v1", "3", "16")
 
 
+def test_a_key_without_residual_blocks_round_trips_like_the_default(tmp_path):
+    # The default preset has no residual block since avp 0.3; its files must load as they were saved.
+    assert KEY_PRESETS["default"].blocks == 0
+    trained = train_key(dataclasses.replace(TINY, blocks=0, norm="none"), seed=7)
+    loaded = load_key(save_key(trained, tmp_path / "no-blocks.avpkey"))
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded.model_for(scramble=True)(images), trained.model_for(scramble=True)(images))
+    assert loaded.metadata["blocks"] == "0"
+    assert not any(".body." in name for name in loaded.generator.state_dict())
+
+
 def test_loaded_key_is_frozen_and_in_eval_mode(key_file):
     generator = load_key(key_file).generator
     assert not generator.training and all(not m.training for m in generator.modules())
