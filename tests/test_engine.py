@@ -116,9 +116,10 @@ def test_early_checks_stop_an_image_on_the_first_state_that_meets_the_bars(embed
     assert torch.equal(early.encrypted[same], first.encrypted[same])
 
 
-def test_early_checks_are_the_tuned_recipes_and_not_the_papers():
-    assert attack_settings("embedding").early_checks and attack_settings("classifier").early_checks
+def test_early_checks_are_the_tuned_face_recipes_only():
+    assert attack_settings("embedding").early_checks
     assert not attack_settings("embedding", "research").early_checks
+    assert not attack_settings("classifier").early_checks  # they cost CIFAR-10 mean SSIM_d (settings.py)
 
 
 def test_unreachable_bars_run_every_iteration_and_say_so(embedding_target):

@@ -193,11 +193,12 @@ def stopping_past_the_original(settings: AttackSettings) -> AttackSettings:
 # METHOD.md §1) with the face settings' start, momentum and leak term. The key weight is larger (10):
 # the top-1 logit term is tiny (×0.001), and 32×32 images are at the edge of what the key can
 # reproduce, so the key term binds. The bars: SSIM_e ≤ 0.10 and SSIM_d ≥ 0.96 per image, which
-# gives a mean SSIM_d above 0.95 where some images cannot get past 0.89–0.95.
+# gives a mean SSIM_d above 0.95 where some images cannot get past 0.89–0.95. No early checks: on 200
+# CIFAR-10 images they saved 6 of 425 mean steps and, stopping each image at its first state with
+# SSIM_d ≥ 0.96 rather than at the next multiple of 10, took the mean SSIM_d from 0.9504 to 0.9497.
 CLASSIFIER_SETTINGS = AttackSettings(
     initialization="preimage", momentum=0.9, key_weight=10.0, key_ssim_weight=1.0, variance_weight=0.0,
     leak_weight=0.3, hold_colour=True, step_size=0.02, step_decay=0.80, decay_patience=8, check_every=10,
-    early_checks=True,
     stop=StopCriteria(max_ssim_encrypted=0.10, min_ssim_decrypted=0.96),
 )
 
