@@ -46,7 +46,8 @@ def _signature(encryptor: Encryptor) -> dict[str, Any]:
 class EncryptActor(PoolWorker):
     """A Ray actor of encrypt_on_ray: its own Encryptor, built once; one batch of the plan a call."""
 
-    def __init__(self, make_encryptor: Callable[[], Encryptor], expected: dict[str, Any], worker: dict[str, Any]) -> None:
+    def __init__(self, make_encryptor: Callable[[], Encryptor], expected: dict[str, Any],
+                 worker: dict[str, Any]) -> None:
         super().__init__(worker)
         self.encryptor: Encryptor | None = None
         if self.problem is not None:
@@ -82,7 +83,8 @@ def _input_paths(inputs: Any, listed: bool) -> tuple[list[Path], bool]:
         columns = inputs.columns()
         if "path" not in columns:
             raise UsageError(f"a Dataset of inputs needs a 'path' column (it has {', '.join(columns) or 'none'})")
-        return [Path(path) for path in sorted(str(row["path"]) for row in inputs.select_columns(["path"]).iter_rows())], True
+        paths = sorted(str(row["path"]) for row in inputs.select_columns(["path"]).iter_rows())
+        return [Path(path) for path in paths], True
     return [Path(path) for path in inputs], listed
 
 
@@ -135,10 +137,11 @@ def encrypt_on_ray(make_encryptor: Callable[[], Encryptor], inputs: Any, output:
 
         if batches:
             try:
+                constructor = {"make_encryptor": make_encryptor, "expected": _signature(driver)}
                 missing = run_on_actors(
-                    address, run.output, EncryptActor, {"make_encryptor": make_encryptor, "expected": _signature(driver)},
-                    [plan.part(positions) for positions in batches], apply, actors=actors, cpus=cpus_per_actor,
-                    gpus=gpus_per_actor, on_start=lambda: on_event(Event("progress", done=0, total=pending)))
+                    address, run.output, EncryptActor, constructor, [plan.part(positions) for positions in batches],
+                    apply, actors=actors, cpus=cpus_per_actor, gpus=gpus_per_actor,
+                    on_start=lambda: on_event(Event("progress", done=0, total=pending)))
             except BaseException:
                 with suppress(AvpError):
                     started.checkpoint.write()  # what finished stays recorded, whatever stopped the run
@@ -249,7 +252,8 @@ def _restore_on_ray(folder: Path, manifest: Manifest, output: Path, key: Key, op
     reported: set[str] = set()
     with owned_folder(output):
         # UsageError for a folder of avp output of another kind, or of a decryption with another key.
-        earlier = _earlier_decryption(_Decryption(output, key.fingerprint, manifest.target, [], [], 1, "cpu", overwrite))
+        earlier = _earlier_decryption(_Decryption(output, key.fingerprint, manifest.target, [], [], 1, "cpu",
+                                                  overwrite))
         restored = Manifest(kind="decrypted", target=manifest.target, key_fingerprint=key.fingerprint, complete=False)
         records: list[tuple[int, dict[str, Any]]] = []
         names = DecryptedNames(output, earlier, ())

@@ -142,8 +142,9 @@ class EncryptionPlan:
             return {position: mapping[position] for position in positions if position in mapping}
 
         # The run's inputs stay with the driver: a worker needs only these sources.
-        return EncryptionPlan(replace(self.run, inputs=[]), only(self.sources), only(self.labels), only(self.outputs), only(self.refused),
-                              self.finished & set(positions), self.noise_seed, self.identity, only(self.tags))
+        return EncryptionPlan(replace(self.run, inputs=[]), only(self.sources), only(self.labels), only(self.outputs),
+                              only(self.refused), self.finished & set(positions), self.noise_seed, self.identity,
+                              only(self.tags))
 
 
 @dataclass

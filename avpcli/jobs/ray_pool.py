@@ -13,6 +13,7 @@ import secrets
 import socket
 import sys
 import tempfile
+import traceback
 import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -28,6 +29,8 @@ LOCAL = "local"
 BATCH_TRIES = 3
 # The file by which each worker proves that it sees the driver's output folder (removed after the run).
 _PROBE_PREFIX = ".avp-ray-"
+# Set by quiet_ray: the caller reports the run itself.
+_QUIET = False
 
 
 def import_ray() -> Any:
@@ -70,9 +73,6 @@ def quiet_ray() -> None:
         printer.print_to_stdstream = to_stderr
 
 
-_QUIET = False
-
-
 @contextmanager
 def _quiet_start() -> Iterator[None]:
     """After quiet_ray, stderr's descriptor to /dev/null while Ray starts (its C++ core prints a line there as it
@@ -101,8 +101,7 @@ def ray_cluster(address: str | None = None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    quiet = logging.getLogger("ray").getEffectiveLevel() > logging.WARNING
-    options: dict[str, Any] = {"log_to_driver": not quiet, **({"logging_level": logging.ERROR} if quiet else {})}
+    options: dict[str, Any] = {"log_to_driver": not _QUIET, **({"logging_level": logging.ERROR} if _QUIET else {})}
     try:
         with _quiet_start():
             if address in (None, LOCAL):
@@ -121,13 +120,13 @@ def ray_cluster(address: str | None = None) -> Iterator[Any]:
 def _resources(ray: Any, actors: int | None, cpus: float, gpus: float | None, work: int) -> tuple[int, float, float]:
     """(actors, CPUs and GPUs per actor): one GPU each where the cluster has GPUs, and by default as many actors
     as the cluster has GPUs (else CPUs over cpus), never more than there is work."""
+    if actors is not None and actors < 1:
+        raise UsageError("--ray-actors must be at least 1")
     available = ray.cluster_resources()
     if gpus is None:
         gpus = 1.0 if available.get("GPU", 0) >= 1 else 0.0
     if actors is None:
         actors = int(available.get("GPU", 0) // gpus) if gpus else int(available.get("CPU", 1) // max(cpus, 1e-9))
-    if actors < 1:
-        raise UsageError("--ray-actors must be at least 1")
     return max(1, min(actors, work)), cpus, gpus
 
 
@@ -153,10 +152,11 @@ def _map_on_actors(ray: Any, actor: type, work: list[bytes], constructor: dict[s
 
 
 class PoolWorker:
-    """The base of avp's actors. What every actor does first, from `worker` (the driver's working folder, the output folder, its probe
-    and token, the torch threads): join the driver's working folder (so that relative paths, and the events
-    and messages that name them, are the driver's), take its threads, and check that it sees and can write
-    the output folder. `problem` holds the error to report instead of doing any work."""
+    """The base of avp's actors; `run` does one piece of work. What every actor does first, from `worker` (the
+    driver's working folder, the output folder, its probe and token, the torch threads): join the driver's
+    working folder (so that relative paths, and the events and messages that name them, are the driver's), take
+    its threads, and check that it sees and can write the output folder. `problem` holds the error to report
+    instead of doing any work. Whatever a piece raises goes back to the driver, which raises it (_collect)."""
 
     def __init__(self, worker: dict[str, Any]) -> None:
         import torch
@@ -176,6 +176,8 @@ class PoolWorker:
                 result = {"index": index, **self.run(work)}
             except AvpError as error:  # a domain error stops the run with its one line, as in a local run
                 result = {"index": index, "error": error}
+            except Exception:  # noqa: BLE001 - a bug: the driver shows where (Ray would take it for a lost piece)
+                result = {"index": index, "bug": traceback.format_exc()}
             results.append(pickle.dumps(result))
         return {"result": results}
 
@@ -223,7 +225,7 @@ def reachable_output(output: Path) -> Iterator[tuple[str, str]]:
 def run_on_actors(address: str | None, output: Path, actor: type, constructor: dict[str, Any], work: list[Any],
                   apply: Callable[[int, dict[str, Any]], None], *, actors: int | None, cpus: float, gpus: float | None,
                   on_start: Callable[[], None]) -> list[int]:
-    """Each piece of `work` through a pool of `actor`s (built with `constructor` and `worker`, see _Worker) on the
+    """Each piece of `work` through a pool of `actor`s (built with `constructor` and `worker`, see PoolWorker) on the
     cluster at `address` (ray_cluster), for a run into `output`, which every worker must see and write
     (reachable_output). on_start() once the pool is about to start; apply(index, result) for each result as it
     comes. Returns the pieces whose worker died on every try; raises the first domain error a worker reports."""
@@ -238,11 +240,14 @@ def run_on_actors(address: str | None, output: Path, actor: type, constructor: d
 
 def _collect(results: Iterator[dict[str, Any]], count: int, apply: Callable[[int, dict[str, Any]], None]) -> list[int]:
     """Apply each of `count` pieces' results as it comes; raise the first domain error a worker reports; return
-    the pieces that never came back (their worker died on every try)."""
+    the pieces that never came back (their worker died on every try). A worker's bug is raised as a RuntimeError
+    with its traceback."""
     returned: set[int] = set()
     for result in results:
         returned.add(result["index"])
         if "error" in result:
             raise result["error"]
+        if "bug" in result:
+            raise RuntimeError(f"a Ray worker failed:\n{result['bug']}")
         apply(result["index"], result)
     return [index for index in range(count) if index not in returned]
