@@ -235,6 +235,9 @@ def test_ray_usage_errors(tmp_path, tiny_key_file, monkeypatch):
     with_shard = invoke("encrypt", photo, "--key", tiny_key_file, "--out", tmp_path / "o", *SETTINGS, "--ray", "local",
                         "--shard", "1/2")
     assert with_shard.exit_code == 2 and "--shard and --ray do not go together" in with_shard.stderr
+    # An address that takes no connection is one line within seconds (Ray itself would try for minutes).
+    with pytest.raises(AvpError, match=r"^cannot join the Ray cluster at 127\.0\.0\.1:1: "):
+        ray_pool._check_reachable("127.0.0.1:1")
     monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
     with pytest.raises(UsageError, match=r'pip install "avp\[ray\]"'):
         ray_pool.import_ray()

@@ -6,7 +6,8 @@ names     output names that never replace another source's output
 encrypt   encrypt_folder: files → faces → engine → 8-bit PNGs + manifest, resumably and in shards
 decrypt   decrypt_folder, decrypt_files: ciphertexts through the key into PNGs + manifest
 sealing   every input file sealed whole beside its ciphertexts (avpcli.seal), and restored byte for byte
-distributed  encrypt_on_ray, decrypt_on_ray: the same runs spread over a pool of Ray actors (ray_pool; the extra "ray")
+distributed  encrypt_on_ray, decrypt_on_ray: the same runs spread over a pool of Ray actors (the extra "ray")
+ray_pool  joining a Ray cluster, checking that every worker reaches the output folder, the actor pool
 """
 
 from avpcli.events import Event, EventCallback

@@ -15,6 +15,7 @@ the local decryption, which finds them restored, checks each, and decrypts the m
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 from contextlib import suppress
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from avpcli.encryptor import Encryptor
+from avpcli.engine import resolve_device
 from avpcli.errors import AvpError, ImageError, UsageError
 from avpcli.events import Event, EventCallback, ignore_events
 from avpcli.images import contained_path, is_inside
@@ -29,9 +31,9 @@ from avpcli.jobs.decrypt import _Decryption, _earlier_decryption, decrypt_paths
 from avpcli.jobs.encrypt import EncryptionPlan, encrypt_positions, finish_run, start_run
 from avpcli.jobs.folders import Checkpoint, check_output_folder, owned_folder, remove_stale_temporaries, write_records
 from avpcli.jobs.names import DecryptedNames
-from avpcli.jobs.ray_pool import BATCH_TRIES, PoolWorker, import_ray, run_on_actors
+from avpcli.jobs.ray_pool import BATCH_TRIES, PoolWorker, import_ray, ray_cluster, run_on_actors
 from avpcli.jobs.resume import FolderRun, settings_record
-from avpcli.jobs.sealing import SealedFile, restore_all, sealing_key
+from avpcli.jobs.sealing import SealedFile, container_of, restore_all, sealing_key
 from avpcli.key import Key, find_key, load_key
 from avpcli.manifest import Manifest, read_manifest
 
@@ -119,7 +121,8 @@ def encrypt_on_ray(make_encryptor: Callable[[], Encryptor], inputs: Any, output:
         raise UsageError("--names-map goes with --anonymize")
     if not run.listed:
         check_output_folder(run.inputs, run.output)
-    with owned_folder(run.output):
+    # The cluster first: one that cannot be joined stops the run before anything is written.
+    with ray_cluster(address) as ray, owned_folder(run.output):
         started = start_run(driver, run, on_event)
         plan = started.plan
         batches = plan.batches(driver.batch_size)
@@ -139,7 +142,7 @@ def encrypt_on_ray(make_encryptor: Callable[[], Encryptor], inputs: Any, output:
             try:
                 constructor = {"make_encryptor": make_encryptor, "expected": _signature(driver)}
                 missing = run_on_actors(
-                    address, run.output, EncryptActor, constructor, [plan.part(positions) for positions in batches],
+                    ray, run.output, EncryptActor, constructor, [plan.part(positions) for positions in batches],
                     apply, actors=actors, cpus=cpus_per_actor, gpus=gpus_per_actor,
                     on_start=lambda: on_event(Event("progress", done=0, total=pending)))
             except BaseException:
@@ -156,12 +159,19 @@ def encrypt_on_ray(make_encryptor: Callable[[], Encryptor], inputs: Any, output:
 
 
 def _fail_lost_batch(plan: EncryptionPlan, positions: Sequence[int], records: list, on_event: EventCallback) -> None:
-    """Record the unfinished files of a batch whose worker died on every try as failed, each with one line."""
+    """Record the unfinished files of a batch whose worker died on every try as failed, each with one line, and
+    remove what a try wrote of them (the manifest lists every output in the folder)."""
     reason = (f"the Ray worker encrypting it died on each of {BATCH_TRIES + 1} tries (a crash, or out of memory); "
               "its batch-mates failed with it")
     for position in positions:
         if position in plan.finished:
             continue
+        if position in plan.outputs:
+            output = plan.run.output / plan.outputs[position]
+            for written in [output, output.parent / container_of(Path(output.name)),
+                            *output.parent.glob(f"{glob.escape(output.stem)}_face*{output.suffix}")]:
+                with suppress(OSError):
+                    written.unlink()
         source = plan.sources[position]
         entry = {"source": plan.label(position) if position in plan.outputs else str(source.relative),
                  "output": None, "status": "failed", "reason": reason}
@@ -205,8 +215,10 @@ def decrypt_on_ray(inputs: Iterable[Path], output: Path | None = None, *, key: K
     output = Path(output) if output is not None else folder.with_name(folder.name + "-decrypted")
     import_ray()
     manifest = read_manifest(folder)
+    # Found in key_folders once (its warnings said once), on the device decrypt_paths then uses it on.
     loaded = key if isinstance(key, Key) else load_key(key) if key is not None else find_key(
-        manifest.key_fingerprint, list(key_folders), "cpu", on_unusable=lambda reason: on_warning(f"skipped: {reason}"))
+        manifest.key_fingerprint, list(key_folders), resolve_device(options.get("device", "auto")),
+        on_unusable=lambda reason: on_warning(f"skipped: {reason}"))
     reported: set[str] = set()
     # Another key than the manifest's is refused by decrypt_paths (or, forced, left to it whole).
     if loaded.fingerprint == manifest.key_fingerprint and not (is_inside(output, folder) or is_inside(folder, output)):
@@ -250,7 +262,7 @@ def _restore_on_ray(folder: Path, manifest: Manifest, output: Path, key: Key, op
     chunks = [containers[start:start + options.get("batch_size", 16)]
               for start in range(0, len(containers), options.get("batch_size", 16))]
     reported: set[str] = set()
-    with owned_folder(output):
+    with ray_cluster(address) as ray, owned_folder(output):
         # UsageError for a folder of avp output of another kind, or of a decryption with another key.
         earlier = _earlier_decryption(_Decryption(output, key.fingerprint, manifest.target, [], [], 1, "cpu",
                                                   overwrite))
@@ -277,7 +289,7 @@ def _restore_on_ray(folder: Path, manifest: Manifest, output: Path, key: Key, op
         work = [(chunk, {name: entry for item in chunk for name, entry in by_source.get(item.label, {}).items()})
                 for chunk in chunks]
         try:
-            run_on_actors(address, output, RestoreActor, {"sealing": sealing_key(key), "overwrite": overwrite}, work,
+            run_on_actors(ray, output, RestoreActor, {"sealing": sealing_key(key), "overwrite": overwrite}, work,
                           apply, actors=actors, cpus=cpus, gpus=0.0,
                           on_start=lambda: on_event(Event("progress", done=0, total=len(containers))))
         finally:

@@ -156,7 +156,6 @@ class StartedRun:
     manifest: Manifest
     records: list[tuple[tuple[int, int], dict[str, Any]]]
     checkpoint: Checkpoint
-    run: FolderRun
 
 
 def start_run(encryptor: Encryptor, run: FolderRun, on_event: EventCallback) -> StartedRun:
@@ -215,15 +214,16 @@ def start_run(encryptor: Encryptor, run: FolderRun, on_event: EventCallback) -> 
 
     checkpoint = Checkpoint(lambda: write_records(manifest, records, run.output, manifest_name, earlier))
     checkpoint.write()
-    return StartedRun(plan, manifest, records, checkpoint, run)
+    return StartedRun(plan, manifest, records, checkpoint)
 
 
 def finish_run(started: StartedRun) -> Manifest:
     """Mark the run's manifest complete and write it (a shard's last one also merges the parts); returns it."""
     started.manifest.complete = True
     started.checkpoint.write()
-    if started.run.shard[1] > 1:
-        merge_finished_parts(started.run.output, started.run.shard[1])
+    run = started.plan.run
+    if run.shard[1] > 1:
+        merge_finished_parts(run.output, run.shard[1])
     return started.manifest
 
 

@@ -102,6 +102,7 @@ def ray_cluster(address: str | None = None) -> Iterator[Any]:
         yield ray
         return
     options: dict[str, Any] = {"log_to_driver": not _QUIET, **({"logging_level": logging.ERROR} if _QUIET else {})}
+    _check_reachable(address)
     try:
         with _quiet_start():
             if address in (None, LOCAL):
@@ -115,6 +116,18 @@ def ray_cluster(address: str | None = None) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str | None) -> None:
+    """AvpError (one line, within seconds) if a host:port address takes no connection: Ray itself would keep
+    trying for minutes."""
+    host, colon, port = (address or "").rpartition(":")
+    if not colon or not port.isdigit() or "/" in address:
+        return  # None, "local", "auto", ray://…: Ray says what is wrong at once
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as error:
+        raise AvpError(f"cannot join the Ray cluster at {address}: {error.strerror or error}") from None
 
 
 def _resources(ray: Any, actors: int | None, cpus: float, gpus: float | None, work: int) -> tuple[int, float, float]:
@@ -222,14 +235,14 @@ def reachable_output(output: Path) -> Iterator[tuple[str, str]]:
             (output / probe).unlink()
 
 
-def run_on_actors(address: str | None, output: Path, actor: type, constructor: dict[str, Any], work: list[Any],
+def run_on_actors(ray: Any, output: Path, actor: type, constructor: dict[str, Any], work: list[Any],
                   apply: Callable[[int, dict[str, Any]], None], *, actors: int | None, cpus: float, gpus: float | None,
                   on_start: Callable[[], None]) -> list[int]:
     """Each piece of `work` through a pool of `actor`s (built with `constructor` and `worker`, see PoolWorker) on the
-    cluster at `address` (ray_cluster), for a run into `output`, which every worker must see and write
+    cluster that `ray` has joined (ray_cluster), for a run into `output`, which every worker must see and write
     (reachable_output). on_start() once the pool is about to start; apply(index, result) for each result as it
     comes. Returns the pieces whose worker died on every try; raises the first domain error a worker reports."""
-    with ray_cluster(address) as ray, reachable_output(output) as (probe, token):
+    with reachable_output(output) as (probe, token):
         count, cpus, gpus = _resources(ray, actors, cpus, gpus, len(work))
         worker = {"cwd": os.getcwd(), "output": str(output), "probe": probe, "token": token, "threads": int(cpus)}
         on_start()
