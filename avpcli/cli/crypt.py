@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from avpcli.cli.options import (DEFAULT_MAX_PIXELS, JsonOption, MaxPixelsOption, NullOption, PrecisionOption, custom_options, default_key_folder,
-                                parse_shard, reads_stdin, stdin_paths)
+from avpcli.cli.options import (DEFAULT_MAX_PIXELS, JsonOption, MaxPixelsOption, NullOption, PrecisionOption, RayActorsOption, RayOption,
+                                custom_options, default_key_folder, parse_shard, ray_address, reads_stdin, stdin_paths)
 from avpcli.cli.output import EventPrinter, domain_errors, progress_bars, say, stderr
 
 
@@ -51,33 +52,49 @@ def encrypt(
     channels: Annotated[str, typer.Option(help="Own models: channel order 'rgb' or 'bgr'.")] = "rgb",
     loss: Annotated[str, typer.Option(help="Own models: 'embedding' (feature vector) or 'classifier' (logits).")] = "embedding",
     no_seal: Annotated[bool, typer.Option("--no-seal", help="Write the model's ciphertexts only, as avp 0.2 did (the paper's chip-only output): no sealed original (<name>.sealed.png) beside them, and a photo in which no face is found fails.")] = False,
+    ray: RayOption = None,
+    ray_actors: RayActorsOption = None,
 ) -> None:
     """Encrypt images against a target: writes 8-bit PNGs and avp-manifest.json; prints one path per output."""
     from avpcli.encryptor import NO_SCRAMBLE_WARNING, Encryptor
-    from avpcli.jobs import encrypt_folder
+    from avpcli.jobs import encrypt_folder, encrypt_on_ray
 
     with domain_errors():
         listed = reads_stdin(inputs, null, as_json, out)
+        address = ray_address(ray, ray_actors)
         options = custom_options(target, input_size, mean, std, channels, loss)
         shard_index = parse_shard(shard)
         output = out if out is not None else inputs[0].with_name(inputs[0].stem + "-encrypted")
-        encryptor = Encryptor(
-            target, key, recipe=recipe, weights=weights, target_options=options, device=device, precision=precision,
+        if address is not None:
+            from avpcli.jobs.ray_pool import quiet_ray
+
+            quiet_ray()  # before any model loads: without Ray, a usage error at once
+        settings = dict(
+            recipe=recipe, weights=weights, target_options=options, device=device, precision=precision,
             compile=compile_models, batch_size=batch_size, early_stop=early_stop,
             max_lowpass_correlation=max_lowpass_correlation, max_feature_distance=max_feature_distance,
             stop_past_original=stop_past_original, smoothness=smoothness, initialization=init,
             iterations=iterations, key_weight=key_weight, variance_weight=variance_weight, leak_weight=leak_weight)
+        encryptor = Encryptor(target, key, **settings)
         if recipe == "tuned" and not encryptor.key_scrambles:
             stderr.print(f"[yellow]warning:[/] {NO_SCRAMBLE_WARNING}", highlight=False)
         # Read once the options are known to be good: a usage error does not wait for the writer upstream.
         paths = stdin_paths(null) if listed else inputs
+        run_options = dict(align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed, overwrite=overwrite,
+                           shard=shard_index, anonymize=anonymize, names_map=names_map, key_path=key,
+                           follow_links=follow_links, listed=listed, max_pixels=max_pixels, seal=not no_seal)
         with progress_bars() as progress:
             # What this run did; the manifest also lists files of earlier runs into the same folder.
             printer = EventPrinter("json" if as_json else "paths", null, progress, f"encrypting for {target}")
-            encrypt_folder(
-                encryptor, paths, output, printer, align="never" if no_align else "auto", all_faces=all_faces, noise_seed=seed,
-                overwrite=overwrite, shard=shard_index, anonymize=anonymize, names_map=names_map, key_path=key,
-                follow_links=follow_links, listed=listed, max_pixels=max_pixels, seal=not no_seal)
+            if address is None:
+                encrypt_folder(encryptor, paths, output, printer, **run_options)
+            else:
+                from avpcli.key import load_key
+
+                # The key travels to the workers (loaded on the CPU); each actor builds its own encryptor.
+                make_encryptor = functools.partial(Encryptor, target, load_key(key), **settings)
+                encrypt_on_ray(make_encryptor, paths, output, printer, encryptor=encryptor, address=address,
+                               actors=ray_actors, **run_options)
     if printer.missed_bars:
         stderr.print(f"[yellow]note:[/] {printer.missed_bars} image(s) did not meet every quality bar within the "
                      f"iterations allowed; their figures are in the manifest")
@@ -101,18 +118,29 @@ def decrypt(
     as_json: JsonOption = False,
     null: NullOption = False,
     chips: Annotated[bool, typer.Option("--chips", help="A folder: also decrypt, through the key, the model's ciphertexts of the photos whose whole file was sealed (into <out>/chips/); by default only the originals are restored. Files: always decrypted, into <out>/chips/ when sealed originals are among the files.")] = False,
+    ray: RayOption = None,
+    ray_actors: RayActorsOption = None,
 ) -> None:
     """Decrypt a folder or ciphertext files with the key: restores each sealed original byte for byte, decrypts the other ciphertexts as PNGs, writes avp-manifest.json; prints one path per output."""
-    from avpcli.jobs import decrypt_paths
+    from avpcli.jobs import decrypt_on_ray, decrypt_paths
 
     with domain_errors():
         listed = reads_stdin(inputs, null, as_json, out)
+        address = ray_address(ray, ray_actors)
+        if address is not None:
+            from avpcli.jobs.ray_pool import quiet_ray
+
+            quiet_ray()
         printer = EventPrinter("json" if as_json else "paths", null)
         # The paths on stdin are read only once the options are known to be good.
         paths = (path for path in stdin_paths(null)) if listed else inputs
-        decrypt_paths(paths, out, key=key, key_folders=[default_key_folder()], listed=listed, force=force,
-                      batch_size=batch_size, device=device, overwrite=overwrite, max_pixels=max_pixels, on_event=printer, chips=chips,
-                      on_warning=lambda message: say("[yellow]warning:[/]", message))
+        options = dict(key=key, key_folders=[default_key_folder()], listed=listed, force=force, batch_size=batch_size,
+                       device=device, overwrite=overwrite, max_pixels=max_pixels, on_event=printer, chips=chips,
+                       on_warning=lambda message: say("[yellow]warning:[/]", message))
+        if address is None:
+            decrypt_paths(paths, out, **options)
+        else:
+            decrypt_on_ray(paths, out, address=address, actors=ray_actors, **options)
     if printer.failed:
         raise typer.Exit(1)
 

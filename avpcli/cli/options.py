@@ -17,6 +17,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 # images.MAX_PIXELS (a test holds them equal): a literal, so that `avp --help` does not import torch.
 DEFAULT_MAX_PIXELS = 80_000_000
 MaxPixelsOption = Annotated[int, typer.Option(min=1, help="Refuse an image whose header declares more pixels than this (it fails alone, before its pixels are decoded).")]
+RayOption = Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on a Ray cluster (pip install \"avp[ray]\"): 'local' starts one on this machine for the run, 'auto' joins the running one (`ray start --head`, or $RAY_ADDRESS), or give its address host:port. Every worker must reach the output folder at the same path (README: More than one machine).")]
+RayActorsOption = Annotated[Optional[int], typer.Option("--ray-actors", min=1, metavar="N", help="With --ray: how many Ray actors work, each with its own models (default: one per GPU of the cluster, else one per CPU).")]
 PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
 
 
@@ -80,6 +82,13 @@ def resolve_device(device: str) -> str:
     from avpcli.engine import resolve_device as resolve
 
     return resolve(device)
+
+
+def ray_address(address: Optional[str], actors: Optional[int]) -> Optional[str]:
+    """--ray's address (None: a local run); UsageError for --ray-actors without --ray."""
+    if actors is not None and address is None:
+        raise UsageError("--ray-actors goes with --ray")
+    return address
 
 
 def reads_stdin(inputs: list[Path], null: bool, as_json: bool, out: Optional[Path]) -> bool:

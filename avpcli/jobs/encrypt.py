@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,6 +79,89 @@ def run_folder(encryptor: Encryptor, run: FolderRun, on_event: EventCallback = i
 
 def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback) -> Manifest:
     """encrypt_folder's work, once the run holds run.output."""
+    started = start_run(encryptor, run, on_event)
+    plan = started.plan
+    seal_key = sealing_key(encryptor.loaded_key) if run.seal else None
+    pending = len(plan.sources) - len(plan.finished)
+    done = 0
+    for positions in plan.batches(encryptor.batch_size):
+        on_event(Event("progress", source=str(plan.sources[positions[0]].relative), done=done, total=pending))
+        encrypt_positions(encryptor, plan, positions, started.records, on_event, seal_key)
+        started.checkpoint.write_if_due()
+        done += sum(position not in plan.finished for position in positions)
+    on_event(Event("progress", done=pending, total=pending))
+    return finish_run(started)
+
+
+@dataclass
+class EncryptionPlan:
+    """What a run settled before encrypting anything: its sources by position, what the manifest calls each
+    (label) and where its outputs go, the one-line reason of each that gets no output name (refused),
+    those an earlier run finished, and the run's noise seed and tag identity (run_identity). It holds no
+    model and no key, so that a worker elsewhere can run a batch of it (part; jobs.distributed)."""
+
+    run: FolderRun
+    sources: dict[int, SourceImage]
+    labels: dict[int, Path]
+    outputs: dict[int, Path]
+    refused: dict[int, str]
+    finished: set[int]
+    noise_seed: int
+    identity: bytes
+    tags: dict[int, SourceTag | None] = field(default_factory=dict)
+
+    def label(self, position: int) -> str:
+        """What the manifest calls a source: its relative path (lengthened where an earlier run's output of
+        another source holds its name), or its random id when anonymized."""
+        return self.outputs[position].stem if self.run.anonymize else str(self.labels[position])
+
+    def tag(self, position: int, secret: bytes) -> SourceTag | None:
+        """The source's tag, read once (and never for a link out of its folder that the run does not follow)."""
+        if position not in self.tags:
+            source = self.sources[position]
+            self.tags[position] = (source_file_tag(source.path, secret, self.identity)
+                                   if linked_safely(source, self.run) else None)
+        return self.tags[position]
+
+    def owned(self) -> set[Path]:
+        """The names this run writes (ciphertexts and containers), whose temporaries a killed process may leave."""
+        return set(self.outputs.values()) | {container_of(output) for output in self.outputs.values()}
+
+    def batches(self, batch_size: int) -> list[range]:
+        """The batches that hold something to do. Batches are fixed runs of batch_size sources by position,
+        whatever is already done: the engine's floating-point results can depend on an image's batch-mates,
+        so a resumed run recomputes the finished mates of an unfinished batch (writing only what is missing)
+        to match an uninterrupted run."""
+        count = len(self.sources)
+        runs = [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+        return [positions for positions in runs if not all(position in self.finished for position in positions)]
+
+    def part(self, positions: Sequence[int]) -> EncryptionPlan:
+        """The plan of these sources alone: what a worker needs to encrypt one batch."""
+        def only(mapping: dict) -> dict:
+            return {position: mapping[position] for position in positions if position in mapping}
+
+        # The run's inputs stay with the driver: a worker needs only these sources.
+        return EncryptionPlan(replace(self.run, inputs=[]), only(self.sources), only(self.labels), only(self.outputs),
+                              only(self.refused), self.finished & set(positions), self.noise_seed, self.identity,
+                              only(self.tags))
+
+
+@dataclass
+class StartedRun:
+    """A run under way (start_run): its plan, the manifest it writes, the entries recorded so far by
+    (source position, face), and the checkpoint that rewrites the manifest as it goes."""
+
+    plan: EncryptionPlan
+    manifest: Manifest
+    records: list[tuple[tuple[int, int], dict[str, Any]]]
+    checkpoint: Checkpoint
+
+
+def start_run(encryptor: Encryptor, run: FolderRun, on_event: EventCallback) -> StartedRun:
+    """Everything a run does before it encrypts, in a folder it holds: find the sources, check and carry
+    over an earlier run (resume), choose the output names, report what an earlier run finished ("skipped"
+    events) and write the first manifest (complete: false)."""
     all_sources = find_images(run.inputs, listed=run.listed)
     index, count = run.shard
     sources = all_sources[index::count]
@@ -100,42 +183,29 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
     manifest.settings["noise_seed"] = resumed.noise_seed
     manifest.run = resumed.run_id if run.anonymize else None
     names_map = read_names_map(run, resumed) if run.anonymize else None
-    identity = run_identity(manifest, names_map.blind if names_map is not None else None)
-    tags: dict[int, SourceTag | None] = {}
+    plan = EncryptionPlan(run, dict(enumerate(sources)), {}, {}, {}, set(), resumed.noise_seed,
+                          run_identity(manifest, names_map.blind if names_map is not None else None))
 
     def tag(position: int) -> SourceTag | None:
-        """The source's tag, read once (and never for a link out of its folder that the run does not follow)."""
-        if position not in tags:
-            source = sources[position]
-            tags[position] = (source_file_tag(source.path, encryptor.source_tag_secret, identity)
-                              if linked_safely(source, run) else None)
-        return tags[position]
+        return plan.tag(position, encryptor.source_tag_secret)
 
-    labels, outputs, refused = _choose_names(run, all_sources, sources, names_map, tag)
-    remove_stale_temporaries(run.output, set(outputs.values()) | {container_of(output) for output in outputs.values()}
-                             | {Path(manifest_name)})
-    seal_key = sealing_key(encryptor.loaded_key) if run.seal else None
-
-    def label(position: int) -> str:
-        """What the manifest calls a source: its relative path (lengthened where an earlier run's output of
-        another source holds its name), or its random id when anonymized."""
-        return outputs[position].stem if run.anonymize else str(labels[position])
+    plan.labels, plan.outputs, plan.refused = _choose_names(run, all_sources, sources, names_map, tag)
+    remove_stale_temporaries(run.output, plan.owned() | {Path(manifest_name)})
 
     # Entries of earlier runs for sources this run leaves alone stay listed (a shard's too: merge_finished_parts
     # drops the copies that other shards' parts hold), so that no finished output is left out of the manifest.
-    processed = {label(position) for position in outputs} | {
+    processed = {plan.label(position) for position in plan.outputs} | {
         str(source.relative) for position, source in enumerate(all_sources) if position % count != index}
-    earlier = earlier_entries(previous, manifest, processed, {str(output) for output in outputs.values()})
+    earlier = earlier_entries(previous, manifest, processed, {str(output) for output in plan.outputs.values()})
     records: list[tuple[tuple[int, int], dict[str, Any]]] = []
-    finished: set[int] = set()
     for position, source in enumerate(sources):
-        entries = resumed.entries.get(label(position), []) if position in outputs else []
-        if entries and finished_before(entries, run.output, outputs[position], tag(position), run.seal):
-            finished.add(position)
+        entries = resumed.entries.get(plan.label(position), []) if position in plan.outputs else []
+        if entries and finished_before(entries, run.output, plan.outputs[position], tag(position), run.seal):
+            plan.finished.add(position)
             if entries[0].get("status") == "ok" and "sealed" in entries[0]:
                 on_event(Event("skipped", source=str(source.relative), output=run.output / entries[0]["sealed"],
-                               entry={"source": label(position), "output": entries[0]["sealed"], "status": "sealed",
-                                      "sha256": entries[0]["sealed_sha256"]}))
+                               entry={"source": plan.label(position), "output": entries[0]["sealed"],
+                                      "status": "sealed", "sha256": entries[0]["sealed_sha256"]}))
             for face, entry in enumerate(entries, 1):
                 records.append(((position, face), entry))
                 shown = entry["output"] if entry.get("output") is not None else entry["sealed"]
@@ -144,81 +214,86 @@ def _encrypt_owned(encryptor: Encryptor, run: FolderRun, on_event: EventCallback
 
     checkpoint = Checkpoint(lambda: write_records(manifest, records, run.output, manifest_name, earlier))
     checkpoint.write()
+    return StartedRun(plan, manifest, records, checkpoint)
 
-    def items(position: int, source: SourceImage) -> list[_Item]:
-        """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
+
+def finish_run(started: StartedRun) -> Manifest:
+    """Mark the run's manifest complete and write it (a shard's last one also merges the parts); returns it."""
+    started.manifest.complete = True
+    started.checkpoint.write()
+    run = started.plan.run
+    if run.shard[1] > 1:
+        merge_finished_parts(run.output, run.shard[1])
+    return started.manifest
+
+
+def encrypt_positions(encryptor: Encryptor, plan: EncryptionPlan, positions: Sequence[int],
+                      records: list[tuple[tuple[int, int], dict[str, Any]]], on_event: EventCallback,
+                      seal_key: bytes | None) -> None:
+    """Encrypt one batch of a plan, the sources at `positions` (plan.batches): seal each input file (seal_key:
+    sealing_key of the encryptor's key, None for a run without sealing), write its ciphertexts, append their
+    entries to `records` and report each file. A file that fails is recorded with its reason; the sources
+    an earlier run finished are recomputed only so that their batch-mates come out as in one run."""
+    batch = [item for position in positions for item in _items(encryptor, plan, position, records, on_event, seal_key)]
+    if batch:
+        _encrypt_and_write(batch, encryptor, plan.run, records, on_event,
+                           skip={position for position in positions if position in plan.finished})
+
+
+def _items(encryptor: Encryptor, plan: EncryptionPlan, position: int, records: list, on_event: EventCallback,
+           seal_key: bytes | None) -> list[_Item]:
+    """The source's faces ready for the engine; a failure is recorded (if it is still to do) and gives []."""
+    run, source, finished, outputs = plan.run, plan.sources[position], plan.finished, plan.outputs
+    try:
+        if position in plan.refused:
+            raise ImageError(plan.refused[position])
+        if run.listed:
+            check_named_file(source.path, run.output)
+        if not run.follow_links:
+            check_link_stays_inside(source)
         try:
-            if position in refused:
-                raise ImageError(refused[position])
-            if run.listed:
-                check_named_file(source.path, run.output)
-            if not run.follow_links:
-                check_link_stays_inside(source)
-            try:
-                faces = prepare_file(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device,
-                                     run.max_pixels)
-                only = None
-            except NotModelInput as unusable:
-                if seal_key is None or position not in outputs:
-                    raise
-                faces, only = [], f"{unusable}: sealed only"
-            sealed: dict[str, str] = {}
-            if seal_key is not None and position not in finished and (not faces or faces[0][1] != AT_INPUT_SIZE):
-                # The whole file, sealed: what restores it byte for byte (the model's ciphertexts hold its faces).
-                sealed = seal_into(run.output, container_of(outputs[position]), source.path, str(labels[position]),
-                                   seal_key)
-        except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
-            if position not in finished:
-                status, reason = _failure_reason(error, source.path)
-                entry = {"source": label(position) if position in outputs else str(source.relative),
-                         "output": None, "status": status, "reason": reason}
-                records.append(((position, 0), entry))
-                on_event(Event("failed", source=str(source.relative), reason=reason, entry=entry))
-            return []
-        source_tag = tag(position)
-        tagged = {"source_tag": source_tag.value} if source_tag is not None else {}
-        if only is not None:
-            if position not in finished:
-                entry = {"source": label(position), "output": None, "status": "sealed", "reason": only, **sealed, **tagged}
-                records.append(((position, 0), entry))
-                on_event(Event("written", source=str(source.relative), output=run.output / sealed["sealed"], entry=entry))
-            return []
-        if sealed:
-            on_event(Event("written", source=str(source.relative), output=run.output / sealed["sealed"],
-                           entry={"source": label(position), "output": sealed["sealed"], "status": "sealed",
-                                  "sha256": sealed["sealed_sha256"]}))
-        prepared = []
-        for face_index, (tensor, alignment) in enumerate(faces):
-            output = face_output_name(outputs[position], face_index)
-            entry: dict[str, Any] = {"source": label(position), "output": str(output), "status": "pending",
-                                     "alignment": alignment, **tagged, **sealed}
-            if len(faces) > 1:
-                entry.update(face=face_index + 1, faces=len(faces))
-            prepared.append(_Item(tensor, entry, _noise_seed(resumed.noise_seed, str(output)), (position, face_index + 1)))
-        return prepared
-
-    # Batches are fixed runs of batch_size files by position, whatever is already done: the engine's
-    # floating-point results can depend on an image's batch-mates, so a resumed run recomputes the
-    # finished mates of an unfinished batch (writing only what is missing) to match an uninterrupted run.
-    pending = len(sources) - len(finished)
-    done = 0
-    for start in range(0, len(sources), encryptor.batch_size):
-        positions = range(start, min(start + encryptor.batch_size, len(sources)))
-        if all(position in finished for position in positions):
-            continue
-        on_event(Event("progress", source=str(sources[start].relative), done=done, total=pending))
-        batch = [item for position in positions for item in items(position, sources[position])]
-        if batch:
-            _encrypt_and_write(batch, encryptor, run, records, on_event, skip={position for position in positions
-                                                                     if position in finished})
-        checkpoint.write_if_due()
-        done += sum(position not in finished for position in positions)
-    on_event(Event("progress", done=pending, total=pending))
-    manifest.complete = True
-    checkpoint.write()
-    if count > 1:
-        merge_finished_parts(run.output, count)
-    return manifest
+            faces = prepare_file(source.path, encryptor.spec, run.align, run.all_faces, encryptor.device,
+                                 run.max_pixels)
+            only = None
+        except NotModelInput as unusable:
+            if seal_key is None or position not in outputs:
+                raise
+            faces, only = [], f"{unusable}: sealed only"
+        sealed: dict[str, str] = {}
+        if seal_key is not None and position not in finished and (not faces or faces[0][1] != AT_INPUT_SIZE):
+            # The whole file, sealed: what restores it byte for byte (the model's ciphertexts hold its faces).
+            sealed = seal_into(run.output, container_of(outputs[position]), source.path, str(plan.labels[position]),
+                               seal_key)
+    except Exception as error:  # noqa: BLE001 - one bad file must never stop the run
+        if position not in finished:
+            status, reason = _failure_reason(error, source.path)
+            entry = {"source": plan.label(position) if position in outputs else str(source.relative),
+                     "output": None, "status": status, "reason": reason}
+            records.append(((position, 0), entry))
+            on_event(Event("failed", source=str(source.relative), reason=reason, entry=entry))
+        return []
+    source_tag = plan.tag(position, encryptor.source_tag_secret)
+    tagged = {"source_tag": source_tag.value} if source_tag is not None else {}
+    label = plan.label(position)
+    if only is not None:
+        if position not in finished:
+            entry = {"source": label, "output": None, "status": "sealed", "reason": only, **sealed, **tagged}
+            records.append(((position, 0), entry))
+            on_event(Event("written", source=str(source.relative), output=run.output / sealed["sealed"], entry=entry))
+        return []
+    if sealed:
+        on_event(Event("written", source=str(source.relative), output=run.output / sealed["sealed"],
+                       entry={"source": label, "output": sealed["sealed"], "status": "sealed",
+                              "sha256": sealed["sealed_sha256"]}))
+    prepared = []
+    for face_index, (tensor, alignment) in enumerate(faces):
+        output = face_output_name(outputs[position], face_index)
+        entry: dict[str, Any] = {"source": label, "output": str(output), "status": "pending",
+                                 "alignment": alignment, **tagged, **sealed}
+        if len(faces) > 1:
+            entry.update(face=face_index + 1, faces=len(faces))
+        prepared.append(_Item(tensor, entry, _noise_seed(plan.noise_seed, str(output)), (position, face_index + 1)))
+    return prepared
 
 
 def _choose_names(run: FolderRun, all_sources: list[SourceImage], sources: list[SourceImage], names_map: NamesMap | None,
