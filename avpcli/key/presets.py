@@ -111,7 +111,7 @@ class KeyPreset:
 KEY_PRESETS: dict[str, KeyPreset] = {
     # Trains on 2 CPU cores in under 10 minutes; see docs/KEY.md for how it was chosen.
     # No norm (BatchNorm's running statistics and InstanceNorm both cost SSIM), no residual block
-    # (from 6 blocks to 2 and from 2 to 0 cost nothing in SSIM; the last two were 38% of G's time
+    # (from 6 blocks to 2 and from 2 to 0 cost nothing in SSIM; the last two were 37% of G's time
     # per attack step), SSIM in the loss; 5e-3 won at 600 steps, but at 1,500 it left a green cast
     # that 2e-3 does not. Keys of avp 0.2 (2 blocks) keep working: a key file names its own shape.
     "default": KeyPreset(ngf=16, blocks=0, norm="none", steps=1500, batch_size=16, crop_size=64,
