@@ -84,6 +84,13 @@ class Measured(NamedTuple):
                 for index in range(self.distance.shape[0])]
 
 
+def _target_figures(outputs, reference, reference_class, toward_start):
+    """(distance, same class or None, start side or None) of the target's outputs against the originals'."""
+    same_class = outputs.argmax(dim=1) == reference_class if reference_class is not None else None
+    start_side = ((outputs - reference) * toward_start).sum(dim=1) if toward_start is not None else None
+    return feature_distance(outputs, reference), same_class, start_side
+
+
 class StepLoss(NamedTuple):
     """A step's per-sample loss (N,), and whether each image's float figures already meet the stop's bars
     on the target and the key (N,): a hint that its 8-bit check may pass, so that the loop checks an
@@ -166,14 +173,14 @@ class Objective:
     @torch.no_grad()
     def _may_meet(self, outputs, decrypted, key_ssim, originals, reference, reference_class, toward_start):
         """The stop's bars on the target's and the key's float outputs of this step (the ciphertext's own
-        SSIM and low-pass bars are left to the 8-bit check: they hold all along from a scrambled start)."""
-        if self.settings.stop is None:
+        SSIM and low-pass bars are left to the 8-bit check: they hold all along from a scrambled start).
+        All False without early checks: nothing is computed for a hint no one reads."""
+        if self.settings.stop is None or not self.settings.early_checks:
             return torch.zeros(outputs.shape[0], dtype=torch.bool, device=outputs.device)
         ssim_decrypted = key_ssim.detach() if key_ssim is not None else ssim(decrypted.clamp(0, 1), originals)
-        same_class = outputs.argmax(dim=1) == reference_class if reference_class is not None else None
-        start_side = ((outputs - reference) * toward_start).sum(dim=1) if toward_start is not None else None
-        return self.settings.stop.accepts(feature_distance(outputs, reference), torch.zeros_like(ssim_decrypted),
-                                          ssim_decrypted, same_class, None, start_side)
+        distance, same_class, start_side = _target_figures(outputs, reference, reference_class, toward_start)
+        return self.settings.stop.accepts(distance, torch.zeros_like(ssim_decrypted), ssim_decrypted, same_class,
+                                          None, start_side)
 
     @torch.no_grad()
     def measure(self, encrypted8, originals, reference, reference_class, toward_start=None) -> Measured:
@@ -184,10 +191,8 @@ class Objective:
         """
         outputs = self.target(encrypted8).float()
         decrypted8 = quantize(self.key(encrypted8).float())
-        distance = feature_distance(outputs, reference)
+        distance, same_class, start_side = _target_figures(outputs, reference, reference_class, toward_start)
         cosine = cosine_similarity(outputs, reference)
-        same_class = outputs.argmax(dim=1) == reference_class if reference_class is not None else None
-        start_side = ((outputs - reference) * toward_start).sum(dim=1) if toward_start is not None else None
         return Measured(distance, cosine, ssim(encrypted8, originals), ssim(decrypted8, originals), same_class,
                         lowpass_correlation(encrypted8, originals), start_side)
 
