@@ -24,16 +24,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 from avpcli.encryptor import Encryptor
 from avpcli.engine import resolve_device
-from avpcli.errors import AvpError, ImageError, UsageError
+from avpcli.errors import AvpError, UsageError
 from avpcli.events import Event, EventCallback, ignore_events
-from avpcli.images import contained_path, is_inside
+from avpcli.images import is_inside
 from avpcli.jobs.decrypt import _Decryption, _earlier_decryption, decrypt_paths
 from avpcli.jobs.encrypt import EncryptionPlan, encrypt_positions, finish_run, start_run
 from avpcli.jobs.folders import Checkpoint, check_output_folder, owned_folder, remove_stale_temporaries, write_records
 from avpcli.jobs.names import DecryptedNames
 from avpcli.jobs.ray_pool import BATCH_TRIES, PoolWorker, import_ray, ray_cluster, run_on_actors
 from avpcli.jobs.resume import FolderRun, settings_record
-from avpcli.jobs.sealing import SealedFile, container_of, restore_all, sealing_key
+from avpcli.jobs.sealing import SealedFile, container_of, listed_containers, restore_all, sealing_key
 from avpcli.key import Key, find_key, load_key
 from avpcli.manifest import Manifest, read_manifest
 
@@ -234,28 +234,11 @@ def decrypt_on_ray(inputs: Iterable[Path], output: Path | None = None, *, key: K
                          on_warning=on_warning, **options)
 
 
-def _sealed_files(folder: Path, manifest: Manifest) -> list[SealedFile]:
-    """The containers of an encrypted folder as decrypt_folder lists them (one for each photo's faces); those with
-    an unsafe name are left to it, which refuses them."""
-    containers: list[SealedFile] = []
-    seen: set[str] = set()
-    anonymized = manifest.settings.get("anonymized") is True
-    for position, entry in enumerate(manifest.files):
-        sealed = entry.get("sealed")
-        if isinstance(sealed, str) and sealed not in seen and entry.get("status") in ("ok", "sealed"):
-            seen.add(sealed)
-            with suppress(ImageError):
-                containers.append(SealedFile(position, sealed, contained_path(folder, sealed),
-                                             entry.get("sealed_sha256") or "-",
-                                             None if anonymized else str(entry.get("source"))))
-    return containers
-
-
 def _restore_on_ray(folder: Path, manifest: Manifest, output: Path, key: Key, options: dict[str, Any],
                     address: str | None, actors: int | None, cpus: float, on_event: EventCallback) -> set[str]:
     """The sealed originals of `folder` restored into `output` by a pool of actors, and a manifest of kind "decrypted"
     that lists them (rewritten as they come, so that a killed run resumes); returns the outputs reported."""
-    containers = _sealed_files(folder, manifest)
+    containers, _ = listed_containers(folder, manifest)  # those refused are left to decrypt_paths, which says why
     if not containers:
         return set()
     overwrite = bool(options.get("overwrite", False))
