@@ -412,3 +412,31 @@ def test_feature_bar_is_recorded(tmp_path, photo_folder, tiny_key_file):
     assert result.exit_code == 0, result.stderr
     settings = json.loads((tmp_path / "enc" / "avp-manifest.json").read_text())["settings"]
     assert settings["stop"]["max_feature_distance"] == 0.03
+
+
+def test_a_bare_ray_option_means_a_cluster_of_this_machine():
+    from avpcli.cli.options import with_ray_value
+
+    assert with_ray_value(["faces", "--ray"]) == ["faces", "--ray", "local"]
+    assert with_ray_value(["--ray", "faces", "--json"]) == ["--ray", "local", "faces", "--json"]
+    assert with_ray_value(["faces", "--ray", "--json"]) == ["faces", "--ray", "local", "--json"]
+    for address in ("auto", "local", "10.0.0.5:6379", "[::1]:6379", "ray://head:10001"):
+        assert with_ray_value(["faces", "--ray", address]) == ["faces", "--ray", address]
+    assert with_ray_value(["faces", "--", "--ray"]) == ["faces", "--", "--ray"]  # after --, a file's name
+    result = invoke("encrypt", "x.png", "--target", "tiny-embedding", "--key", "k", "--ray=nowhere")
+    assert result.exit_code == 2
+    assert "--ray takes local, auto, HOST:PORT or ray://HOST:PORT, not 'nowhere'" in result.stderr
+
+
+def test_ray_messages_go_to_stderr_while_the_data_lines_keep_stdout(capsys):
+    from avpcli.cli.output import EventPrinter, ray_messages_to_stderr
+    from avpcli.events import Event
+
+    printer = EventPrinter("paths")
+    with ray_messages_to_stderr(printer):
+        print("(raylet) a worker died; retrying")  # as Ray's driver prints the cluster's messages
+        printer(Event("written", source="a.png", output=Path("out/a.png"), entry={"status": "ok"}))
+    printer(Event("written", source="b.png", output=Path("out/b.png"), entry={"status": "ok"}))
+    captured = capsys.readouterr()
+    assert captured.out == "out/a.png\nout/b.png\n"
+    assert "a worker died" in captured.err and "out/" not in captured.err

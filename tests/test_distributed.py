@@ -38,9 +38,10 @@ ACTOR_TITLE = b"ray::MapWorker(MapBatches(EncryptActor))"
 @pytest.fixture(scope="module")
 def cluster():
     """A Ray cluster of this machine for the module (2 CPUs, no dashboard); its address, for drivers in other
-    processes. Its workers import this checkout's avpcli, whichever job starts them."""
+    processes. Its workers import this checkout's avpcli and this module, whichever job starts them."""
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved]))
+    # This module too, for its own actors (CrashingWorker).
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), saved]))
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     finally:
@@ -271,3 +272,56 @@ def test_ray_decrypt_restores_and_reports_what_a_local_decrypt_does(tmp_path, ti
     assert folder_contents(on_ray) == folder_contents(local)
     lone = invoke("decrypt", encrypted / "d2.png", "--key", tiny_key_file, "--out", tmp_path / "lone", "--ray", cluster)
     assert lone.exit_code == 2 and "--ray decrypts one folder" in lone.stderr
+
+
+def test_ray_decrypts_the_models_ciphertexts_on_its_actors(tmp_path, tiny_key_file, cluster, one_thread, monkeypatch):
+    photos = write_noise_photos(tmp_path / "photos", [f"c{index}.png" for index in range(5)], 40, 36, seed=9)
+    encrypted = tmp_path / "encrypted"
+    assert invoke("encrypt", photos, "--key", tiny_key_file, "--out", encrypted, *SETTINGS, "--iterations", "3",
+                  "--no-seal").exit_code == 0
+    (encrypted / "c3.png").write_bytes((encrypted / "c1.png").read_bytes())  # another's bytes: fails its sha256
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    expected = invoke("decrypt", encrypted, "--key", tiny_key_file, "--out", local, "--device", "cpu", "--json")
+
+    # The key runs on the actors only: this process (the driver) checks what they wrote and decrypts nothing.
+    from avpcli.jobs import decrypt as decrypt_module
+
+    def no_decryption_here(pairs, device):
+        assert not pairs, "the driver decrypted a ciphertext that the actors should have"
+        return []
+
+    monkeypatch.setattr(decrypt_module, "_decrypt_groups", no_decryption_here)
+    result = invoke("decrypt", encrypted, "--key", tiny_key_file, "--out", on_ray, "--device", "cpu", "--json",
+                    "--ray", "--ray-actors", "2")  # a bare --ray: this machine's cluster (here the module's)
+    assert expected.exit_code == result.exit_code == 1  # c3.png fails alone
+    assert folder_contents(on_ray) == folder_contents(local)
+    assert json_lines(result.stdout, on_ray) == json_lines(expected.stdout, local)
+    assert [line for line in result.stderr.splitlines() if line.startswith("failed:")] == [
+        "failed: c3.png: its bytes do not match the sha256 its manifest lists (damaged or replaced); "
+        "use --force to decrypt it anyway"]
+
+
+class CrashingWorker(ray_pool.PoolWorker):
+    """An actor whose process dies on a piece ("crash", file) (as one that a file crashes, or that runs out of
+    memory), adding a byte to the file as it does."""
+
+    def run(self, work: tuple[str, str]) -> dict:
+        if work[0] == "crash":
+            with open(work[1], "ab") as tries:
+                tries.write(b".")
+            os._exit(1)
+        return {"value": work[0]}
+
+
+def test_a_piece_whose_worker_dies_on_every_try_fails_alone_after_the_tries_allowed(tmp_path, cluster):
+    output = tmp_path / "out"
+    output.mkdir()
+    applied = {}
+    tries = tmp_path / "tries"
+    lost = ray_pool.run_on_actors(ray, output, CrashingWorker, {}, [("first", ""), ("crash", str(tries)), ("last", "")],
+                                  lambda index, result: applied.update({index: result["value"]}), actors=1, cpus=1,
+                                  gpus=0.0, on_start=lambda: None)
+    assert lost == [1]
+    assert applied == {0: "first", 2: "last"}
+    assert tries.stat().st_size == ray_pool.BATCH_TRIES
+    assert list(output.iterdir()) == []  # the probe and the count of tries are gone

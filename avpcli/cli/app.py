@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from avpcli import __version__
 from avpcli.cli.basics import demo, keygen, targets
 from avpcli.cli.crypt import decrypt, encrypt
 from avpcli.cli.evaluate import evaluate_app
+from avpcli.cli.options import with_ray_value
 
 app = typer.Typer(
     name="avp",
@@ -35,8 +38,15 @@ def main_options(
     """avp: adversarial visual privacy (AVP / AVIH, ICCV 2023)."""
 
 
+class _RayCommand(TyperCommand):
+    """A command with --ray, whose address may be left out (options.with_ray_value)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, with_ray_value(args))
+
+
 for command in (keygen, targets, encrypt, decrypt, demo):
-    app.command()(command)
+    app.command(cls=_RayCommand if command in (encrypt, decrypt) else None)(command)
 app.add_typer(evaluate_app, name="evaluate")
 
 

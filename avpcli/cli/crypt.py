@@ -10,7 +10,7 @@ import typer
 
 from avpcli.cli.options import (DEFAULT_MAX_PIXELS, JsonOption, MaxPixelsOption, NullOption, PrecisionOption, RayActorsOption, RayOption,
                                 custom_options, default_key_folder, parse_shard, ray_address, reads_stdin, stdin_paths)
-from avpcli.cli.output import EventPrinter, domain_errors, progress_bars, say, stderr
+from avpcli.cli.output import EventPrinter, domain_errors, progress_bars, ray_messages_to_stderr, say, stderr
 
 
 def encrypt(
@@ -93,8 +93,9 @@ def encrypt(
 
                 # The key travels to the workers (loaded on the CPU); each actor builds its own encryptor.
                 make_encryptor = functools.partial(Encryptor, target, load_key(key), **settings)
-                encrypt_on_ray(make_encryptor, paths, output, printer, encryptor=encryptor, address=address,
-                               actors=ray_actors, **run_options)
+                with ray_messages_to_stderr(printer):
+                    encrypt_on_ray(make_encryptor, paths, output, printer, encryptor=encryptor, address=address,
+                                   actors=ray_actors, **run_options)
     if printer.missed_bars:
         stderr.print(f"[yellow]note:[/] {printer.missed_bars} image(s) did not meet every quality bar within the "
                      f"iterations allowed; their figures are in the manifest")
@@ -140,7 +141,8 @@ def decrypt(
         if address is None:
             decrypt_paths(paths, out, **options)
         else:
-            decrypt_on_ray(paths, out, address=address, actors=ray_actors, **options)
+            with ray_messages_to_stderr(printer):
+                decrypt_on_ray(paths, out, address=address, actors=ray_actors, **options)
     if printer.failed:
         raise typer.Exit(1)
 

@@ -4,6 +4,7 @@ device and key files, loaded when a command runs (so that `avp --help` does not 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,7 +18,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 # images.MAX_PIXELS (a test holds them equal): a literal, so that `avp --help` does not import torch.
 DEFAULT_MAX_PIXELS = 80_000_000
 MaxPixelsOption = Annotated[int, typer.Option(min=1, help="Refuse an image whose header declares more pixels than this (it fails alone, before its pixels are decoded).")]
-RayOption = Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on a Ray cluster (pip install \"avp[ray]\"): 'local' starts one on this machine for the run, 'auto' joins the running one (`ray start --head`, or $RAY_ADDRESS), or give its address host:port. Every worker must reach the output folder at the same path (README: More than one machine).")]
+RayOption = Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Run on a Ray cluster (pip install \"avp\\[ray]\"): alone or 'local', one started on this machine for the run; 'auto' joins the running one (`ray start --head`, or $RAY_ADDRESS), or give its address host:port. Every worker must reach the output folder at the same path (README: More than one machine).")]
 RayActorsOption = Annotated[Optional[int], typer.Option("--ray-actors", min=1, metavar="N", help="With --ray: how many Ray actors work, each with its own models (default: one per GPU of the cluster, else one per CPU).")]
 PrecisionOption = Annotated[str, typer.Option(help="Model forwards during the attack: 'auto' (bf16 on CUDA and on CPUs with bf16 instructions, else fp32), 'bf16', 'fp16' (CUDA) or 'fp32'. The image, momentum, losses, stop decisions and every reported figure stay fp32.")]
 
@@ -84,10 +85,37 @@ def resolve_device(device: str) -> str:
     return resolve(device)
 
 
+# What --ray takes: 'local', 'auto', host:port (an IPv6 host in brackets) or a Ray client address.
+_RAY_ADDRESS = re.compile(r"local|auto|ray://\S+|[^\s/]+:\d+")
+
+
+def is_ray_address(value: str) -> bool:
+    """Whether `value` is something --ray takes (else the argument after a bare --ray is an input or an option)."""
+    return _RAY_ADDRESS.fullmatch(value) is not None
+
+
+def with_ray_value(arguments: list[str]) -> list[str]:
+    """The arguments with 'local' after each bare --ray (one not followed by an address): Typer has no option
+    whose value may be left out, and `avp encrypt faces --ray` should start a cluster, not ask for a value."""
+    given = list(arguments)
+    completed: list[str] = []
+    for index, argument in enumerate(given):
+        completed.append(argument)
+        if argument == "--":
+            return completed + given[index + 1:]
+        following = given[index + 1] if index + 1 < len(given) else None
+        if argument == "--ray" and (following is None or not is_ray_address(following)):
+            completed.append("local")
+    return completed
+
+
 def ray_address(address: Optional[str], actors: Optional[int]) -> Optional[str]:
-    """--ray's address (None: a local run); UsageError for --ray-actors without --ray."""
+    """--ray's address (None: a local run); UsageError for --ray-actors without --ray or an address --ray does not
+    take (--ray=VALUE)."""
     if actors is not None and address is None:
         raise UsageError("--ray-actors goes with --ray")
+    if address is not None and not is_ray_address(address):
+        raise UsageError(f"--ray takes local, auto, HOST:PORT or ray://HOST:PORT, not {address!r}")
     return address
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import IO, Any, Iterator, Literal
 
 import typer
 from rich.console import Console
@@ -65,12 +66,13 @@ def unprintable(line: str) -> str:
     return _ESCAPE.sub(_unescape_match, line)
 
 
-def echo_path(path: Path, null: bool = False) -> None:
-    """One output path on stdout: escaped on a line of its own, or (--null) as it is and ended by a NUL byte."""
+def echo_path(path: Path, null: bool = False, file: IO[Any] | None = None) -> None:
+    """One output path on stdout (or `file`): escaped on a line of its own, or (--null) as it is and ended by a
+    NUL byte."""
     if null:
-        typer.echo(os.fsencode(path) + b"\0", nl=False)
+        typer.echo(os.fsencode(path) + b"\0", nl=False, file=file)
     else:
-        typer.echo(printable(str(path)))
+        typer.echo(printable(str(path)), file=file)
 
 
 def say(prefix: str, text: str, console: Console = stderr) -> None:
@@ -117,6 +119,7 @@ class EventPrinter:
     def __init__(self, stdout: Literal["paths", "json", "none"] = "none", null: bool = False,
                  progress: Progress | None = None, description: str = "", total: int | None = None) -> None:
         self.stdout, self.null, self.progress = stdout, null, progress
+        self.data: IO[Any] | None = None  # where the data lines go (None: sys.stdout as it is at the time)
         self.console = progress.console if progress is not None else stderr
         self.task = progress.add_task(description, total=total) if progress is not None else None
         self.finished = self.failed = self.missed_bars = 0
@@ -142,9 +145,22 @@ class EventPrinter:
                 self.finished += 1
             self.missed_bars += event.missed_bars
             if self.stdout == "paths":
-                echo_path(event.output, self.null)
+                echo_path(event.output, self.null, self.data)
         if self.stdout == "json":
-            typer.echo(_json_line(event))  # echo flushes: a reader downstream gets each file at once
+            typer.echo(_json_line(event), file=self.data)  # echo flushes: a reader downstream gets each file at once
+
+
+@contextmanager
+def ray_messages_to_stderr(printer: EventPrinter) -> Iterator[None]:
+    """While a Ray run goes on in this process: sys.stdout is stderr, and `printer` writes its data lines to the
+    stdout that was. Ray's driver prints the cluster's messages about the run (a worker died, a task is retried)
+    on sys.stdout, which carries avp's data (paths, NDJSON); so they go beside avp's own messages."""
+    data = sys.stdout
+    printer.data, sys.stdout = data, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout, printer.data = data, None
 
 
 class StagePrinter:

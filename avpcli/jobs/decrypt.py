@@ -4,7 +4,6 @@ and a manifest of kind "decrypted", resumably."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -18,10 +17,11 @@ from avpcli.images import (MAX_PIXELS, MAX_PNG_BYTES, check_named_file, containe
                            is_inside, output_names, png_bytes, png_tensor, read_file_bytes)
 from avpcli.jobs.folders import (Checkpoint, file_digest, owned_folder, previous_manifest, remove_stale_temporaries,
                                  write_into, write_records)
+from avpcli.jobs.listing import ListingManifests
 from avpcli.jobs.names import DecryptedNames
 from avpcli.jobs.sealing import SealedFile, looks_sealed, restore_all, sealing_key
 from avpcli.key import Key, find_key, load_key
-from avpcli.manifest import MANIFEST_NAME, Manifest, manifest_parts, missing_parts, read_manifest
+from avpcli.manifest import MANIFEST_NAME, Manifest, missing_parts, read_manifest
 
 # The one line for a ciphertext whose key check fails (KeyModel.verify).
 KEY_CHECK_FAILED = "damaged, or made with another key"
@@ -149,6 +149,14 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
         raise AvpError(f"the manifest of {job.encrypted} does not give the target's input size; it is damaged")
     for warning in _unfinished(job.encrypted, source_manifest):
         on_event(Event("warning", reason=warning))
+    with owned_folder(job.output):
+        return _decrypt(folder_plan(job, source_manifest), on_event)
+
+
+def folder_plan(job: DecryptJob, source_manifest: Manifest) -> _Decryption:
+    """What decrypt_folder does with the folder that `source_manifest` describes: the sealed containers to open,
+    the ciphertexts to decrypt (under their names in the output folder), and the entries refused already."""
+    size = source_manifest.target["input_size"]
     plan = _Decryption(job.output, job.key_fingerprint, source_manifest.target, [], [], job.batch_size, job.device,
                        job.overwrite, job.force, job.max_pixels, sealing_key=job.sealing_key)
     seen: set[str] = set()
@@ -180,8 +188,7 @@ def decrypt_folder(job: DecryptJob, on_event: EventCallback = ignore_events) -> 
         digest = entry.get("sha256")
         plan.ciphertexts.append(_Ciphertext(position, f"chips/{name}" if isinstance(sealed, str) else name, source,
                                             job.key, tuple(size), digest if isinstance(digest, str) else None, name))
-    with owned_folder(job.output):
-        return _decrypt(plan, on_event)
+    return plan
 
 
 def _unfinished(folder: Path, manifest: Manifest) -> list[str]:
@@ -208,7 +215,7 @@ def decrypt_files(job: DecryptFilesJob, on_event: EventCallback = ignore_events)
     sources = find_images(job.files, listed=True)
     names = output_names(sources)
     models: dict[bool, nn.Module] = {}  # one module per kind, so that a batch's files share it
-    manifests = _ListingManifests(lambda path: on_event(Event("note", reason=f"using the manifest {path} for the "
+    manifests = ListingManifests(lambda path: on_event(Event("note", reason=f"using the manifest {path} for the "
                                                                                "ciphertexts it lists")))
     plan = _Decryption(job.output, job.key.fingerprint, {}, [], [], job.batch_size, job.device, job.overwrite,
                        job.force, job.max_pixels, png_only=True, sealing_key=sealing_key(job.key))
@@ -242,52 +249,6 @@ def decrypt_files(job: DecryptFilesJob, on_event: EventCallback = ignore_events)
         return _decrypt(plan, on_event)
 
 
-class _ListingManifests:
-    """The manifests of `avp encrypt` that list ciphertext files, looked for in each file's own folder
-    only (a manifest planted in a folder above must not steer decryption), read once per folder;
-    `on_used` is called once with the path of each manifest that lists a file."""
-
-    def __init__(self, on_used: Callable[[Path], None]) -> None:
-        self._read: dict[Path, tuple[Manifest, dict[str, str | None], Path] | AvpError | None] = {}
-        self._on_used = on_used
-        self._used: set[Path] = set()
-
-    def listing(self, path: Path) -> tuple[Manifest, str | None] | None:
-        """(manifest, the sha256 it lists) if the manifest in path's folder is an encryption's and lists
-        `path` as a finished output; None if there is none or it does not; AvpError if it cannot be read."""
-        absolute = Path(os.path.abspath(path))
-        folder = absolute.parent
-        if folder not in self._read:
-            self._read[folder] = self._read_folder(folder)
-        found = self._read[folder]
-        if isinstance(found, AvpError):
-            raise found
-        if found is None:
-            return None
-        manifest, outputs, used = found
-        if absolute.name not in outputs:
-            return None
-        if used not in self._used:
-            self._used.add(used)
-            self._on_used(used)
-        return manifest, outputs[absolute.name]
-
-    @staticmethod
-    def _read_folder(folder: Path) -> tuple[Manifest, dict[str, str | None], Path] | AvpError | None:
-        if not (folder / MANIFEST_NAME).is_file() and not manifest_parts(folder):
-            return None
-        try:
-            manifest = read_manifest(folder)
-        except AvpError as damaged:
-            return damaged
-        if manifest.kind != "encrypted":
-            return None
-        outputs = {entry["output"]: entry.get("sha256") if isinstance(entry.get("sha256"), str) else None
-                   for entry in manifest.files if entry.get("status") == "ok" and isinstance(entry.get("output"), str)}
-        used = folder / MANIFEST_NAME if (folder / MANIFEST_NAME).is_file() else folder
-        return manifest, outputs, used
-
-
 def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
     """A decryption's work (decrypt_folder, decrypt_files), once the run holds plan.output."""
     earlier = _earlier_decryption(plan)
@@ -303,13 +264,13 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
     for refused in plan.refused:
         fail(*refused)
 
-    def restored(position: int, entry: dict[str, Any], kind: str) -> None:
+    def record(position: int, entry: dict[str, Any], kind: str) -> None:
         records.append((position, entry))
         on_event(Event(kind, source=entry["source"], output=plan.output / entry["output"], entry=entry))
 
-    done = restore_all(plan.containers, plan.output, plan.sealing_key, plan.overwrite, earlier, restored, fail)
-    names.planned |= done  # a ciphertext whose name a restored photo took goes into chips/
-    ciphertexts = [replace(item, name=f"chips/{item.name}") if item.name in done else item for item in plan.ciphertexts]
+    done = restore_all(plan.containers, plan.output, plan.sealing_key, plan.overwrite, earlier, record, fail)
+    names.planned |= done
+    ciphertexts = beside_restored(plan.ciphertexts, done)
     remove_stale_temporaries(plan.output, {Path(item.name) for item in ciphertexts} | {Path(MANIFEST_NAME)})
     checkpoint = Checkpoint(lambda: write_records(manifest, records, plan.output,
                                                   earlier=names.kept({entry.get("output") for _, entry in records})))
@@ -318,34 +279,47 @@ def _decrypt(plan: _Decryption, on_event: EventCallback) -> Manifest:
     # Batches are fixed runs of the list, whatever is already done, as in encrypt: a rerun decrypts
     # an unfinished batch whole so that every image comes out as in an uninterrupted run.
     for start in range(0, len(ciphertexts), plan.batch_size):
-        batch = []
-        for item in ciphertexts[start:start + plan.batch_size]:
-            try:
-                batch.append(_read_ciphertext(item, plan, names))
-            except _Refused as refused:
-                fail(item.position, item.label, str(refused))
-        kept = [_decrypted_before(earlier.get(name), plan.output, name, digest) for _, name, digest, _, _ in batch]
-        decrypted = _decrypt_groups([(item.key, tensor) for (item, _, _, tensor, _), entry in zip(batch, kept)
-                                     if entry is None], plan.device)
-        for (item, name, digest, _, forced), entry in zip(batch, kept):
-            kind = "skipped"
-            if entry is None:
-                result = decrypted.pop(0)
-                if isinstance(result, str):
-                    fail(item.position, item.label, result)
-                    continue
-                data = png_bytes(result)
-                write_into(plan.output, name, data)
-                entry = {"source": item.label, "output": name, "status": "ok", "source_sha256": digest,
-                         "sha256": hashlib.sha256(data).hexdigest(), **({"forced": forced} if forced else {})}
-                kind = "written"
-            records.append((item.position, entry))
-            on_event(Event(kind, source=item.label, output=plan.output / name, entry=entry))
+        decrypt_batch(ciphertexts[start:start + plan.batch_size], plan, names, earlier, record, fail)
         on_event(Event("progress", done=min(start + plan.batch_size, len(ciphertexts)), total=len(ciphertexts)))
         checkpoint.write_if_due()
     manifest.complete = True
     checkpoint.write()
     return manifest
+
+
+def beside_restored(ciphertexts: list[_Ciphertext], restored: set[str]) -> list[_Ciphertext]:
+    """The ciphertexts, those whose name a restored original took (`restored`) going into chips/ instead."""
+    return [replace(item, name=f"chips/{item.name}") if item.name in restored else item for item in ciphertexts]
+
+
+def decrypt_batch(items: Sequence[_Ciphertext], plan: _Decryption, names: DecryptedNames,
+                  earlier: dict[str, dict[str, Any]], record: Callable[[int, dict[str, Any], str], None],
+                  fail: Callable[[int, str, str], None]) -> None:
+    """Decrypt a batch of ciphertexts into plan.output: record(position, entry, kind) takes each one decrypted
+    ("written") or that an earlier run decrypted from these very bytes ("skipped"); fail(position, label, reason)
+    each one refused or that cannot be decrypted (nothing is written for it)."""
+    batch = []
+    for item in items:
+        try:
+            batch.append(_read_ciphertext(item, plan, names))
+        except _Refused as refused:
+            fail(item.position, item.label, str(refused))
+    kept = [_decrypted_before(earlier.get(name), plan.output, name, digest) for _, name, digest, _, _ in batch]
+    decrypted = _decrypt_groups([(item.key, tensor) for (item, _, _, tensor, _), entry in zip(batch, kept)
+                                 if entry is None], plan.device)
+    for (item, name, digest, _, forced), entry in zip(batch, kept):
+        kind = "skipped"
+        if entry is None:
+            result = decrypted.pop(0)
+            if isinstance(result, str):
+                fail(item.position, item.label, result)
+                continue
+            data = png_bytes(result)
+            write_into(plan.output, name, data)
+            entry = {"source": item.label, "output": name, "status": "ok", "source_sha256": digest,
+                     "sha256": hashlib.sha256(data).hexdigest(), **({"forced": forced} if forced else {})}
+            kind = "written"
+        record(item.position, entry, kind)
 
 
 class _Refused(Exception):
@@ -475,11 +449,17 @@ def decrypt_paths(inputs: Iterable[Path], output: Path | None = None, *, key: Ke
     else:
         loaded = find_key(manifest.key_fingerprint, list(key_folders), resolved,
                           on_unusable=lambda reason: on_warning(f"skipped: {reason}"))
-    job = DecryptJob(encrypted=folder, output=output if output is not None else folder.with_name(folder.name + "-decrypted"),
-                     key=loaded.model_for(scramble=uses_scramble(loaded, manifest)), key_fingerprint=loaded.fingerprint,
-                     batch_size=batch_size, device=resolved, manifest=manifest, overwrite=overwrite, force=force,
-                     max_pixels=max_pixels, sealing_key=sealing_key(loaded), chips=chips)
+    job = folder_job(folder, output, loaded, manifest, batch_size=batch_size, device=resolved, overwrite=overwrite,
+                     force=force, max_pixels=max_pixels, chips=chips)
     return decrypt_folder(job, on_event)
+
+
+def folder_job(folder: Path, output: Path | None, key: Key, manifest: Manifest, **options: Any) -> DecryptJob:
+    """The DecryptJob of an encrypted folder (its manifest read) with a loaded key; output None: <folder>-decrypted
+    beside it. options: DecryptJob's batch_size, device, overwrite, force, max_pixels and chips."""
+    return DecryptJob(encrypted=folder, output=output if output is not None else folder.with_name(folder.name + "-decrypted"),
+                      key=key.model_for(scramble=uses_scramble(key, manifest)), key_fingerprint=key.fingerprint,
+                      manifest=manifest, sealing_key=sealing_key(key), **options)
 
 
 def _check_ciphertext_files(inputs: Sequence[Path] | Iterable[Path], listed: bool, key: Key | Path | None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+from dataclasses import replace
 import socket
 from contextlib import suppress
 from pathlib import Path
@@ -27,13 +28,14 @@ from avpcli.engine import resolve_device
 from avpcli.errors import AvpError, UsageError
 from avpcli.events import Event, EventCallback, ignore_events
 from avpcli.images import is_inside
-from avpcli.jobs.decrypt import _Decryption, _earlier_decryption, decrypt_paths
+from avpcli.jobs.decrypt import (DecryptJob, _Ciphertext, _Decryption, _earlier_decryption, beside_restored, decrypt_batch,
+                                 decrypt_paths, folder_job, folder_plan, uses_scramble)
 from avpcli.jobs.encrypt import EncryptionPlan, encrypt_positions, finish_run, start_run
 from avpcli.jobs.folders import Checkpoint, check_output_folder, owned_folder, remove_stale_temporaries, write_records
 from avpcli.jobs.names import DecryptedNames
 from avpcli.jobs.ray_pool import BATCH_TRIES, PoolWorker, import_ray, ray_cluster, run_on_actors
 from avpcli.jobs.resume import FolderRun, settings_record
-from avpcli.jobs.sealing import SealedFile, container_of, listed_containers, restore_all, sealing_key
+from avpcli.jobs.sealing import SealedFile, container_of, restore_all, sealing_key
 from avpcli.key import Key, find_key, load_key
 from avpcli.manifest import Manifest, read_manifest
 
@@ -161,7 +163,7 @@ def encrypt_on_ray(make_encryptor: Callable[[], Encryptor], inputs: Any, output:
 def _fail_lost_batch(plan: EncryptionPlan, positions: Sequence[int], records: list, on_event: EventCallback) -> None:
     """Record the unfinished files of a batch whose worker died on every try as failed, each with one line, and
     remove what a try wrote of them (the manifest lists every output in the folder)."""
-    reason = (f"the Ray worker encrypting it died on each of {BATCH_TRIES + 1} tries (a crash, or out of memory); "
+    reason = (f"the Ray worker encrypting it died on each of {BATCH_TRIES} tries (a crash, or out of memory); "
               "its batch-mates failed with it")
     for position in positions:
         if position in plan.finished:
@@ -192,7 +194,27 @@ class RestoreActor(PoolWorker):
         # A container that fails is left to the driver's own pass, which reports it (and nothing was written for it).
         restore_all(containers, self.output, self.sealing, self.overwrite, earlier,
                     lambda position, entry, kind: restored.append((position, entry, kind)), lambda *failed: None)
-        return {"restored": restored}
+        return {"done": restored}
+
+
+class ChipActor(PoolWorker):
+    """A Ray actor of decrypt_on_ray: decrypts a batch of the model's ciphertexts through the key a call
+    (jobs.decrypt.decrypt_batch), with its own copy of the key's model on its device."""
+
+    def __init__(self, key: Key, scramble: bool, plan: _Decryption, earlier: dict[str, dict[str, Any]],
+                 planned: set[str], worker: dict[str, Any]) -> None:
+        super().__init__(worker)
+        self.plan = replace(plan, device=resolve_device(plan.device))
+        self.model = key.model_for(scramble=scramble).to(self.plan.device)
+        self.earlier, self.planned = earlier, planned
+
+    def run(self, work: list[_Ciphertext]) -> dict[str, Any]:
+        decrypted: list[tuple[int, dict[str, Any], str]] = []
+        # What fails is left to the driver's own pass, which reports it (and nothing was written for it).
+        decrypt_batch([replace(item, key=self.model) for item in work], self.plan,
+                      DecryptedNames(self.plan.output, self.earlier, self.planned), self.earlier,
+                      lambda position, entry, kind: decrypted.append((position, entry, kind)), lambda *failed: None)
+        return {"done": decrypted}
 
 
 def decrypt_on_ray(inputs: Iterable[Path], output: Path | None = None, *, key: Key | Path | None = None,
@@ -201,80 +223,97 @@ def decrypt_on_ray(inputs: Iterable[Path], output: Path | None = None, *, key: K
                    on_warning: Callable[[str], None] = lambda message: None, **options: Any) -> Manifest:
     """decrypt_paths on a Ray cluster, for one folder written by `avp encrypt`; returns the manifest written.
 
-    The actors restore the folder's sealed originals into `output` (the whole work of a default decryption), then
-    this process runs decrypt_paths, which finds each of them restored (and checks it against its container),
-    restores what a worker could not (reporting why), and decrypts the model's ciphertexts (`chips`, folders
-    without sealed originals) itself: the outputs, manifest, events, failures and resume of decrypt_paths, whose
-    options (force, batch_size, device, overwrite, max_pixels, chips) it takes. address, actors, cpus_per_actor:
-    as for encrypt_on_ray. The key (its sealing key) travels to the workers.
+    A pool of actors restores the folder's sealed originals into `output` (the whole work of a default decryption),
+    then another decrypts the model's ciphertexts through the key (`chips`, and folders without sealed originals),
+    each on its own device (one GPU an actor where the cluster has GPUs). Then this process runs decrypt_paths,
+    which finds each output done (and checks it against its container or ciphertext), does what a worker could not
+    (reporting why): the outputs, manifest, events, failures and resume of decrypt_paths, whose options (force,
+    batch_size, device, overwrite, max_pixels, chips) it takes. address, actors, cpus_per_actor: as for
+    encrypt_on_ray. The key travels to the workers.
     """
     given = list(inputs)
     if options.get("listed") or len(given) != 1 or not Path(given[0]).is_dir():
         raise UsageError("--ray decrypts one folder written by `avp encrypt`; decrypt ciphertext files without --ray")
     folder = Path(given[0])
-    output = Path(output) if output is not None else folder.with_name(folder.name + "-decrypted")
     import_ray()
     manifest = read_manifest(folder)
-    # Found in key_folders once (its warnings said once), on the device decrypt_paths then uses it on.
+    # Found in key_folders once (its warnings said once), on the CPU: each actor moves its own copy to its device.
     loaded = key if isinstance(key, Key) else load_key(key) if key is not None else find_key(
-        manifest.key_fingerprint, list(key_folders), resolve_device(options.get("device", "auto")),
-        on_unusable=lambda reason: on_warning(f"skipped: {reason}"))
+        manifest.key_fingerprint, list(key_folders), "cpu", on_unusable=lambda reason: on_warning(f"skipped: {reason}"))
+    job_options = {name: options[name] for name in ("batch_size", "overwrite", "force", "max_pixels", "chips")
+                   if name in options}
+    job = folder_job(folder, output, loaded, manifest, device=options.get("device", "auto"), **job_options)
     reported: set[str] = set()
     # Another key than the manifest's is refused by decrypt_paths (or, forced, left to it whole).
-    if loaded.fingerprint == manifest.key_fingerprint and not (is_inside(output, folder) or is_inside(folder, output)):
-        reported = _restore_on_ray(folder, manifest, output, loaded, options, address, actors, cpus_per_actor, on_event)
+    if (loaded.fingerprint == manifest.key_fingerprint and manifest.target.get("input_size") is not None
+            and not (is_inside(job.output, folder) or is_inside(folder, job.output))):
+        reported = _decrypt_on_actors(job, folder_plan(job, manifest), loaded, uses_scramble(loaded, manifest), address,
+                                      actors, cpus_per_actor, on_event)
         options = {**options, "overwrite": options.get("overwrite", False) and not reported}
 
     def report(event: Event) -> None:
         if event.kind == "skipped" and (event.entry or {}).get("output") in reported:
-            return  # reported as the workers restored it
+            return  # reported as the workers did it
         on_event(event)
 
-    return decrypt_paths(given, output, key=key if key is not None else loaded, on_event=report,
+    return decrypt_paths(given, job.output, key=key if key is not None else loaded, on_event=report,
                          on_warning=on_warning, **options)
 
 
-def _restore_on_ray(folder: Path, manifest: Manifest, output: Path, key: Key, options: dict[str, Any],
-                    address: str | None, actors: int | None, cpus: float, on_event: EventCallback) -> set[str]:
-    """The sealed originals of `folder` restored into `output` by a pool of actors, and a manifest of kind "decrypted"
-    that lists them (rewritten as they come, so that a killed run resumes); returns the outputs reported."""
-    containers, _ = listed_containers(folder, manifest)  # those refused are left to decrypt_paths, which says why
-    if not containers:
+def _decrypt_on_actors(job: DecryptJob, plan: _Decryption, key: Key, scramble: bool, address: str | None,
+                       actors: int | None, cpus: float, on_event: EventCallback) -> set[str]:
+    """The sealed originals of the plan restored, then its ciphertexts decrypted, into job.output by pools of actors,
+    and a manifest of kind "decrypted" that lists them (rewritten as they come, so that a killed run resumes);
+    returns the outputs reported. Those refused or failed are left to decrypt_paths, which says why."""
+    if not plan.containers and not plan.ciphertexts:
         return set()
-    overwrite = bool(options.get("overwrite", False))
-    chunks = [containers[start:start + options.get("batch_size", 16)]
-              for start in range(0, len(containers), options.get("batch_size", 16))]
+    output = job.output
+    chunk = max(1, job.batch_size)
     reported: set[str] = set()
     with ray_cluster(address) as ray, owned_folder(output):
         # UsageError for a folder of avp output of another kind, or of a decryption with another key.
-        earlier = _earlier_decryption(_Decryption(output, key.fingerprint, manifest.target, [], [], 1, "cpu",
-                                                  overwrite))
-        restored = Manifest(kind="decrypted", target=manifest.target, key_fingerprint=key.fingerprint, complete=False)
+        earlier = _earlier_decryption(plan)
+        done_manifest = Manifest(kind="decrypted", target=plan.target, key_fingerprint=key.fingerprint, complete=False)
         records: list[tuple[int, dict[str, Any]]] = []
         names = DecryptedNames(output, earlier, ())
-        checkpoint = Checkpoint(lambda: write_records(restored, records, output, earlier=names.kept(reported)))
-        done = 0
+        checkpoint = Checkpoint(lambda: write_records(done_manifest, records, output, earlier=names.kept(reported)))
+        progress = {"done": 0, "total": len(plan.containers) + len(plan.ciphertexts)}
 
-        def apply(index: int, result: dict[str, Any]) -> None:
-            nonlocal done
-            for position, entry, kind in result["restored"]:
-                records.append((position, entry))
-                reported.add(entry["output"])
-                on_event(Event(kind, source=entry["source"], output=output / entry["output"], entry=entry))
-            done += len(chunks[index])
-            on_event(Event("progress", done=done, total=len(containers)))
-            checkpoint.write_if_due()
+        def apply(chunks: list[list[Any]]) -> Callable[[int, dict[str, Any]], None]:
+            def applied(index: int, result: dict[str, Any]) -> None:
+                for position, entry, kind in result["done"]:
+                    records.append((position, entry))
+                    reported.add(entry["output"])
+                    on_event(Event(kind, source=entry["source"], output=output / entry["output"], entry=entry))
+                progress["done"] += len(chunks[index])
+                on_event(Event("progress", **progress))
+                checkpoint.write_if_due()
+            return applied
 
-        # Each chunk takes the earlier entries of its sources (restore_all keeps those restored from the same bytes).
-        by_source: dict[str, dict[str, dict[str, Any]]] = {}
-        for name, entry in earlier.items():
-            by_source.setdefault(str(entry.get("source")), {})[name] = entry
-        work = [(chunk, {name: entry for item in chunk for name, entry in by_source.get(item.label, {}).items()})
-                for chunk in chunks]
+        def started() -> None:
+            on_event(Event("progress", **progress))
+
         try:
-            run_on_actors(ray, output, RestoreActor, {"sealing": sealing_key(key), "overwrite": overwrite}, work,
-                          apply, actors=actors, cpus=cpus, gpus=0.0,
-                          on_start=lambda: on_event(Event("progress", done=0, total=len(containers))))
+            if plan.containers:
+                # Each chunk takes the earlier entries of its sources (restore_all keeps those restored from the same bytes).
+                by_source: dict[str, dict[str, dict[str, Any]]] = {}
+                for name, entry in earlier.items():
+                    by_source.setdefault(str(entry.get("source")), {})[name] = entry
+                chunks = [plan.containers[start:start + chunk] for start in range(0, len(plan.containers), chunk)]
+                work = [(part, {name: entry for item in part for name, entry in by_source.get(item.label, {}).items()})
+                        for part in chunks]
+                run_on_actors(ray, output, RestoreActor, {"sealing": plan.sealing_key, "overwrite": plan.overwrite},
+                              work, apply(chunks), actors=actors, cpus=cpus, gpus=0.0, on_start=started)
+            restored = {entry["output"] for _, entry in records if entry.get("restored")}
+            ciphertexts = beside_restored(plan.ciphertexts, restored)
+            if ciphertexts:
+                # Batches as decrypt_paths makes them; each item's model is the actor's own.
+                chunks = [[replace(item, key=None) for item in ciphertexts[start:start + chunk]]
+                          for start in range(0, len(ciphertexts), chunk)]
+                constructor = {"key": key, "scramble": scramble, "plan": replace(plan, ciphertexts=[], containers=[], refused=[]),
+                               "earlier": earlier, "planned": {item.name for item in plan.ciphertexts} | restored}
+                run_on_actors(ray, output, ChipActor, constructor, chunks, apply(chunks), actors=actors, cpus=cpus,
+                              gpus=None, on_start=started)
         finally:
             with suppress(AvpError):
                 checkpoint.write()

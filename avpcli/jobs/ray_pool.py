@@ -10,11 +10,11 @@ import logging
 import os
 import pickle
 import secrets
+import shutil
 import socket
 import sys
 import tempfile
 import traceback
-import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,11 +24,13 @@ from avpcli.jobs.folders import write_into
 
 # --ray's value for a cluster of this machine, started for the run and stopped after it.
 LOCAL = "local"
-# How often Ray retries a batch whose worker died before the batch's files fail (a file that crashes
-# its worker, or one too large for its memory, must not stop the run or retry forever).
-BATCH_TRIES = 3
-# The file by which each worker proves that it sees the driver's output folder (removed after the run).
+# How often a batch is tried, its worker having died on each try, before the batch's files fail (a file that
+# crashes its worker, or one too large for its memory, must not stop the run or be retried forever).
+BATCH_TRIES = 4
+# The file by which each worker proves that it sees the driver's output folder, and the folder beside it that
+# counts each piece's tries (both removed after the run).
 _PROBE_PREFIX = ".avp-ray-"
+_TRIES_SUFFIX = ".tries"
 # Set by quiet_ray: the caller reports the run itself.
 _QUIET = False
 
@@ -44,8 +46,9 @@ def import_ray() -> Any:
 
 
 def quiet_ray() -> None:
-    """Keep Ray's own lines off stdout and its logs and progress bars off stderr (its log files keep them): for a
-    caller that reports the run itself (the CLI). Once per process."""
+    """Keep Ray's logs and progress bars off stderr (its log files keep them): for a caller that reports the run
+    itself (the CLI, which also keeps the cluster's messages off stdout: output.ray_messages_to_stderr). Once per
+    process."""
     global _QUIET
     if _QUIET:
         return
@@ -61,16 +64,6 @@ def quiet_ray() -> None:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.CRITICAL)
     logging.getLogger("ray").setLevel(logging.ERROR)
-    # Ray's driver prints the cluster's messages about this job (a worker died, a task is retried) on stdout,
-    # which carries avp's data (paths, NDJSON): they go to stderr, beside avp's own lines.
-    printer = getattr(getattr(ray, "_private", None), "worker", None)
-    if printer is not None and hasattr(printer, "print_to_stdstream"):
-        to_stdstream = printer.print_to_stdstream
-
-        def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
-            to_stdstream({**data, "is_err": True}, ignore_prefix)
-
-        printer.print_to_stdstream = to_stderr
 
 
 @contextmanager
@@ -146,7 +139,8 @@ def _resources(ray: Any, actors: int | None, cpus: float, gpus: float | None, wo
 def _map_on_actors(ray: Any, actor: type, work: list[bytes], constructor: dict[str, Any], actors: int, cpus: float,
                    gpus: float) -> Iterator[dict[str, Any]]:
     """Each piece of work (pickled) through an actor of a pool of `actors` (Ray Data's map_batches, one piece a
-    call), its results as they finish, unpickled. A piece whose worker dies is retried BATCH_TRIES times."""
+    call), its results as they finish, unpickled. Ray restarts a worker that dies and gives its piece to the pool
+    again, as often as it dies; PoolWorker stops that after BATCH_TRIES tries."""
     context = ray.data.DataContext.get_current()
     errored, context.max_errored_blocks = context.max_errored_blocks, -1
     try:
@@ -154,12 +148,8 @@ def _map_on_actors(ray: Any, actor: type, work: list[bytes], constructor: dict[s
         dataset = ray.data.from_items([{"work": piece} for piece in work], override_num_blocks=len(work))
     finally:
         context.max_errored_blocks = errored
-    with warnings.catch_warnings():
-        # Ray 2.60 takes the retries only among the "ray_remote_args" it means to drop in 2.64.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mapped = dataset.map_batches(actor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
-                                     num_cpus=cpus, num_gpus=gpus, fn_constructor_kwargs=constructor,
-                                     max_restarts=-1, max_task_retries=BATCH_TRIES)
+    mapped = dataset.map_batches(actor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+                                 num_cpus=cpus, num_gpus=gpus, fn_constructor_kwargs=constructor)
     for row in mapped.iter_rows():
         yield pickle.loads(row["result"])
 
@@ -178,11 +168,15 @@ class PoolWorker:
             os.chdir(worker["cwd"])
         torch.set_num_threads(max(1, worker["threads"]))
         self.problem: AvpError | None = check_output_reachable(Path(worker["output"]), worker["probe"], worker["token"])
+        self.tries = Path(worker["output"]) / f"{worker['probe']}{_TRIES_SUFFIX}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[bytes]]:
         results = []
         for piece in batch["work"]:
             index, work = pickle.loads(piece)
+            if self.problem is None and _count_try(self.tries, index) > BATCH_TRIES:
+                results.append(pickle.dumps({"index": index, "lost": True}))
+                continue
             try:
                 if self.problem is not None:
                     raise self.problem
@@ -196,6 +190,15 @@ class PoolWorker:
 
     def run(self, work: Any) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def _count_try(tries: Path, index: int) -> int:
+    """Count a try of piece `index` in the run's tries folder (in the shared output folder, so that every worker
+    and every restart sees it; a piece is tried by one worker at a time); returns how many tries there were."""
+    tries.mkdir(exist_ok=True)
+    with open(tries / str(index), "ab") as counter:
+        counter.write(b".")
+        return counter.tell()
 
 
 def check_output_reachable(output: Path, probe: str, token: str) -> AvpError | None:
@@ -224,15 +227,23 @@ def reachable_output(output: Path) -> Iterator[tuple[str, str]]:
     """(probe file name, token): a probe file in `output` that the workers read (check_output_reachable),
     removed after the run; probes a killed driver left are removed first."""
     for stale in output.glob(f"{_PROBE_PREFIX}*"):
-        with suppress(OSError):
-            stale.unlink()
+        _remove(stale)
     probe, token = f"{_PROBE_PREFIX}{secrets.token_hex(8)}", secrets.token_hex(16)
     write_into(output, probe, token.encode())
     try:
         yield probe, token
     finally:
+        _remove(output / probe)
+        _remove(output / f"{probe}{_TRIES_SUFFIX}")
+
+
+def _remove(path: Path) -> None:
+    """Remove a probe file or a tries folder, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
         with suppress(OSError):
-            (output / probe).unlink()
+            path.unlink()
 
 
 def run_on_actors(ray: Any, output: Path, actor: type, constructor: dict[str, Any], work: list[Any],
@@ -257,6 +268,8 @@ def _collect(results: Iterator[dict[str, Any]], count: int, apply: Callable[[int
     with its traceback."""
     returned: set[int] = set()
     for result in results:
+        if result.get("lost"):
+            continue  # tried BATCH_TRIES times, its worker dying each time
         returned.add(result["index"])
         if "error" in result:
             raise result["error"]

@@ -97,26 +97,6 @@ class SealedFile:
     source: str | None = None
 
 
-def listed_containers(folder: Path, manifest) -> tuple[list[SealedFile], list[tuple[int, str, str]]]:
-    """The containers an encrypted folder's manifest (avpcli.manifest.Manifest) lists, one per photo (its faces
-    share it), and those refused for an unsafe name, as (position, name, reason)."""
-    containers: list[SealedFile] = []
-    refused: list[tuple[int, str, str]] = []
-    seen: set[str] = set()
-    anonymized = manifest.settings.get("anonymized") is True
-    for position, entry in enumerate(manifest.files):
-        sealed = entry.get("sealed")
-        if isinstance(sealed, str) and sealed not in seen and entry.get("status") in ("ok", "sealed"):
-            seen.add(sealed)
-            try:
-                containers.append(SealedFile(position, sealed, contained_path(folder, sealed),
-                                             entry.get("sealed_sha256") or "-",
-                                             None if anonymized else str(entry.get("source"))))
-            except ImageError as unsafe:
-                refused.append((position, sealed, str(unsafe)))
-    return containers, refused
-
-
 def restore_all(containers: list[SealedFile], output: Path, key: bytes | None, overwrite: bool,
                 earlier: dict[str, dict[str, Any]], record: Callable[[int, dict[str, Any], str], None],
                 fail: Callable[[int, str, str], None]) -> set[str]:
