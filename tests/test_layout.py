@@ -154,3 +154,33 @@ def test_the_public_api_exports_everything_readme_documents():
     assert missing == []
     for name in documented:
         assert getattr(avpcli, name) is not None
+
+
+def test_every_module_level_import_is_a_declared_dependency():
+    # A package that only an extra pulls in (ray brings click, for one) passes the tests, whose install has the
+    # extras, and breaks `pip install -e . && avp demo`. Optional packages are imported inside functions.
+    import importlib.metadata
+    import sys
+    import tomllib
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    declared = {normal(re.split(r"[<>=!~\[ ;]", requirement)[0]) for requirement in project["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = []
+    for name, path in modules().items():
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            for root in roots:
+                if root in sys.stdlib_module_names or root in ("avpcli", "__future__"):
+                    continue
+                if not {normal(dist) for dist in distributions.get(root, [root])} & declared:
+                    undeclared.append(f"{name}: {root}")
+    assert not undeclared, f"imported at module level but not in pyproject's dependencies: {undeclared}"

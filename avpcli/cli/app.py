@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperCommand
 
@@ -41,7 +40,7 @@ def main_options(
 class _RayCommand(TyperCommand):
     """A command with --ray, whose address may be left out (options.with_ray_value)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, with_ray_value(args))
 
 
