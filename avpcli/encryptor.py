@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import torch
 from PIL import Image
 
-from avpcli.engine import (RECIPES, AttackSettings, attack_settings, decrypt_grouped, encrypt_batch,  # noqa: F401
-                           measure_images, meets_bars, precision_dtype, prepare_models, resolve_device)
+from avpcli.engine import (RECIPES, AttackSettings, ImageMetrics, attack_settings, decrypt_grouped,  # noqa: F401
+                           encrypt_batch, measure_images, meets_bars, precision_dtype, prepare_models, resolve_device)
 from avpcli.errors import UsageError
 from avpcli.images import png_bytes, png_tensor, to_pil, to_tensor
 from avpcli.inputs import AlignMode, as_batch, as_pil, target_inputs  # noqa: F401 - AlignMode, target_inputs: re-exported
@@ -71,6 +71,15 @@ class Ciphertext:
 
     def png(self) -> bytes:
         return png_bytes(self.image)
+
+
+def engine_figures(reached: ImageMetrics) -> dict[str, Any]:
+    """The figures of one ciphertext as measure() gives them, from what the engine measured of it."""
+    figures = dataclasses.asdict(reached)
+    del figures["iterations"], figures["met_targets"]
+    if figures["same_class"] is None:  # embedding targets have no class
+        del figures["same_class"]
+    return figures
 
 
 class Encryptor:
@@ -174,7 +183,15 @@ class Encryptor:
         pngs = [png_bytes(image.cpu()) for image in encrypted]
         written = torch.stack([store(index, data) if store is not None else png_tensor(data)
                                for index, data in enumerate(pngs)])
-        measured = self.measure(originals, written)
+        # A PNG that reads back as exactly the 8-bit image the engine measured last (the state its stop
+        # was decided on) has the engine's figures; only one that reads back otherwise is measured again.
+        # This spares a full-precision forward of the target and the key per image.
+        same = [torch.equal(read_back, engine_image) for read_back, engine_image in zip(written, encrypted.cpu())]
+        measured = [engine_figures(reached) for reached in engine_metrics]
+        differing = [index for index, equal in enumerate(same) if not equal]
+        if differing:
+            for index, figures in zip(differing, self.measure(originals[differing], written[differing])):
+                measured[index] = figures
         return [MeasuredCiphertext(data, image, {**figures, "iterations": reached.iterations,
                                                  "met_targets": meets_bars(figures, self.settings)})
                 for data, image, figures, reached in zip(pngs, written, measured, engine_metrics)]

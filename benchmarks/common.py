@@ -214,8 +214,9 @@ def encrypt_and_measure(encryptor: Encryptor, images: list[torch.Tensor], names:
     """Encrypt target inputs (each (3, H, W) at the target's input size) in batches of the
     encryptor's batch_size; write each ciphertext's PNG into `workspace`.
 
-    The figures are the Encryptor's own, measured on the PNG as written and read back (never the
-    float tensor). Each row: name, those figures, iterations, seconds (the batch's time, the engine's
+    The figures are the Encryptor's own, those of the PNG as written and read back (never of the
+    float tensor; where the PNG reads back bit for bit as the engine's last measured 8-bit image, the
+    engine's measurement of it). Each row: name, those figures, iterations, seconds (the batch's time, the engine's
     steps plus the PNG round trip and the measurement, shared equally among its images),
     batch_seconds, the PNG's path and the ciphertext as read back ("image"). Progress lines go to stderr.
     """

@@ -157,6 +157,28 @@ def test_ciphertexts_are_8_bit_and_their_figures_are_measured_on_the_png(encrypt
     assert ciphertext.pil().size == (32, 32)
 
 
+def test_a_png_that_reads_back_as_the_engines_image_keeps_its_figures_and_another_is_measured(encryptor, monkeypatch):
+    originals = torch.stack([_image(seed) for seed in (3, 4)])
+    measured_counts: list[int] = []
+    measure = Encryptor.measure
+    monkeypatch.setattr(Encryptor, "measure", lambda self, given, encrypted: measured_counts.append(len(given))
+                        or measure(self, given, encrypted))
+    faithful = encryptor.encrypt_and_measure(originals, [1, 2])
+    assert measured_counts == [], "PNGs identical to the engine's images need no second measurement"
+
+    def darken_the_second(index, data):  # a store whose second file reads back otherwise
+        pixels = torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy())
+        image = pixels.permute(2, 0, 1).float() / 255
+        return (image * 127).round() / 255 if index == 1 else image
+
+    altered = encryptor.encrypt_and_measure(originals, [1, 2], store=darken_the_second)
+    assert measured_counts == [1]
+    assert altered[0].metrics == faithful[0].metrics
+    [expected] = measure(encryptor, originals[1:], altered[1].image[None])
+    assert all(altered[1].metrics[name] == value for name, value in expected.items())
+    assert altered[1].metrics["ssim_encrypted"] != faithful[1].metrics["ssim_encrypted"]
+
+
 def test_a_batch_tensor_gives_one_ciphertext_per_image_in_order(encryptor):
     batch = torch.stack([_image(seed) for seed in range(3)])
     ciphertexts = encryptor.encrypt(batch)

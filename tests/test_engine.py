@@ -22,6 +22,7 @@ from avpcli.engine import (
     variance_consistency,
 )
 from avpcli.engine.loop import _initial_images, _StepDecay
+from avpcli.engine.objective import Objective
 from avpcli.metrics import bandpass_correlation, edge_correlation, lowpass_correlation
 from avpcli.targets import load_target
 
@@ -240,6 +241,28 @@ def test_measure_images_agrees_with_the_engine_on_its_own_ciphertexts(embedding_
     for mine, theirs in zip(measured, result.metrics):
         assert mine["feature_distance"] == pytest.approx(theirs.feature_distance, abs=1e-5)
         assert mine["ssim_decrypted"] == pytest.approx(theirs.ssim_decrypted, abs=1e-5)
+
+
+def test_images_that_finished_keep_their_checks_figures_without_a_second_measurement(embedding_target, monkeypatch):
+    # Every image meets these bars early: its figures are those its stopping check measured, which
+    # measure_images repeats on the ciphertext; the engine runs no measurement after the loop.
+    lenient = StopCriteria(max_feature_distance=0.5, max_ssim_encrypted=0.5, min_ssim_decrypted=-1.0)
+    settings = AttackSettings(iterations=400, key_weight=1.0, stop=lenient, check_every=5)
+    key, images = near_identity_key(), originals()
+    sizes: list[int] = []
+    measure = Objective.measure
+    monkeypatch.setattr(Objective, "measure", lambda self, encrypted8, *rest: sizes.append(encrypted8.shape[0])
+                        or measure(self, encrypted8, *rest))
+    result = encrypt_batch(images, embedding_target, key, settings, "embedding", [1, 2, 3])
+    assert all(metrics.met_targets and metrics.iterations < 400 for metrics in result.metrics)
+    checks = max(metrics.iterations for metrics in result.metrics) // 5
+    assert len(sizes) == checks, "one measurement per check, none after the loop"
+    monkeypatch.undo()
+    again = measure_images(images, result.encrypted, embedding_target, key, "embedding")
+    for mine, theirs in zip(again, result.metrics):
+        assert mine["feature_distance"] == pytest.approx(theirs.feature_distance, abs=1e-5)
+        assert mine["ssim_encrypted"] == pytest.approx(theirs.ssim_encrypted, abs=1e-6)
+        assert mine["lowpass_correlation"] == pytest.approx(theirs.lowpass_correlation, abs=1e-6)
 
 
 def test_leak_term_removes_the_layout_a_filter_would_show(embedding_target):

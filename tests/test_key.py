@@ -15,8 +15,10 @@ from PIL import Image
 from avpcli.errors import KeyFileError, UsageError
 from avpcli.key import (
     GUESSABLE_SEED_LIMIT, KEY_PRESETS, NORMS, SEED_KDF, TEST_SEED_KDF, KeyGenerator, KeyModel, KeyPreset, SeedKdf,
-    count_parameters, expected_key_tensors, key_fingerprint, load_key, new_seed, procedural_images, save_key,
+    PROCEDURAL_SOURCES, count_parameters, expected_key_tensors, key_fingerprint, load_key, new_seed, procedural_images,
+    procedural_images_with_strands, save_key,
     scramble_secret, seed_is_guessable, seed_secrets, seeded_generator, train_key, training_data_fingerprint,
+    training_source,
 )
 from avpcli.scramble import PER_IMAGE_SCHEME, SCHEME as SCRAMBLE_SCHEME
 
@@ -247,6 +249,30 @@ def test_procedural_images_are_seeded_and_in_range():
     assert a.shape == (4, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
     assert a.std(dim=(1, 2, 3)).min() > 0.01  # every image has content
+
+
+def test_strands_source_is_seeded_in_range_and_adds_fine_sharp_detail_to_v1():
+    def fine_detail(images):  # mean |x − its 3×3 box mean|: what thin strands add
+        return (images - torch.nn.functional.avg_pool2d(images, 3, 1, 1, count_include_pad=False)).abs().mean()
+
+    a = procedural_images_with_strands(torch.Generator().manual_seed(3), 16, 64)
+    b = procedural_images_with_strands(torch.Generator().manual_seed(3), 16, 64)
+    plain = procedural_images(torch.Generator().manual_seed(3), 16, 64)
+    assert a.shape == (16, 3, 64, 64) and torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    changed = (a - plain).flatten(1).abs().amax(dim=1) > 0.1
+    assert 0 < int(changed.sum()) < 16, "some images get strands and some do not"
+    assert fine_detail(a[changed]) > 1.3 * fine_detail(plain[changed])
+    assert PROCEDURAL_SOURCES["procedural-v2"] is procedural_images_with_strands
+
+
+def test_each_preset_names_its_procedural_source_and_keys_record_it():
+    assert KEY_PRESETS["default"].procedural == "procedural-v2"
+    assert KEY_PRESETS["small"].procedural == KEY_PRESETS["demo"].procedural == "procedural-v1"
+    strands = dataclasses.replace(TINY, procedural="procedural-v2")
+    assert train_key(strands, seed=1, steps=1).metadata["training_data"] == "procedural-v2"
+    assert training_source(None, "procedural-v2") == (procedural_images_with_strands, "procedural-v2")
+    with pytest.raises(UsageError, match="procedural-v9"):
+        training_source(None, "procedural-v9")
 
 
 def test_training_on_a_folder_records_its_fingerprint(tmp_path):

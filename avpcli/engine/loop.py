@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from avpcli.engine.objective import Objective, autocast_forwards, quantize
+from avpcli.engine.objective import Measured, Objective, autocast_forwards, quantize
 from avpcli.engine.settings import AttackSettings, LossKind
 
 
@@ -157,6 +157,9 @@ def encrypt_batch(
     best_ssim_decrypted = torch.full((batch,), -float("inf"), device=device)
     iterations_used = torch.full((batch,), settings.iterations, dtype=torch.long)
     active = torch.arange(batch, device=device)  # indices (into the batch) still iterating
+    # The figures of each image that finished, as its check measured them (the stop was decided on
+    # them): only the images that never finished are measured again at the end.
+    finished_figures: list[tuple[torch.Tensor, Measured]] = []
 
     def check(checked: torch.Tensor, states: torch.Tensor, steps_taken: int) -> torch.Tensor:
         """Check 8-bit `states` of the images `checked` (indices into the batch): keep each image's best
@@ -172,6 +175,7 @@ def encrypt_batch(
         best_ssim_decrypted[checked[improved]] = ssim_decrypted[improved]
         done = checked[finished]
         results[done] = candidate[finished]
+        finished_figures.append((done, measured.take(finished)))
         iterations_used[done.cpu()] = steps_taken
         return finished
 
@@ -235,7 +239,11 @@ def encrypt_batch(
             objective.start_directions(lacking), pinned,
         )
 
-    measured = objective.measure(results, originals, reference, reference_class, objective.toward_start)
+    if active.numel() > 0:
+        finished_figures.append((active, objective.measure(
+            results[active], originals[active], reference[active],
+            reference_class[active] if reference_class is not None else None, objective.start_directions(active))))
+    measured = Measured.assembled(finished_figures, batch)
     met = objective.meets(measured).cpu().tolist()
     metrics = [ImageMetrics(**row, iterations=int(iterations_used[index]), met_targets=bool(met[index]))
                for index, row in enumerate(measured.rows())]

@@ -73,6 +73,26 @@ class Measured(NamedTuple):
     lowpass: torch.Tensor
     start_side: torch.Tensor | None = None
 
+    def take(self, which: torch.Tensor) -> Measured:
+        """The figures of the images `which` selects (a mask or indices)."""
+        return Measured(*(None if column is None else column[which] for column in self))
+
+    @staticmethod
+    def assembled(parts: list[tuple[torch.Tensor, Measured]], batch: int) -> Measured:
+        """One batch's figures from parts measured apart: (indices into the batch, their figures), each
+        image in exactly one part."""
+        columns = []
+        for position in range(len(Measured._fields)):
+            pieces = [(indices, part[position]) for indices, part in parts if indices.numel() > 0]
+            if not pieces or any(column is None for _, column in pieces):
+                columns.append(None)
+                continue
+            whole = pieces[0][1].new_empty((batch, *pieces[0][1].shape[1:]))
+            for indices, column in pieces:
+                whole[indices] = column
+            columns.append(whole)
+        return Measured(*columns)
+
     def rows(self) -> list[dict]:
         """One dict per image with the names the manifest uses."""
         columns = {"feature_distance": self.distance, "cosine": self.cosine, "ssim_encrypted": self.ssim_encrypted,

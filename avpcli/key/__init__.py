@@ -22,18 +22,20 @@ from avpcli.key.presets import (
 )
 from avpcli.key.training import BatchSource, ProgressCallback, fit_generator, seeded_generator
 from avpcli.key.training_data import (
-    PROCEDURAL_SOURCE, ImageSource, find_training_images, procedural_images, training_data_fingerprint,
-    training_source,
+    PROCEDURAL_SOURCE, PROCEDURAL_SOURCES, ImageSource, find_training_images, procedural_images,
+    procedural_images_with_strands, training_data_fingerprint, training_source,
 )
 
 __all__ = [
     "ARCHITECTURE", "BatchSource", "GUESSABLE_SEED_LIMIT", "ImageSource", "KEY_FORMAT", "KEY_FORMAT_VERSION",
     "KEY_PRESETS", "Key", "KeyGenerator", "KeyModel", "KeyPreset", "MAX_HEADER_BYTES", "MAX_KEY_BYTES",
-    "MAX_KEY_VALUES", "NORMS", "NO_SCRAMBLE", "PROCEDURAL_SOURCE", "ProgressCallback", "READABLE_FORMAT_VERSIONS",
+    "MAX_KEY_VALUES", "NORMS", "NO_SCRAMBLE", "PROCEDURAL_SOURCE", "PROCEDURAL_SOURCES", "ProgressCallback",
+    "READABLE_FORMAT_VERSIONS",
     "ResidualBlock", "SCRAMBLE_SECRET_TENSOR", "SEED_BITS", "SEED_KDF", "SEED_KDF_SALT", "SIZE_MULTIPLE",
     "SeedKdf", "SeedSecrets", "TEST_SEED_KDF", "count_parameters", "derived_seed",
-    "cached_key", "expected_key_tensors", "find_key", "find_training_images", "fit_generator", "key_fingerprint", "key_metadata",
-    "key_tensors", "load_key", "new_seed", "procedural_images", "read_key_file", "resnet_generator",
-    "resolve_preset", "resolve_recipe", "save_key", "scramble_secret", "seed_is_guessable", "seed_secrets", "seeded_generator",
+    "cached_key", "expected_key_tensors", "find_key", "find_training_images", "fit_generator", "key_fingerprint",
+    "key_metadata", "key_tensors", "load_key", "new_seed", "procedural_images", "procedural_images_with_strands",
+    "read_key_file", "resnet_generator", "resolve_preset", "resolve_recipe", "save_key", "scramble_secret",
+    "seed_is_guessable", "seed_secrets", "seeded_generator",
     "train_key", "training_data_fingerprint", "training_source", "write_key_file",
 ]

@@ -99,7 +99,8 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
             data streams) is derived from it through the preset's memory-hard `seed_kdf` (scrypt, about
             0.5 s), recorded in the metadata. The same seed, data, settings, torch version and thread
             count give a byte-identical key on CPU.
-        data_dir: a folder of images (searched recursively); None for the built-in procedural source.
+        data_dir: a folder of images (searched recursively); None for the preset's built-in procedural
+            source (KeyPreset.procedural).
             A missing or image-less folder is a UsageError.
         steps: overrides the preset's step count (the learning-rate schedule follows it).
         device: where to train.
@@ -114,7 +115,7 @@ def train_key(preset_name: str | KeyPreset, seed: int, data_dir: str | os.PathLi
     The global torch RNG state is left as it was.
     """
     name, preset, scheme = resolve_recipe(preset_name, seed, steps, scramble)
-    source, data_fingerprint = training_source(data_dir)
+    source, data_fingerprint = training_source(data_dir, preset.procedural)
 
     started = time.perf_counter()
     derived = seed_secrets(seed, preset.seed_kdf)  # the preset's scrypt: about 0.5 s, what a guess of the seed costs
