@@ -224,7 +224,11 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     kernel = gaussian_kernel_1d(dtype=dtype, device=a.device)
     # One conv pass over the five statistics at once.
     stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)
-    mean_a, mean_b, mean_aa, mean_bb, mean_ab = _gaussian_filter_valid(stacked, kernel).chunk(5, dim=1)
+    return _ssim_from_moments(*_gaussian_filter_valid(stacked, kernel).chunk(5, dim=1))
+
+
+def _ssim_from_moments(mean_a, mean_b, mean_aa, mean_bb, mean_ab) -> torch.Tensor:
+    """The SSIM map from the Gaussian-weighted local moments of a and b."""
     var_a = mean_aa - mean_a * mean_a
     var_b = mean_bb - mean_b * mean_b
     cov_ab = mean_ab - mean_a * mean_b
@@ -238,6 +242,32 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean SSIM per sample, Tensor[N], of two (N,3,H,W) batches in [0,1]; differentiable."""
     return ssim_map(a, b).flatten(1).mean(dim=1)
+
+
+class SsimAgainst:
+    """ssim(a, b) for fixed references b (N,C,H,W), with b's local moments filtered once: each call
+    filters a, a² and a·b only (9 maps instead of 15 for RGB), which the attack does on every step."""
+
+    def __init__(self, references: torch.Tensor) -> None:
+        if references.dim() != 4 or min(references.shape[-2:]) < SSIM_WINDOW:
+            raise ValueError(f"SSIM needs (N,C,H,W) references of at least {SSIM_WINDOW}×{SSIM_WINDOW} pixels, "
+                             f"got {tuple(references.shape)}")
+        self.references = references.float()
+        self.kernel = gaussian_kernel_1d(dtype=torch.float32, device=references.device)
+        with torch.no_grad():
+            both = torch.cat([self.references, self.references * self.references], dim=1)
+            self.mean_b, self.mean_bb = _gaussian_filter_valid(both, self.kernel).chunk(2, dim=1)
+
+    def __call__(self, a: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean SSIM per sample, Tensor[N], of a (N,C,H,W) against the references `which` selects
+        (indices into the references; None: all of them, in order); differentiable in a."""
+        chosen = slice(None) if which is None else which
+        b, mean_b, mean_bb = self.references[chosen], self.mean_b[chosen], self.mean_bb[chosen]
+        if a.shape != b.shape:
+            raise ValueError(f"ssim needs images of the references' shape {tuple(b.shape)}, got {tuple(a.shape)}")
+        a = a.float()
+        mean_a, mean_aa, mean_ab = _gaussian_filter_valid(torch.cat([a, a * a, a * b], dim=1), self.kernel).chunk(3, dim=1)
+        return _ssim_from_moments(mean_a, mean_b, mean_aa, mean_bb, mean_ab).flatten(1).mean(dim=1)
 
 
 def box_filter_sum(images: torch.Tensor, block: int) -> torch.Tensor:
@@ -272,6 +302,7 @@ def mean_absolute_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 __all__ = [
     "pearson_correlation", "lowpass_correlation", "bandpass_correlation", "edge_correlation",
-    "colour_mean_correlation", "difference_of_gaussians", "LeakFilters", "sobel_magnitude", "ssim", "ssim_map", "box_filter_sum", "feature_distance", "cosine_similarity",
+    "colour_mean_correlation", "difference_of_gaussians", "LeakFilters", "sobel_magnitude", "ssim", "ssim_map",
+    "SsimAgainst", "box_filter_sum", "feature_distance", "cosine_similarity",
     "colour_error", "mean_absolute_error", "gaussian_kernel_1d",
 ]

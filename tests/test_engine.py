@@ -23,6 +23,7 @@ from avpcli.engine import (
 )
 from avpcli.engine.loop import _initial_images, _StepDecay
 from avpcli.engine.objective import Objective
+from avpcli.errors import UsageError
 from avpcli.metrics import bandpass_correlation, edge_correlation, lowpass_correlation
 from avpcli.targets import load_target
 
@@ -263,6 +264,29 @@ def test_images_that_finished_keep_their_checks_figures_without_a_second_measure
         assert mine["feature_distance"] == pytest.approx(theirs.feature_distance, abs=1e-5)
         assert mine["ssim_encrypted"] == pytest.approx(theirs.ssim_encrypted, abs=1e-6)
         assert mine["lowpass_correlation"] == pytest.approx(theirs.lowpass_correlation, abs=1e-6)
+
+
+def test_distance_pull_pulls_as_hard_as_the_mean_square_at_its_distance_and_does_not_fade():
+    objective = Objective.__new__(Objective)  # target_loss reads only the settings and the loss kind
+    objective.loss_kind = "embedding"
+    reference = torch.zeros(1, 128)
+    direction = torch.nn.functional.normalize(torch.randn(1, 128, generator=torch.Generator().manual_seed(1)), dim=1)
+
+    def pull(settings, distance):
+        outputs = (reference + distance * direction).requires_grad_(True)
+        objective.settings = settings
+        (gradient,) = torch.autograd.grad(objective.target_loss(outputs, reference, None).sum(), outputs)
+        return gradient.norm().item()
+
+    squared, distance_form = AttackSettings(), AttackSettings(distance_pull=0.8)
+    assert pull(distance_form, 0.8) == pytest.approx(pull(squared, 0.8), rel=1e-5)
+    assert pull(distance_form, 0.1) == pytest.approx(pull(distance_form, 0.8), rel=1e-5)  # does not fade
+    assert pull(squared, 0.1) == pytest.approx(pull(squared, 0.8) / 8, rel=1e-5)  # fades with the distance
+    assert pull(distance_form, 0.0) == 0.0  # no NaN where f(x') is f(x)
+    assert attack_settings("embedding").distance_pull == 0.8
+    assert attack_settings("embedding", "research").distance_pull == 0.0
+    with pytest.raises(UsageError, match="distance pull"):
+        AttackSettings(distance_pull=-1.0)
 
 
 def test_leak_term_removes_the_layout_a_filter_would_show(embedding_target):

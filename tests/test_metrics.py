@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avpcli.metrics import box_filter_sum, cosine_similarity, feature_distance, ssim
+from avpcli.metrics import SsimAgainst, box_filter_sum, cosine_similarity, feature_distance, ssim
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
@@ -53,6 +53,26 @@ def test_ssim_is_per_sample():
     together = ssim(a, b)
     alone = torch.stack([ssim(a[i:i + 1], b[i:i + 1])[0] for i in range(4)])
     assert torch.allclose(together, alone, atol=1e-6)
+
+
+def test_ssim_against_fixed_references_gives_ssims_values_and_gradients():
+    generator = torch.Generator().manual_seed(4)
+    references = torch.rand(5, 3, 24, 30, generator=generator)
+    noisy = (references + 0.2 * torch.randn(references.shape, generator=generator)).clamp(0, 1)
+    against = SsimAgainst(references)
+    which = torch.tensor([3, 0, 4])
+    plain = noisy[which].clone().requires_grad_(True)
+    cached = noisy[which].clone().requires_grad_(True)
+    expected, got = ssim(plain, references[which]), against(cached, which)
+    assert torch.allclose(got, expected, atol=1e-6) and expected.min() < 0.9  # not all trivially 1
+    (plain_gradient,) = torch.autograd.grad(expected.sum(), plain)
+    (cached_gradient,) = torch.autograd.grad(got.sum(), cached)
+    assert torch.allclose(cached_gradient, plain_gradient, atol=1e-7, rtol=1e-5)
+    assert torch.allclose(against(noisy), ssim(noisy, references), atol=1e-6)
+    with pytest.raises(ValueError):
+        against(noisy[:2])  # two images against five references
+    with pytest.raises(ValueError):
+        SsimAgainst(torch.rand(1, 3, 8, 8))
 
 
 def test_ssim_rejects_tiny_or_mismatched_images():

@@ -2,7 +2,9 @@
 
     L(x') = L_t(x', x) + λ·L_v(x') + μ·(mean((x − K(x'))²) + w·(1 − SSIM(K(x'), x))) + ρ·Σ_f r_f²
 
-Every term is per sample, so an image's loss never depends on its batch-mates.
+L_t is the mean square of f(x') − f(x) for embedding targets (or the distance itself, scaled:
+settings.distance_pull) and −scale·(top-1 logit) for classifiers. Every term is per sample, so an
+image's loss never depends on its batch-mates.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import NamedTuple
 import torch
 
 from avpcli.engine.settings import AttackSettings, LossKind, StopCriteria
-from avpcli.metrics import (LeakFilters, box_filter_sum, cosine_similarity, feature_distance, lowpass_correlation,
-                            luminance, ssim)
+from avpcli.metrics import (LeakFilters, SsimAgainst, box_filter_sum, cosine_similarity, feature_distance,
+                            lowpass_correlation, luminance, ssim)
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -133,6 +135,8 @@ class Objective:
             reference = target(originals).float()
         self.reference = reference
         self.leak = LeakPenalty(originals, settings.lowpass_sigma) if settings.leak_weight else None
+        # SSIM(K(x'), x) on every step: x's side of it is filtered once.
+        self.key_ssim = SsimAgainst(originals) if settings.key_ssim_weight or settings.early_checks else None
         self.reference_class = reference.argmax(dim=1) if loss_kind == "classifier" else None
         # Unit vectors (N, D) from f(x) toward f(x'_0), once the start is known (see set_start).
         self.toward_start: torch.Tensor | None = None
@@ -154,7 +158,11 @@ class Objective:
             top1_logit = outputs.gather(1, reference_class[:, None]).squeeze(1)
             return -self.settings.classifier_scale * top1_logit
         residual = outputs - reference
-        loss = (residual ** 2).mean(dim=1)
+        pull = self.settings.distance_pull
+        if not pull:
+            loss = (residual ** 2).mean(dim=1)
+        else:  # the distance, with the gradient of the mean square at distance `pull` (settings)
+            loss = 2 * pull * residual.norm(dim=1) / residual.shape[1]
         if toward_start is not None and self.settings.start_side_weight:
             # In the same units as the mean square: the along-start component weighs (1 + weight)
             # times any other direction of the residual.
@@ -177,7 +185,7 @@ class Objective:
         key_error = ((decrypted - originals) ** 2).flatten(1).mean(dim=1)
         key_ssim = None
         if settings.key_ssim_weight:
-            key_ssim = ssim(decrypted.clamp(0, 1), originals)
+            key_ssim = self.key_ssim(decrypted.clamp(0, 1), active)
             key_error = key_error + settings.key_ssim_weight * (1 - key_ssim)
         loss = loss + settings.key_weight * key_error
         if self.leak is not None:
@@ -187,17 +195,17 @@ class Objective:
                 loss = loss + settings.variance_weight * variance_consistency(images, settings.block_size)
         else:
             loss = loss - settings.variance_weight * ((images - originals) ** 2).flatten(1).sum(dim=1)
-        return StepLoss(loss, self._may_meet(outputs.detach(), decrypted.detach(), key_ssim, originals,
+        return StepLoss(loss, self._may_meet(outputs.detach(), decrypted.detach(), key_ssim, active,
                                              reference, reference_class, toward_start))
 
     @torch.no_grad()
-    def _may_meet(self, outputs, decrypted, key_ssim, originals, reference, reference_class, toward_start):
+    def _may_meet(self, outputs, decrypted, key_ssim, active, reference, reference_class, toward_start):
         """The stop's bars on the target's and the key's float outputs of this step (the ciphertext's own
         SSIM and low-pass bars are left to the 8-bit check: they hold all along from a scrambled start).
         All False without early checks: nothing is computed for a hint no one reads."""
         if self.settings.stop is None or not self.settings.early_checks:
             return torch.zeros(outputs.shape[0], dtype=torch.bool, device=outputs.device)
-        ssim_decrypted = key_ssim.detach() if key_ssim is not None else ssim(decrypted.clamp(0, 1), originals)
+        ssim_decrypted = key_ssim.detach() if key_ssim is not None else self.key_ssim(decrypted.clamp(0, 1), active)
         distance, same_class, start_side = _target_figures(outputs, reference, reference_class, toward_start)
         return self.settings.stop.accepts(distance, torch.zeros_like(ssim_decrypted), ssim_decrypted, same_class,
                                           None, start_side)
