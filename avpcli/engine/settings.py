@@ -175,13 +175,9 @@ class AttackSettings:
 # Issue #26 (docs/BENCHMARKS.md, "One second per face"): early checks (an image stops within a step of
 # meeting the bars, not at the next multiple of 10: mean steps 57 → 31 on 12 faces), and the step
 # shrinks after 6 loss rises instead of 16 (31.1 → 29.6 and 36.5 → 34.3 mean steps with two keys).
-# Then the target's loss as the distance, pulling at 0.8 as the mean square did (distance_pull), with
-# the key weight 0.6 instead of 0.3 to keep the balance: median steps 33.5 → 26 and 34.5 → 26.5 on
-# two sets of 16 faces and two keys that the benchmark's 20 faces are not (docs/BENCHMARKS.md).
-FACE_SETTINGS = AttackSettings(initialization="preimage", momentum=0.9, key_weight=0.6, key_ssim_weight=0.2,
-                               distance_pull=0.8, variance_weight=0.0, leak_weight=0.3, hold_colour=True,
-                               check_every=10, early_checks=True, decay_patience=6,
-                               stop=StopCriteria(max_ssim_encrypted=0.02, min_ssim_decrypted=0.95))
+FACE_SETTINGS = AttackSettings(initialization="preimage", momentum=0.9, key_weight=0.3, key_ssim_weight=0.2,
+                               variance_weight=0.0, leak_weight=0.3, hold_colour=True, check_every=10,
+                               early_checks=True, decay_patience=6, stop=StopCriteria(max_ssim_encrypted=0.02, min_ssim_decrypted=0.95))
 
 
 def stopping_past_the_original(settings: AttackSettings) -> AttackSettings:
@@ -196,9 +192,15 @@ def stopping_past_the_original(settings: AttackSettings) -> AttackSettings:
     MobileFaceNet showed no gain without it (+0.04 pt) and took twice the steps with it, so the
     registry turns it on per target (TargetSpec.stop_past_original). docs/BENCHMARKS.md, "The start
     side", has the figures.
+
+    The start side slows the last stretch to the feature bar, where the mean square's pull fades while
+    the key's and the leak's do not; so these settings also take the target's loss as the distance
+    (distance_pull 0.8), with the key weight 0.6 for the balance: on dlib, median steps 33.5 → 26 and
+    34.5 → 26.5 on two sets of 16 faces with two keys, none of them the benchmark's (issue #26). On
+    MobileFaceNet, which stops near its original, the same took 53 → 92 median steps.
     """
     stop = settings.stop and replace(settings.stop, max_start_side=0.0)
-    return replace(settings, start_side_weight=30.0, stop=stop)
+    return replace(settings, start_side_weight=30.0, stop=stop, distance_pull=0.8, key_weight=0.6)
 
 
 # Classifier targets: the research code's CIFAR-10 step schedule (step 0.02, ×0.80 after 8 rises;

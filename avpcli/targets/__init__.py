@@ -52,7 +52,8 @@ class TargetSpec:
         "facenet"), or None for targets that take whole images (classifiers).
     stop_past_original: the tuned recipe stops a ciphertext only once its features lie past the
         original's on their way from the start (engine.stopping_past_the_original): on for targets
-        whose ciphertexts, mixed with plain images, were otherwise found too often (dlib).
+        whose ciphertexts, mixed with plain images, were otherwise found too often (dlib), with the
+        distance pull and key weight tuned for it.
     weights: where the weights come from, said to a user who must supply them.
     hidden: test-only targets that `avp targets` does not list.
     """
