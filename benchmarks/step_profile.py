@@ -3,11 +3,12 @@ key's SSIM term, the update, the 8-bit checks and the PNG round trip, beside the
 forward + backward alone), and what G costs at other sizes.
 
     python -m benchmarks.step_profile --key K.safetensors [--target dlib] [--threads 2] [--repeats 30]
-                                      [--sizes 16x2,16x1,16x0,12x1,8x2,8x1]
+                                      [--batch-size 8] [--sizes 16x2,16x1,16x0,12x1,8x2,8x1]
 
 The image is the preimage S⁻¹(x) of an LFW face aligned for the target (identity 151 of lfw.csv's
-`multi`: a face the benchmarks' 20 are not), batch 1, on the CPU. Every figure is a median of
---repeats timed calls after 3 untimed ones. The sizes are untrained generators of the default recipe
+`multi`: a face the benchmarks' 20 are not), --batch-size copies of it (avp's batch, 8, by default;
+the cost does not depend on the pixels), on the CPU, every forward in the precision avp's engine uses
+(`--precision auto`). Every figure is a median of --repeats timed calls after 3 untimed ones. The sizes are untrained generators of the default recipe
 (ngf × residual blocks): a generator's cost does not depend on its weights.
 """
 
@@ -26,10 +27,9 @@ from PIL import Image
 from avpcli import Encryptor, __version__
 from avpcli.align import align_faces
 from avpcli.engine import LeakPenalty, encrypt_batch
-from avpcli.engine.objective import Objective
+from avpcli.engine.objective import Objective, autocast_forwards
 from avpcli.images import load_rgb, to_pil, to_tensor
 from avpcli.key.network import KeyGenerator
-from avpcli.metrics import ssim
 from benchmarks.common import data_folder, lfw_faces
 
 
@@ -44,10 +44,13 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def forward_backward(module: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> Callable[[], None]:
+def forward_backward(module: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                     dtype: torch.dtype | None = None) -> Callable[[], None]:
     def call() -> None:
         moving = image.clone().requires_grad_(True)
-        torch.autograd.grad(module(moving).float().sum(), moving)
+        with autocast_forwards(moving, dtype):
+            output = module(moving)
+        torch.autograd.grad(output.float().sum(), moving)
     return call
 
 
@@ -65,6 +68,7 @@ def main() -> int:
     parser.add_argument("--target", default="dlib")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per step (avp encrypt's default: 8)")
     parser.add_argument("--sizes", default="16x2,16x1,16x0,12x1,8x2,8x1")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,21 +76,23 @@ def main() -> int:
     encryptor = Encryptor(args.target, args.key, device="cpu")
     face = lfw_faces(data_folder(), 151)[150]
     original = to_tensor(align_faces(load_rgb(face), encryptor.spec.alignment)[0].image)[None]
-    original = original.contiguous(memory_format=torch.channels_last)
+    original = original.repeat(args.batch_size, 1, 1, 1).contiguous(memory_format=torch.channels_last)
     start = encryptor.key.preimage(original).clamp(0, 1).contiguous(memory_format=torch.channels_last)
     settings = encryptor.settings
     objective = Objective(original, encryptor.target, encryptor.key, settings, encryptor.spec.loss)
     objective.set_start(start)
-    active = torch.arange(1)
+    active = torch.arange(args.batch_size)
+    dtype = settings.autocast_dtype
     leak = LeakPenalty(original, settings.lowpass_sigma)
     reference_class = objective.reference_class
 
     parts = {
-        "target forward + backward (the floor)": forward_backward(encryptor.target, start),
-        "key G∘S forward + backward": forward_backward(encryptor.key, start),
-        "  of which G alone": forward_backward(encryptor.key.generator, start),
+        "target forward + backward (the floor)": forward_backward(encryptor.target, start, dtype),
+        "key G∘S forward + backward": forward_backward(encryptor.key, start, dtype),
+        "  of which G alone": forward_backward(encryptor.key.generator, start, dtype),
         "leak term forward + backward": forward_backward(lambda image: leak.penalty(image, active), start),
-        "key SSIM term forward + backward": forward_backward(lambda image: ssim(image, original), start),
+        # As the engine computes it: against the originals' moments filtered once (metrics.SsimAgainst).
+        "key SSIM term forward + backward": forward_backward(lambda image: objective.key_ssim(image, active), start),
         "objective, all terms, forward + backward": forward_backward(
             lambda image: objective.loss(image, original, objective.reference, reference_class, active).value, start),
     }
@@ -104,8 +110,8 @@ def main() -> int:
     rows["PNG write + read (per face, once)"] = median_ms(png_round_trip(start[0]), args.repeats)
 
     print(f"avp {__version__} step profile, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
-          f"{args.threads} threads, CPU, target {args.target}, {original.shape[-1]}×{original.shape[-2]}, batch 1, "
-          f"median of {args.repeats}")
+          f"{args.threads} threads, CPU, target {args.target}, {original.shape[-1]}×{original.shape[-2]}, "
+          f"batch {args.batch_size}, forwards in {dtype or torch.float32}, median of {args.repeats}")
     print(f"key: G ngf {encryptor.loaded_key.generator.ngf}, {encryptor.loaded_key.generator.blocks} blocks")
     for name, milliseconds in rows.items():
         print(f"  {name:<48} {milliseconds:7.1f} ms")
@@ -113,7 +119,7 @@ def main() -> int:
     for size in args.sizes.split(","):
         ngf, blocks = (int(part) for part in size.split("x"))
         generator = KeyGenerator(ngf, blocks, "none").freeze().to(memory_format=torch.channels_last)
-        print(f"  ngf {ngf:>2}, {blocks} blocks: {median_ms(forward_backward(generator, start), args.repeats):6.1f} ms")
+        print(f"  ngf {ngf:>2}, {blocks} blocks: {median_ms(forward_backward(generator, start, dtype), args.repeats):6.1f} ms")
     return 0
 
 

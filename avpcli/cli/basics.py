@@ -19,7 +19,7 @@ from avpcli.errors import UsageError
 def keygen(
     *,
     seed: Annotated[Optional[int], typer.Option(help="Training seed: THE SECRET. Default: 256 random bits from `secrets` (recommended). A seed given here makes the key reproducible (same CPU type, threads and torch; keep the key file) and is a password: below 2**64, or one a person could remember, it can be guessed (about 0.5 s of scrypt a guess), and a guess gives the key's scramble.")] = None,
-    preset: Annotated[str, typer.Option(help="Key recipe: 'default' (trains on 2 CPU cores in minutes), 'small' (the same on 32-pixel crops, for images of about 32×32 such as CIFAR-10), 'demo' (shorter, for avp demo) or 'paper' (ngf 64, 9 blocks; GPU).")] = "default",
+    preset: Annotated[str, typer.Option(help="Key recipe: 'default' (trains on 2 CPU cores in minutes), 'small' (2 blocks on 32-pixel crops: avp 0.2's key for images of about 32×32; the default key now gives CIFAR-10 back better), 'demo' (shorter, for avp demo) or 'paper' (ngf 64, 9 blocks; GPU).")] = "default",
     data: Annotated[Optional[Path], typer.Option(help="Train on this folder of images instead of the built-in procedural source.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Key file to write (default: keys/key-<fingerprint>.safetensors).")] = None,
