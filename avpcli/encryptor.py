@@ -180,15 +180,16 @@ class Encryptor:
         memory), and measure and judge what was written: the one encrypt-then-measure of avp, which the
         in-memory API and folder runs both call."""
         encrypted, engine_metrics = self.encrypt_tensors(originals, noise_seeds)
-        pngs = [png_bytes(image.cpu()) for image in encrypted]
+        encrypted = encrypted.cpu()
+        pngs = [png_bytes(image) for image in encrypted]
         written = torch.stack([store(index, data) if store is not None else png_tensor(data)
                                for index, data in enumerate(pngs)])
         # A PNG that reads back as exactly the 8-bit image the engine measured last (the state its stop
         # was decided on) has the engine's figures; only one that reads back otherwise is measured again.
         # This spares a full-precision forward of the target and the key per image.
-        same = [torch.equal(read_back, engine_image) for read_back, engine_image in zip(written, encrypted.cpu())]
         measured = [engine_figures(reached) for reached in engine_metrics]
-        differing = [index for index, equal in enumerate(same) if not equal]
+        differing = [index for index, (read_back, engine_image) in enumerate(zip(written, encrypted))
+                     if not torch.equal(read_back, engine_image)]
         if differing:
             for index, figures in zip(differing, self.measure(originals[differing], written[differing])):
                 measured[index] = figures

@@ -266,7 +266,8 @@ class SsimAgainst:
         if a.shape != b.shape:
             raise ValueError(f"ssim needs images of the references' shape {tuple(b.shape)}, got {tuple(a.shape)}")
         a = a.float()
-        mean_a, mean_aa, mean_ab = _gaussian_filter_valid(torch.cat([a, a * a, a * b], dim=1), self.kernel).chunk(3, dim=1)
+        moments = _gaussian_filter_valid(torch.cat([a, a * a, a * b], dim=1), self.kernel)
+        mean_a, mean_aa, mean_ab = moments.chunk(3, dim=1)
         return _ssim_from_moments(mean_a, mean_b, mean_aa, mean_bb, mean_ab).flatten(1).mean(dim=1)
 
 

@@ -123,9 +123,9 @@ KEY_PRESETS: dict[str, KeyPreset] = {
     "default": KeyPreset(ngf=16, blocks=0, norm="none", steps=4500, batch_size=16, crop_size=64,
                          learning_rate=2e-3, warmup_steps=75, schedule="cosine", ssim_weight=0.5,
                          procedural="procedural-v2"),
-    # For images of about 32×32 (CIFAR-10): the default recipe on 32-pixel crops. The default key,
-    # trained on 64-pixel crops, reproduces CIFAR-10 test images to SSIM 0.87 only; this one to
-    # 0.89–0.91, and the attack reaches SSIM_d 0.918–0.925 instead of 0.897–0.904 (docs/KEY.md).
+    # For images of about 32×32 (CIFAR-10), avp 0.2's answer: its default key (2 blocks, procedural-v1)
+    # gave CIFAR-10 test images back at SSIM 0.87 only, this one at 0.89–0.91. Since avp 0.3 the
+    # default key (procedural-v2) gives them back at 0.966–0.971 and is the one to use (docs/KEY.md).
     "small": KeyPreset(ngf=16, blocks=2, norm="none", steps=1500, batch_size=16, crop_size=32,
                        learning_rate=2e-3, warmup_steps=75, schedule="cosine", ssim_weight=0.5),
     # `avp demo`'s key: the default recipe cut to 600 steps so that the demo runs in minutes
